@@ -1,0 +1,4 @@
+//! clickup-bridge
+pub mod routes_file;
+pub mod transform;
+pub mod verify;

@@ -1,0 +1,2 @@
+//! Values out of events: JSONPath extraction and Handlebars rendering.
+pub mod jsonpath;
