@@ -1,4 +1,32 @@
-//! clickup-bridge
+//! clickup-bridge: a webhook bridge daemon.
+//!
+//! # Layout
+//!
+//! Modules in the order one webhook moves through them (SPEC section 1):
+//!
+//! - [`settings`]: `clickup-bridge.toml` + `CLICKUP_BRIDGE_*` environment.
+//! - [`routes_file`]: routes.yaml text -> node tree with positions, `${VAR}`
+//!   expansion, `file:line:col` diagnostics.
+//! - [`pipeline`]: the tree compiled into one immutable `Pipeline` (sources,
+//!   targets, routes, templates); `Pipeline::load` is the single entry point.
+//! - [`inbound`]: `POST /hooks/{source}`: capped body -> verify -> store -> 200.
+//! - [`verify`]: ClickUp, Stripe and generic HMAC signatures; event identity.
+//! - [`store`]: the only module with SQL; durable events, group commit.
+//! - [`transform`]: JSONPath and Handlebars.
+//! - [`admin`]: health and readiness.
+//! - [`cli`], [`app`], [`lifecycle`], [`telemetry`]: the wiring.
+//! - [`ids`]: prefixed, time-ordered ids.
+
+pub mod settings;
 pub mod routes_file;
-pub mod transform;
+pub mod pipeline;
+pub mod inbound;
 pub mod verify;
+pub mod store;
+pub mod transform;
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod ids;
+pub mod lifecycle;
+pub mod telemetry;

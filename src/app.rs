@@ -1,0 +1,166 @@
+//! Wiring: settings -> pipeline, store, listeners; run until a shutdown signal.
+
+use crate::admin::{self, AdminState};
+use crate::inbound::{self, InboundState};
+use crate::pipeline::{LoadError, LoadOptions, Pipeline, process_env};
+use crate::settings::Settings;
+use crate::store::{Store, StoreError};
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{App, HttpServer, web};
+use arc_swap::ArcSwap;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// routes.yaml has errors.
+    #[error("routes file has errors:\n{0}")]
+    Routes(#[from] LoadError),
+    /// The store cannot be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A listener cannot bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The admin listener is reachable from the network without a token.
+    #[error("admin_listen {0} is not a loopback address: set admin_token (CLICKUP_BRIDGE_ADMIN_TOKEN) or listen on 127.0.0.1")]
+    AdminTokenRequired(String),
+}
+
+/// A built, not yet running daemon.
+pub struct Application {
+    listen_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    server: Server,
+    admin_server: Server,
+    store: Store,
+    shutdown_timeout: Duration,
+    pipeline: Arc<ArcSwap<Pipeline>>,
+}
+
+fn bind(addr: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).map_err(|source| StartError::Bind {
+        addr: addr.to_owned(),
+        source,
+    })
+}
+
+fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+impl Application {
+    /// Loads routes, opens the store and binds both listeners. Nothing is
+    /// served until [`Application::run_until_stopped`].
+    pub async fn build(settings: &Settings) -> Result<Application, StartError> {
+        let pipeline = Pipeline::load(&LoadOptions {
+            routes: &settings.routes,
+            templates: &settings.templates,
+            env: &process_env,
+        })?;
+        for w in &pipeline.warnings {
+            tracing::warn!("{w}");
+        }
+        let listener = bind(&settings.listen)?;
+        let admin_listener = bind(&settings.admin_listen)?;
+        let listen_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: settings.listen.clone(),
+            source,
+        })?;
+        let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind {
+            addr: settings.admin_listen.clone(),
+            source,
+        })?;
+        if !is_loopback(&admin_addr) && settings.admin_token.is_none() {
+            return Err(StartError::AdminTokenRequired(settings.admin_listen.clone()));
+        }
+        let store = Store::open(&settings.store).await?;
+        let pipeline = Arc::new(ArcSwap::from_pointee(pipeline));
+        let shutdown_timeout = Duration::from_secs(settings.shutdown_timeout);
+
+        let inbound_state = web::Data::new(InboundState {
+            pipeline: pipeline.clone(),
+            store: store.clone(),
+            max_body: settings.max_body,
+        });
+        let server = HttpServer::new(move || App::new().app_data(inbound_state.clone()).configure(inbound::configure))
+            .disable_signals()
+            .shutdown_timeout(settings.shutdown_timeout)
+            .listen(listener)
+            .map_err(|source| StartError::Bind {
+                addr: settings.listen.clone(),
+                source,
+            })?
+            .run();
+
+        let admin_state = web::Data::new(AdminState { store: store.clone() });
+        let admin_server = HttpServer::new(move || App::new().app_data(admin_state.clone()).configure(admin::configure))
+            .workers(1)
+            .disable_signals()
+            .shutdown_timeout(settings.shutdown_timeout)
+            .listen(admin_listener)
+            .map_err(|source| StartError::Bind {
+                addr: settings.admin_listen.clone(),
+                source,
+            })?
+            .run();
+
+        Ok(Application {
+            listen_addr,
+            admin_addr,
+            server,
+            admin_server,
+            store,
+            shutdown_timeout,
+            pipeline,
+        })
+    }
+
+    /// The bound webhook address (useful with port 0).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen_addr
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// A handle to the store (tests inspect it).
+    pub fn store(&self) -> Store {
+        self.store.clone()
+    }
+
+    /// The routes in force.
+    pub fn pipeline(&self) -> Arc<ArcSwap<Pipeline>> {
+        self.pipeline.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets requests
+    /// in flight finish (bounded by `shutdown_timeout`) and closes the store.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let handle: ServerHandle = self.server.handle();
+        let admin_handle: ServerHandle = self.admin_server.handle();
+        tracing::info!(listen = %self.listen_addr, admin = %self.admin_addr, "clickup-bridge serving");
+        let server = tokio::spawn(self.server);
+        let admin = tokio::spawn(self.admin_server);
+        shutdown.await;
+        tracing::info!(timeout_secs = self.shutdown_timeout.as_secs(), "shutting down: finishing requests in flight");
+        // Graceful: stop accepting, wait for in-flight requests (actix bounds
+        // the wait with shutdown_timeout).
+        tokio::join!(handle.stop(true), admin_handle.stop(true));
+        let _ = server.await;
+        let _ = admin.await;
+        self.store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,144 @@
+//! The command line: `serve`, `check`, `sign`.
+//!
+//! Exit codes: 0 success, 1 a failed check, 2 usage or runtime error.
+
+use crate::app::Application;
+use crate::pipeline::{LoadOptions, Pipeline, process_env};
+use crate::settings::Settings;
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+/// clickup-bridge: verified, durable webhooks from ClickUp and Stripe to
+/// Slack, Jira, ClickUp and any HTTP endpoint.
+#[derive(Debug, Parser)]
+#[command(name = "clickup-bridge", version, about)]
+pub struct Cli {
+    /// Settings file [default: clickup-bridge.toml when present].
+    #[arg(short = 'c', long = "config", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Routes file [default: from settings, else routes.yaml].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub routes: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Serve,
+    /// Validate routes.yaml: sources, targets, routes, JSONPaths, templates,
+    /// environment variables. Prints `file:line:col: message`; exit 1 on errors.
+    Check,
+    /// Print the signature header(s) a source accepts for a body, for curl.
+    Sign {
+        /// The source name in routes.yaml.
+        #[arg(long)]
+        source: String,
+        /// The file whose exact bytes are signed.
+        #[arg(long, value_name = "FILE")]
+        event: PathBuf,
+    },
+}
+
+fn settings(cli: &Cli) -> anyhow::Result<Settings> {
+    let mut s = Settings::from_process(cli.config.as_deref()).context("cannot load settings")?;
+    if let Some(r) = &cli.routes {
+        s.routes = r.clone();
+    }
+    Ok(s)
+}
+
+/// Runs a parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    let settings = settings(&cli)?;
+    match cli.command {
+        Command::Serve => serve(settings),
+        Command::Check => Ok(check(&settings.routes, &settings.templates)),
+        Command::Sign { source, event } => sign(&settings, &source, &event),
+    }
+}
+
+fn serve(settings: Settings) -> anyhow::Result<i32> {
+    crate::telemetry::init(settings.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let app = Application::build(&settings).await?;
+        app.run_until_stopped(crate::lifecycle::shutdown_signal())
+            .await
+            .context("server failed")?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(0)
+}
+
+fn load(routes: &Path, templates: &Path) -> Result<Pipeline, crate::pipeline::LoadError> {
+    Pipeline::load(&LoadOptions {
+        routes,
+        templates,
+        env: &process_env,
+    })
+}
+
+/// `check`: prints diagnostics and a summary; 0 when usable, 1 otherwise.
+pub fn check(routes: &Path, templates: &Path) -> i32 {
+    match load(routes, templates) {
+        Ok(p) => {
+            for w in &p.warnings {
+                println!("{w}");
+            }
+            let warnings = match p.warnings.len() {
+                0 => String::new(),
+                1 => ", 1 warning".to_owned(),
+                n => format!(", {n} warnings"),
+            };
+            println!(
+                "{}: ok: {} sources, {} targets, {} routes{warnings}",
+                routes.display(),
+                p.sources.len(),
+                p.targets.len(),
+                p.routes.len()
+            );
+            0
+        }
+        Err(e) => {
+            for d in &e.diagnostics {
+                println!("{d}");
+            }
+            let errors = e
+                .diagnostics
+                .iter()
+                .filter(|d| d.severity == crate::routes_file::diag::Severity::Error)
+                .count();
+            let plural = if errors == 1 { "" } else { "s" };
+            println!("{}: {errors} error{plural}", routes.display());
+            1
+        }
+    }
+}
+
+fn sign(settings: &Settings, source: &str, event: &Path) -> anyhow::Result<i32> {
+    let pipeline = match load(&settings.routes, &settings.templates) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(1);
+        }
+    };
+    let Some(src) = pipeline.sources.get(source) else {
+        let known: Vec<&str> = pipeline.sources.keys().map(String::as_str).collect();
+        anyhow::bail!("unknown source \"{source}\"; known sources: {}", known.join(", "));
+    };
+    let body = std::fs::read(event).with_context(|| format!("cannot read {}", event.display()))?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    for (name, value) in src.verifier.sign(&body, now) {
+        println!("{name}: {value}");
+    }
+    Ok(0)
+}

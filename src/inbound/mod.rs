@@ -1,0 +1,166 @@
+//! `POST /hooks/{source}`: capped body -> verify -> store -> 200.
+//!
+//! The answer must come in milliseconds (ClickUp marks a webhook failing after
+//! 7 s), and its status is the contract of SPEC section 3. The mapping from
+//! error to status lives in exactly one place: [`InboundError`]'s
+//! `ResponseError` impl.
+
+use crate::ids::now_millis;
+use crate::pipeline::Pipeline;
+use crate::store::{Store, StoreError};
+use crate::verify::{self, RejectReason, VerifyError};
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use arc_swap::ArcSwap;
+use futures_util::StreamExt;
+use std::sync::Arc;
+
+/// What the webhook handlers share.
+pub struct InboundState {
+    /// The routes in force (swapped atomically on reload).
+    pub pipeline: Arc<ArcSwap<Pipeline>>,
+    /// The store.
+    pub store: Store,
+    /// Largest accepted body in bytes.
+    pub max_body: usize,
+}
+
+/// Why an inbound request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum InboundError {
+    /// No such source: 404.
+    #[error("unknown source \"{0}\"")]
+    UnknownSource(String),
+    /// Body larger than `max_body`: 413.
+    #[error("body larger than {0} bytes")]
+    TooLarge(usize),
+    /// Signature problem: 403 (never 401 or 410: ClickUp suspends on those).
+    #[error("{0}")]
+    Signature(VerifyError),
+    /// Body not JSON or lacking the source's required fields: 400.
+    #[error("{0}")]
+    BadBody(String),
+    /// The body could not be read from the connection: 400.
+    #[error("body could not be read: {0}")]
+    Read(String),
+    /// The store did not answer: 503, so the sender retries.
+    #[error("store unavailable, retry later")]
+    Store(#[source] StoreError),
+}
+
+impl InboundError {
+    /// A short reason for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            InboundError::UnknownSource(_) => "unknown_source",
+            InboundError::TooLarge(_) => "too_large",
+            InboundError::Signature(e) => e.reason(),
+            InboundError::BadBody(_) => "bad_body",
+            InboundError::Read(_) => "read_error",
+            InboundError::Store(_) => "store_unavailable",
+        }
+    }
+}
+
+impl ResponseError for InboundError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            InboundError::UnknownSource(_) => StatusCode::NOT_FOUND,
+            InboundError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            InboundError::Signature(_) => StatusCode::FORBIDDEN,
+            InboundError::BadBody(_) | InboundError::Read(_) => StatusCode::BAD_REQUEST,
+            InboundError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        // Messages name headers and reasons, never secrets or signatures.
+        HttpResponse::build(self.status_code()).json(serde_json::json!({ "error": self.to_string() }))
+    }
+}
+
+/// Registers the webhook routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/hooks/{source}", web::post().to(receive))
+        .route("/healthz", web::get().to(healthz));
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+/// Reads at most `max` bytes; more is an error before the rest is read.
+async fn read_capped(req: &HttpRequest, mut payload: web::Payload, max: usize) -> Result<Vec<u8>, InboundError> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(InboundError::TooLarge(max));
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(1024).min(max));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| InboundError::Read(e.to_string()))?;
+        if body.len() + chunk.len() > max {
+            return Err(InboundError::TooLarge(max));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+async fn receive(
+    state: web::Data<InboundState>,
+    source: web::Path<String>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, InboundError> {
+    let source = source.into_inner();
+    let result = accept(&state, &source, &req, payload).await;
+    match &result {
+        Ok((id, event_type, duplicate)) => {
+            tracing::info!(source = %source, event_id = %id, event_type = %event_type, duplicate, "event accepted");
+        }
+        Err(e) => {
+            tracing::warn!(source = %source, reason = e.reason(), error = %e, "event rejected");
+        }
+    }
+    let (id, _, duplicate) = result?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "event_id": id, "duplicate": duplicate })))
+}
+
+/// Checks in SPEC order: source (404), size (413), signature (403), JSON (400).
+async fn accept(
+    state: &InboundState,
+    source: &str,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<(String, String, bool), InboundError> {
+    let pipeline = state.pipeline.load();
+    let src = pipeline
+        .sources
+        .get(source)
+        .ok_or_else(|| InboundError::UnknownSource(source.to_owned()))?;
+    let body = read_capped(req, payload, state.max_body).await?;
+    let received_at = now_millis();
+    let event = verify::verify_event(
+        source,
+        &src.verifier,
+        &src.identity,
+        req.headers(),
+        body,
+        received_at / 1000,
+    )
+    .map_err(|e| match e {
+        RejectReason::Signature(s) => InboundError::Signature(s),
+        RejectReason::BadBody(m) => InboundError::BadBody(m),
+    })?;
+    let event_type = event.identity().event_type.clone();
+    let inserted = state
+        .store
+        .insert_event(&event, received_at)
+        .await
+        .map_err(InboundError::Store)?;
+    Ok((inserted.id.to_string(), event_type, inserted.duplicate))
+}

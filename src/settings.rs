@@ -1,0 +1,269 @@
+//! `clickup-bridge.toml` and `CLICKUP_BRIDGE_<KEY>` environment overrides,
+//! read with the `config` crate. A missing settings file means defaults.
+//!
+//! Relative paths in the file resolve against the file's folder; paths given
+//! through the environment or the command line resolve against the working
+//! directory.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable, coloured on a terminal.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where events and deliveries are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// An SQLite file (created when missing).
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL (not supported by this build yet).
+    Postgres(String),
+}
+
+/// The daemon's settings, defaults as SPEC section 2.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Address of the webhook listener.
+    pub listen: String,
+    /// Address of the admin listener.
+    pub admin_listen: String,
+    /// Bearer token of the admin API.
+    pub admin_token: Option<String>,
+    /// Path of routes.yaml.
+    pub routes: PathBuf,
+    /// Templates folder.
+    pub templates: PathBuf,
+    /// The store.
+    pub store: StoreLocation,
+    /// Largest accepted request body in bytes.
+    pub max_body: usize,
+    /// Days delivered and dead history is kept.
+    pub retention_days: u32,
+    /// Log format; `None` picks pretty on a terminal, else JSON.
+    pub log_format: Option<LogFormat>,
+    /// Seconds to finish in-flight work on SIGTERM.
+    pub shutdown_timeout: u64,
+}
+
+/// A settings problem.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The file or an environment variable does not parse.
+    #[error("{origin}: {message}")]
+    Invalid {
+        /// The file path, or "environment".
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The named settings file does not exist.
+    #[error("settings file {0} does not exist")]
+    Missing(PathBuf),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    admin_token: Option<String>,
+    routes: Option<String>,
+    templates: Option<String>,
+    store: Option<String>,
+    max_body: Option<u64>,
+    retention_days: Option<u32>,
+    log_format: Option<LogFormat>,
+    shutdown_timeout: Option<u64>,
+}
+
+/// Prefix of the environment overrides.
+pub const ENV_PREFIX: &str = "CLICKUP_BRIDGE";
+
+fn invalid(origin: &str, e: config::ConfigError) -> SettingsError {
+    SettingsError::Invalid {
+        origin: origin.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+fn read_file(path: &Path) -> Result<Raw, SettingsError> {
+    let origin = path.display().to_string();
+    config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .build()
+        .and_then(|c| c.try_deserialize::<Raw>())
+        .map_err(|e| invalid(&origin, e))
+}
+
+fn read_env(vars: Vec<(String, String)>) -> Result<Raw, SettingsError> {
+    let map: config::Map<String, String> = vars
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}_")))
+        .collect();
+    config::Config::builder()
+        .add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("_")
+                .try_parsing(true)
+                .source(Some(map)),
+        )
+        .build()
+        .and_then(|c| c.try_deserialize::<Raw>())
+        .map_err(|e| invalid("environment", e))
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+}
+
+fn store_location(url: &str, base: &Path) -> Result<StoreLocation, SettingsError> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            return Err(SettingsError::Invalid {
+                origin: "store".into(),
+                message: "sqlite:// needs a file path, e.g. sqlite://clickup-bridge.db".into(),
+            });
+        }
+        Ok(StoreLocation::Sqlite(resolve(base, path)))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(StoreLocation::Postgres(url.to_owned()))
+    } else {
+        Err(SettingsError::Invalid {
+            origin: "store".into(),
+            message: "store must be sqlite://PATH or postgres://...".into(),
+        })
+    }
+}
+
+impl Settings {
+    /// Loads settings: defaults, then the file (if any), then `vars` (the
+    /// process environment in production). `file` is the `-c` argument;
+    /// without it `clickup-bridge.toml` in the working directory is used when
+    /// present. `cwd` is the base for paths not given in the file.
+    pub fn load(file: Option<&Path>, vars: Vec<(String, String)>, cwd: &Path) -> Result<Settings, SettingsError> {
+        let (file_raw, file_dir) = match file {
+            Some(f) => {
+                if !f.exists() {
+                    return Err(SettingsError::Missing(f.to_path_buf()));
+                }
+                let dir = resolve(cwd, &f.display().to_string())
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| cwd.to_path_buf());
+                (read_file(f)?, dir)
+            }
+            None => {
+                let default = cwd.join("clickup-bridge.toml");
+                if default.exists() {
+                    (read_file(&default)?, cwd.to_path_buf())
+                } else {
+                    (Raw::default(), cwd.to_path_buf())
+                }
+            }
+        };
+        let env_raw = read_env(vars)?;
+        // A value from the environment wins and resolves against the working
+        // directory; a value from the file resolves against the file's folder.
+        let path_of = |env: &Option<String>, file: &Option<String>, default: &str| match (env, file) {
+            (Some(e), _) => resolve(cwd, e),
+            (None, Some(f)) => resolve(&file_dir, f),
+            (None, None) => resolve(&file_dir, default),
+        };
+        let store = match (&env_raw.store, &file_raw.store) {
+            (Some(e), _) => store_location(e, cwd)?,
+            (None, Some(f)) => store_location(f, &file_dir)?,
+            (None, None) => store_location("sqlite://clickup-bridge.db", &file_dir)?,
+        };
+        let max_body = env_raw.max_body.or(file_raw.max_body).unwrap_or(1_048_576);
+        Ok(Settings {
+            listen: env_raw.listen.or(file_raw.listen).unwrap_or_else(|| "0.0.0.0:8080".into()),
+            admin_listen: env_raw
+                .admin_listen
+                .or(file_raw.admin_listen)
+                .unwrap_or_else(|| "127.0.0.1:9090".into()),
+            admin_token: env_raw.admin_token.or(file_raw.admin_token).filter(|t| !t.is_empty()),
+            routes: path_of(&env_raw.routes, &file_raw.routes, "routes.yaml"),
+            templates: path_of(&env_raw.templates, &file_raw.templates, "templates"),
+            store,
+            max_body: usize::try_from(max_body).unwrap_or(usize::MAX),
+            retention_days: env_raw.retention_days.or(file_raw.retention_days).unwrap_or(7),
+            log_format: env_raw.log_format.or(file_raw.log_format),
+            shutdown_timeout: env_raw.shutdown_timeout.or(file_raw.shutdown_timeout).unwrap_or(30),
+        })
+    }
+
+    /// Loads from the process environment and working directory.
+    pub fn from_process(file: Option<&Path>) -> Result<Settings, SettingsError> {
+        let cwd = std::env::current_dir().map_err(|e| SettingsError::Invalid {
+            origin: "working directory".into(),
+            message: e.to_string(),
+        })?;
+        Settings::load(file, std::env::vars().collect(), &cwd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_without_a_file() {
+        let s = Settings::load(None, vec![], Path::new("/srv")).unwrap();
+        assert_eq!(s.listen, "0.0.0.0:8080");
+        assert_eq!(s.admin_listen, "127.0.0.1:9090");
+        assert_eq!(s.admin_token, None);
+        assert_eq!(s.routes, Path::new("/srv/routes.yaml"));
+        assert_eq!(s.templates, Path::new("/srv/templates"));
+        assert_eq!(s.store, StoreLocation::Sqlite("/srv/clickup-bridge.db".into()));
+        assert_eq!(s.max_body, 1_048_576);
+        assert_eq!(s.retention_days, 7);
+        assert_eq!(s.shutdown_timeout, 30);
+    }
+
+    #[test]
+    fn file_paths_resolve_against_the_file_and_env_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        let file = etc.join("clickup-bridge.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:1\"\nroutes = \"r.yaml\"\nstore = \"sqlite://data/x.db\"\nmax_body = 10\n",
+        )
+        .unwrap();
+        let env = vec![
+            ("CLICKUP_BRIDGE_MAX_BODY".to_owned(), "20".to_owned()),
+            ("CLICKUP_BRIDGE_ADMIN_TOKEN".to_owned(), "t0k".to_owned()),
+            ("CLICKUP_BRIDGE_TEMPLATES".to_owned(), "tpl".to_owned()),
+            ("OTHER".to_owned(), "x".to_owned()),
+        ];
+        let s = Settings::load(Some(&file), env, Path::new("/work")).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:1");
+        assert_eq!(s.routes, etc.join("r.yaml"));
+        assert_eq!(s.store, StoreLocation::Sqlite(etc.join("data/x.db")));
+        assert_eq!(s.max_body, 20);
+        assert_eq!(s.admin_token.as_deref(), Some("t0k"));
+        assert_eq!(s.templates, Path::new("/work/tpl"));
+    }
+
+    #[test]
+    fn absolute_sqlite_paths_and_bad_settings() {
+        let env = vec![("CLICKUP_BRIDGE_STORE".to_owned(), "sqlite:///var/lib/x.db".to_owned())];
+        let s = Settings::load(None, env, Path::new("/srv")).unwrap();
+        assert_eq!(s.store, StoreLocation::Sqlite("/var/lib/x.db".into()));
+        let env = vec![("CLICKUP_BRIDGE_STORE".to_owned(), "mysql://x".to_owned())];
+        assert!(Settings::load(None, env, Path::new("/srv")).is_err());
+        let env = vec![("CLICKUP_BRIDGE_LISTN".to_owned(), "x".to_owned())];
+        let e = Settings::load(None, env, Path::new("/srv")).unwrap_err();
+        assert!(e.to_string().contains("listn"), "{e}");
+        assert!(Settings::load(Some(Path::new("/nope.toml")), vec![], Path::new("/")).is_err());
+    }
+}
