@@ -2,6 +2,7 @@
 
 use crate::admin::{self, AdminState};
 use crate::inbound::{self, InboundState};
+use crate::lifecycle::InFlight;
 use crate::pipeline::{LoadError, LoadOptions, Pipeline, process_env};
 use crate::settings::Settings;
 use crate::store::{Store, StoreError};
@@ -31,7 +32,9 @@ pub enum StartError {
         source: std::io::Error,
     },
     /// The admin listener is reachable from the network without a token.
-    #[error("admin_listen {0} is not a loopback address: set admin_token (CLICKUP_BRIDGE_ADMIN_TOKEN) or listen on 127.0.0.1")]
+    #[error(
+        "admin_listen {0} is not a loopback address: set admin_token (CLICKUP_BRIDGE_ADMIN_TOKEN) or listen on 127.0.0.1"
+    )]
     AdminTokenRequired(String),
 }
 
@@ -44,6 +47,7 @@ pub struct Application {
     store: Store,
     shutdown_timeout: Duration,
     pipeline: Arc<ArcSwap<Pipeline>>,
+    in_flight: Arc<InFlight>,
 }
 
 fn bind(addr: &str) -> Result<TcpListener, StartError> {
@@ -75,43 +79,59 @@ impl Application {
             addr: settings.listen.clone(),
             source,
         })?;
-        let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind {
-            addr: settings.admin_listen.clone(),
-            source,
-        })?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: settings.admin_listen.clone(),
+                source,
+            })?;
         if !is_loopback(&admin_addr) && settings.admin_token.is_none() {
-            return Err(StartError::AdminTokenRequired(settings.admin_listen.clone()));
+            return Err(StartError::AdminTokenRequired(
+                settings.admin_listen.clone(),
+            ));
         }
         let store = Store::open(&settings.store).await?;
         let pipeline = Arc::new(ArcSwap::from_pointee(pipeline));
         let shutdown_timeout = Duration::from_secs(settings.shutdown_timeout);
 
+        let in_flight = InFlight::new();
         let inbound_state = web::Data::new(InboundState {
             pipeline: pipeline.clone(),
             store: store.clone(),
             max_body: settings.max_body,
+            in_flight: in_flight.clone(),
         });
-        let server = HttpServer::new(move || App::new().app_data(inbound_state.clone()).configure(inbound::configure))
-            .disable_signals()
-            .shutdown_timeout(settings.shutdown_timeout)
-            .listen(listener)
-            .map_err(|source| StartError::Bind {
-                addr: settings.listen.clone(),
-                source,
-            })?
-            .run();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(inbound_state.clone())
+                .configure(inbound::configure)
+        })
+        .disable_signals()
+        .shutdown_timeout(settings.shutdown_timeout)
+        .listen(listener)
+        .map_err(|source| StartError::Bind {
+            addr: settings.listen.clone(),
+            source,
+        })?
+        .run();
 
-        let admin_state = web::Data::new(AdminState { store: store.clone() });
-        let admin_server = HttpServer::new(move || App::new().app_data(admin_state.clone()).configure(admin::configure))
-            .workers(1)
-            .disable_signals()
-            .shutdown_timeout(settings.shutdown_timeout)
-            .listen(admin_listener)
-            .map_err(|source| StartError::Bind {
-                addr: settings.admin_listen.clone(),
-                source,
-            })?
-            .run();
+        let admin_state = web::Data::new(AdminState {
+            store: store.clone(),
+        });
+        let admin_server = HttpServer::new(move || {
+            App::new()
+                .app_data(admin_state.clone())
+                .configure(admin::configure)
+        })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(settings.shutdown_timeout)
+        .listen(admin_listener)
+        .map_err(|source| StartError::Bind {
+            addr: settings.admin_listen.clone(),
+            source,
+        })?
+        .run();
 
         Ok(Application {
             listen_addr,
@@ -121,6 +141,7 @@ impl Application {
             store,
             shutdown_timeout,
             pipeline,
+            in_flight,
         })
     }
 
@@ -146,17 +167,33 @@ impl Application {
 
     /// Serves until `shutdown` completes, then stops accepting, lets requests
     /// in flight finish (bounded by `shutdown_timeout`) and closes the store.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
         let handle: ServerHandle = self.server.handle();
         let admin_handle: ServerHandle = self.admin_server.handle();
         tracing::info!(listen = %self.listen_addr, admin = %self.admin_addr, "clickup-bridge serving");
         let server = tokio::spawn(self.server);
         let admin = tokio::spawn(self.admin_server);
         shutdown.await;
-        tracing::info!(timeout_secs = self.shutdown_timeout.as_secs(), "shutting down: finishing requests in flight");
-        // Graceful: stop accepting, wait for in-flight requests (actix bounds
-        // the wait with shutdown_timeout).
-        tokio::join!(handle.stop(true), admin_handle.stop(true));
+        tracing::info!(
+            timeout_secs = self.shutdown_timeout.as_secs(),
+            "shutting down: finishing requests in flight"
+        );
+        // Stop accepting connections, let every request already started
+        // finish (bounded), then close what is left: idle keep-alive
+        // connections, and requests that arrived meanwhile and were answered
+        // 503 so their senders retry.
+        tokio::join!(handle.pause(), admin_handle.pause());
+        let left = self.in_flight.drain(self.shutdown_timeout).await;
+        if left > 0 {
+            tracing::warn!(
+                left,
+                "shutdown timeout reached with requests still in flight"
+            );
+        }
+        tokio::join!(handle.stop(false), admin_handle.stop(false));
         let _ = server.await;
         let _ = admin.await;
         self.store.close().await;

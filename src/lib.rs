@@ -17,16 +17,16 @@
 //! - [`cli`], [`app`], [`lifecycle`], [`telemetry`]: the wiring.
 //! - [`ids`]: prefixed, time-ordered ids.
 
-pub mod settings;
-pub mod routes_file;
-pub mod pipeline;
-pub mod inbound;
-pub mod verify;
-pub mod store;
-pub mod transform;
 pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod ids;
+pub mod inbound;
 pub mod lifecycle;
+pub mod pipeline;
+pub mod routes_file;
+pub mod settings;
+pub mod store;
 pub mod telemetry;
+pub mod transform;
+pub mod verify;

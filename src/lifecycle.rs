@@ -3,7 +3,10 @@
 /// Completes on SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM received"),
@@ -14,5 +17,96 @@ pub async fn shutdown_signal() {
             // Without signal handlers, Ctrl-C is the only way to stop.
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Counts webhook requests in flight so shutdown can wait for exactly them.
+///
+/// Why not rely on actix-web's graceful stop alone: it waits on connections,
+/// not requests, so idle keep-alive connections hold it for the whole
+/// timeout, and it was seen to drop a request whose body was still arriving.
+/// Tracking requests ourselves makes "finish what was started" exact.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    count: AtomicUsize,
+    draining: AtomicBool,
+    idle: Notify,
+}
+
+/// Held while one request is being handled.
+pub struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl InFlight {
+    /// A new tracker.
+    pub fn new() -> Arc<InFlight> {
+        Arc::new(InFlight::default())
+    }
+
+    /// Registers a request; `None` once draining has begun (answer 503 so the
+    /// sender retries against the next instance or after the restart).
+    pub fn enter(self: &Arc<Self>) -> Option<InFlightGuard> {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlightGuard(self.clone());
+        if self.draining.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(guard)
+    }
+
+    /// Refuses new requests and waits until those in flight are done, at most
+    /// `timeout`. Returns how many were still running when it gave up.
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        self.draining.store(true, Ordering::Release);
+        let wait = async {
+            loop {
+                let notified = self.idle.notified();
+                if self.count.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(timeout, wait).await;
+        self.count.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn drain_waits_for_requests_in_flight_and_refuses_new_ones() {
+        let f = InFlight::new();
+        let g = f.enter().unwrap();
+        let f2 = f.clone();
+        let drained = tokio::spawn(async move { f2.drain(Duration::from_secs(5)).await });
+        tokio::task::yield_now().await;
+        assert!(
+            f.enter().is_none(),
+            "new requests are refused while draining"
+        );
+        drop(g);
+        assert_eq!(drained.await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn drain_gives_up_after_the_timeout() {
+        let f = InFlight::new();
+        let _g = f.enter().unwrap();
+        assert_eq!(f.drain(Duration::from_millis(10)).await, 1);
     }
 }

@@ -121,7 +121,11 @@ fn read_env(vars: Vec<(String, String)>) -> Result<Raw, SettingsError> {
 
 fn resolve(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
-    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
 }
 
 fn store_location(url: &str, base: &Path) -> Result<StoreLocation, SettingsError> {
@@ -148,7 +152,11 @@ impl Settings {
     /// process environment in production). `file` is the `-c` argument;
     /// without it `clickup-bridge.toml` in the working directory is used when
     /// present. `cwd` is the base for paths not given in the file.
-    pub fn load(file: Option<&Path>, vars: Vec<(String, String)>, cwd: &Path) -> Result<Settings, SettingsError> {
+    pub fn load(
+        file: Option<&Path>,
+        vars: Vec<(String, String)>,
+        cwd: &Path,
+    ) -> Result<Settings, SettingsError> {
         let (file_raw, file_dir) = match file {
             Some(f) => {
                 if !f.exists() {
@@ -172,7 +180,8 @@ impl Settings {
         let env_raw = read_env(vars)?;
         // A value from the environment wins and resolves against the working
         // directory; a value from the file resolves against the file's folder.
-        let path_of = |env: &Option<String>, file: &Option<String>, default: &str| match (env, file) {
+        let path_of = |env: &Option<String>, file: &Option<String>, default: &str| match (env, file)
+        {
             (Some(e), _) => resolve(cwd, e),
             (None, Some(f)) => resolve(&file_dir, f),
             (None, None) => resolve(&file_dir, default),
@@ -184,19 +193,31 @@ impl Settings {
         };
         let max_body = env_raw.max_body.or(file_raw.max_body).unwrap_or(1_048_576);
         Ok(Settings {
-            listen: env_raw.listen.or(file_raw.listen).unwrap_or_else(|| "0.0.0.0:8080".into()),
+            listen: env_raw
+                .listen
+                .or(file_raw.listen)
+                .unwrap_or_else(|| "0.0.0.0:8080".into()),
             admin_listen: env_raw
                 .admin_listen
                 .or(file_raw.admin_listen)
                 .unwrap_or_else(|| "127.0.0.1:9090".into()),
-            admin_token: env_raw.admin_token.or(file_raw.admin_token).filter(|t| !t.is_empty()),
+            admin_token: env_raw
+                .admin_token
+                .or(file_raw.admin_token)
+                .filter(|t| !t.is_empty()),
             routes: path_of(&env_raw.routes, &file_raw.routes, "routes.yaml"),
             templates: path_of(&env_raw.templates, &file_raw.templates, "templates"),
             store,
             max_body: usize::try_from(max_body).unwrap_or(usize::MAX),
-            retention_days: env_raw.retention_days.or(file_raw.retention_days).unwrap_or(7),
+            retention_days: env_raw
+                .retention_days
+                .or(file_raw.retention_days)
+                .unwrap_or(7),
             log_format: env_raw.log_format.or(file_raw.log_format),
-            shutdown_timeout: env_raw.shutdown_timeout.or(file_raw.shutdown_timeout).unwrap_or(30),
+            shutdown_timeout: env_raw
+                .shutdown_timeout
+                .or(file_raw.shutdown_timeout)
+                .unwrap_or(30),
         })
     }
 
@@ -222,7 +243,10 @@ mod tests {
         assert_eq!(s.admin_token, None);
         assert_eq!(s.routes, Path::new("/srv/routes.yaml"));
         assert_eq!(s.templates, Path::new("/srv/templates"));
-        assert_eq!(s.store, StoreLocation::Sqlite("/srv/clickup-bridge.db".into()));
+        assert_eq!(
+            s.store,
+            StoreLocation::Sqlite("/srv/clickup-bridge.db".into())
+        );
         assert_eq!(s.max_body, 1_048_576);
         assert_eq!(s.retention_days, 7);
         assert_eq!(s.shutdown_timeout, 30);
@@ -256,7 +280,10 @@ mod tests {
 
     #[test]
     fn absolute_sqlite_paths_and_bad_settings() {
-        let env = vec![("CLICKUP_BRIDGE_STORE".to_owned(), "sqlite:///var/lib/x.db".to_owned())];
+        let env = vec![(
+            "CLICKUP_BRIDGE_STORE".to_owned(),
+            "sqlite:///var/lib/x.db".to_owned(),
+        )];
         let s = Settings::load(None, env, Path::new("/srv")).unwrap();
         assert_eq!(s.store, StoreLocation::Sqlite("/var/lib/x.db".into()));
         let env = vec![("CLICKUP_BRIDGE_STORE".to_owned(), "mysql://x".to_owned())];

@@ -24,6 +24,7 @@ async fn healthz() -> HttpResponse {
 async fn readyz(state: web::Data<AdminState>) -> HttpResponse {
     match state.store.ping().await {
         Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
-        Err(e) => HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "unavailable", "error": e.to_string()})),
+        Err(e) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "unavailable", "error": e.to_string()})),
     }
 }

@@ -133,7 +133,10 @@ fn sign(settings: &Settings, source: &str, event: &Path) -> anyhow::Result<i32> 
     };
     let Some(src) = pipeline.sources.get(source) else {
         let known: Vec<&str> = pipeline.sources.keys().map(String::as_str).collect();
-        anyhow::bail!("unknown source \"{source}\"; known sources: {}", known.join(", "));
+        anyhow::bail!(
+            "unknown source \"{source}\"; known sources: {}",
+            known.join(", ")
+        );
     };
     let body = std::fs::read(event).with_context(|| format!("cannot read {}", event.display()))?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();

@@ -23,6 +23,8 @@ pub struct InboundState {
     pub store: Store,
     /// Largest accepted body in bytes.
     pub max_body: usize,
+    /// Requests in flight, for graceful shutdown.
+    pub in_flight: Arc<crate::lifecycle::InFlight>,
 }
 
 /// Why an inbound request was refused.
@@ -46,6 +48,9 @@ pub enum InboundError {
     /// The store did not answer: 503, so the sender retries.
     #[error("store unavailable, retry later")]
     Store(#[source] StoreError),
+    /// The daemon is stopping: 503, so the sender retries.
+    #[error("shutting down, retry later")]
+    ShuttingDown,
 }
 
 impl InboundError {
@@ -58,6 +63,7 @@ impl InboundError {
             InboundError::BadBody(_) => "bad_body",
             InboundError::Read(_) => "read_error",
             InboundError::Store(_) => "store_unavailable",
+            InboundError::ShuttingDown => "shutting_down",
         }
     }
 }
@@ -69,13 +75,14 @@ impl ResponseError for InboundError {
             InboundError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             InboundError::Signature(_) => StatusCode::FORBIDDEN,
             InboundError::BadBody(_) | InboundError::Read(_) => StatusCode::BAD_REQUEST,
-            InboundError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            InboundError::Store(_) | InboundError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
         // Messages name headers and reasons, never secrets or signatures.
-        HttpResponse::build(self.status_code()).json(serde_json::json!({ "error": self.to_string() }))
+        HttpResponse::build(self.status_code())
+            .json(serde_json::json!({ "error": self.to_string() }))
     }
 }
 
@@ -90,7 +97,11 @@ async fn healthz() -> HttpResponse {
 }
 
 /// Reads at most `max` bytes; more is an error before the rest is read.
-async fn read_capped(req: &HttpRequest, mut payload: web::Payload, max: usize) -> Result<Vec<u8>, InboundError> {
+async fn read_capped(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    max: usize,
+) -> Result<Vec<u8>, InboundError> {
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
@@ -117,7 +128,11 @@ async fn receive(
     payload: web::Payload,
 ) -> Result<HttpResponse, InboundError> {
     let source = source.into_inner();
-    let result = accept(&state, &source, &req, payload).await;
+    tracing::debug!(source = %source, "receiving event");
+    let result = match state.in_flight.enter() {
+        Some(_guard) => accept(&state, &source, &req, payload).await,
+        None => Err(InboundError::ShuttingDown),
+    };
     match &result {
         Ok((id, event_type, duplicate)) => {
             tracing::info!(source = %source, event_id = %id, event_type = %event_type, duplicate, "event accepted");

@@ -11,8 +11,8 @@ pub mod sources;
 pub mod targets;
 
 use crate::routes_file::diag::{Diagnostic, Diagnostics};
-use crate::routes_file::yaml::{self, Node, Pos, Value};
 use crate::routes_file::env;
+use crate::routes_file::yaml::{self, Node, Pos, Value};
 use crate::transform::render::Templates;
 use reader::MapReader;
 use std::collections::BTreeMap;
@@ -31,7 +31,10 @@ pub struct LoadError {
 }
 
 fn render_errors(d: &[Diagnostic]) -> String {
-    d.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+    d.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The compiled, immutable routing configuration.
@@ -90,7 +93,10 @@ impl Pipeline {
         let mut root = match yaml::parse(text) {
             Ok(n) => n,
             Err(e) => {
-                d.error(e.pos.unwrap_or(Pos { line: 1, col: 1 }), syntax_message(&e.message));
+                d.error(
+                    e.pos.unwrap_or(Pos { line: 1, col: 1 }),
+                    syntax_message(&e.message),
+                );
                 return Err(LoadError {
                     diagnostics: d.into_sorted(),
                 });
@@ -159,7 +165,13 @@ fn compile_tree(root: &Node, templates_dir: &Path, d: &mut Diagnostics) -> Optio
         Value::Map(e) => e.as_slice(),
         Value::Null => &[],
         other => {
-            d.error(root.pos, format!("routes file must be a mapping with sources, targets and routes, found {}", other.kind()));
+            d.error(
+                root.pos,
+                format!(
+                    "routes file must be a mapping with sources, targets and routes, found {}",
+                    other.kind()
+                ),
+            );
             return None;
         }
     };
@@ -167,13 +179,20 @@ fn compile_tree(root: &Node, templates_dir: &Path, d: &mut Diagnostics) -> Optio
         pos: root.pos,
         value: Value::Map(Vec::new()),
     };
-    let root_node = if root_entries.is_empty() { &empty } else { root };
+    let root_node = if root_entries.is_empty() {
+        &empty
+    } else {
+        root
+    };
     let mut r = MapReader::new(root_node, "the routes file", d)?;
     if let Some(v) = r.take("version") {
         match &v.value {
             Value::Int(1) => {}
             Value::Str(s) if s == "1" => {}
-            _ => d.error(v.pos, "unsupported version: this clickup-bridge reads version 1 (or leave version out)"),
+            _ => d.error(
+                v.pos,
+                "unsupported version: this clickup-bridge reads version 1 (or leave version out)",
+            ),
         }
     }
     let declared = routes::Declared {
@@ -195,7 +214,13 @@ fn compile_tree(root: &Node, templates_dir: &Path, d: &mut Diagnostics) -> Optio
             && targets.get(&w.via).map(|t| t.kind.type_name()) != Some("clickup")
             && declared.targets.get(&w.via).map(String::as_str) != Some("clickup")
         {
-            d.error(s.pos, format!("watch.via of source \"{}\" must name a clickup target, not \"{}\"", s.name, w.via));
+            d.error(
+                s.pos,
+                format!(
+                    "watch.via of source \"{}\" must name a clickup target, not \"{}\"",
+                    s.name, w.via
+                ),
+            );
         }
     }
     Some(Pipeline {

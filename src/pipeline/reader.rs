@@ -28,7 +28,10 @@ impl<'a> MapReader<'a> {
                 what: what.to_owned(),
             }),
             other => {
-                d.error(node.pos, format!("{what} must be a mapping, found {}", other.kind()));
+                d.error(
+                    node.pos,
+                    format!("{what} must be a mapping, found {}", other.kind()),
+                );
                 None
             }
         }
@@ -69,7 +72,10 @@ impl<'a> MapReader<'a> {
     pub fn require(&mut self, key: &'static str, d: &mut Diagnostics) -> Option<&'a Node> {
         let v = self.take(key);
         if v.is_none() {
-            d.error(self.pos, format!("{} is missing the required key \"{key}\"", self.what));
+            d.error(
+                self.pos,
+                format!("{} is missing the required key \"{key}\"", self.what),
+            );
         }
         v
     }
@@ -82,14 +88,21 @@ impl<'a> MapReader<'a> {
             }
             let name = k.scalar_text().unwrap_or_else(|| "?".to_owned());
             let hint = suggestion(&name, &self.asked, "keys");
-            d.error(k.pos, format!("unknown key \"{name}\" in {}{hint}", self.what));
+            d.error(
+                k.pos,
+                format!("unknown key \"{name}\" in {}{hint}", self.what),
+            );
         }
     }
 }
 
 /// The mapping entries of `node` with string keys, recording an error for a
 /// node that is not a mapping.
-pub fn entries<'a>(node: &'a Node, what: &str, d: &mut Diagnostics) -> Vec<(&'a str, &'a Node, &'a Node)> {
+pub fn entries<'a>(
+    node: &'a Node,
+    what: &str,
+    d: &mut Diagnostics,
+) -> Vec<(&'a str, &'a Node, &'a Node)> {
     match &node.value {
         Value::Map(entries) => entries
             .iter()
@@ -103,7 +116,10 @@ pub fn entries<'a>(node: &'a Node, what: &str, d: &mut Diagnostics) -> Vec<(&'a 
             .collect(),
         Value::Null => Vec::new(),
         other => {
-            d.error(node.pos, format!("{what} must be a mapping, found {}", other.kind()));
+            d.error(
+                node.pos,
+                format!("{what} must be a mapping, found {}", other.kind()),
+            );
             Vec::new()
         }
     }
@@ -115,7 +131,10 @@ pub fn string(node: &Node, what: &str, d: &mut Diagnostics) -> Option<String> {
         Value::Str(s) => Some(s.clone()),
         Value::Int(_) | Value::Float(_) | Value::Bool(_) => node.scalar_text(),
         other => {
-            d.error(node.pos, format!("{what} must be a string, found {}", other.kind()));
+            d.error(
+                node.pos,
+                format!("{what} must be a string, found {}", other.kind()),
+            );
             None
         }
     }
@@ -128,7 +147,10 @@ pub fn string_or_list(node: &Node, what: &str, d: &mut Diagnostics) -> Vec<(Stri
             .iter()
             .filter_map(|n| string(n, what, d).map(|s| (s, n.pos)))
             .collect(),
-        _ => string(node, what, d).map(|s| (s, node.pos)).into_iter().collect(),
+        _ => string(node, what, d)
+            .map(|s| (s, node.pos))
+            .into_iter()
+            .collect(),
     }
 }
 
@@ -143,7 +165,13 @@ pub fn number(node: &Node, what: &str, d: &mut Diagnostics) -> Option<f64> {
     match n {
         Some(n) if n.is_finite() && n >= 0.0 => Some(n),
         _ => {
-            d.error(node.pos, format!("{what} must be a non-negative number, found {}", node.value.kind()));
+            d.error(
+                node.pos,
+                format!(
+                    "{what} must be a non-negative number, found {}",
+                    node.value.kind()
+                ),
+            );
             None
         }
     }
@@ -153,7 +181,10 @@ pub fn number(node: &Node, what: &str, d: &mut Diagnostics) -> Option<f64> {
 pub fn whole(node: &Node, what: &str, min: u64, d: &mut Diagnostics) -> Option<u64> {
     let n = number(node, what, d)?;
     if n.fract() != 0.0 || n < min as f64 {
-        d.error(node.pos, format!("{what} must be a whole number of at least {min}"));
+        d.error(
+            node.pos,
+            format!("{what} must be a whole number of at least {min}"),
+        );
         return None;
     }
     Some(n as u64)
@@ -166,7 +197,10 @@ pub fn boolean(node: &Node, what: &str, d: &mut Diagnostics) -> Option<bool> {
         Value::Str(s) if s == "true" => Some(true),
         Value::Str(s) if s == "false" => Some(false),
         other => {
-            d.error(node.pos, format!("{what} must be true or false, found {}", other.kind()));
+            d.error(
+                node.pos,
+                format!("{what} must be true or false, found {}", other.kind()),
+            );
             None
         }
     }
@@ -179,7 +213,10 @@ pub fn check_name(name: &str, pos: Pos, what: &str, d: &mut Diagnostics) -> bool
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
     if !ok {
-        d.error(pos, format!("{what} \"{name}\" may only use letters, digits, '-', '_' and '.'"));
+        d.error(
+            pos,
+            format!("{what} \"{name}\" may only use letters, digits, '-', '_' and '.'"),
+        );
     }
     ok
 }

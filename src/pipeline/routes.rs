@@ -240,7 +240,10 @@ pub fn compile(node: Option<&Node>, ctx: &mut Ctx<'_>, d: &mut Diagnostics) -> V
         Value::Seq(items) => items,
         Value::Null => return out,
         other => {
-            d.error(node.pos, format!("routes must be a list, found {}", other.kind()));
+            d.error(
+                node.pos,
+                format!("routes must be a list, found {}", other.kind()),
+            );
             return out;
         }
     };
@@ -250,7 +253,10 @@ pub fn compile(node: Option<&Node>, ctx: &mut Ctx<'_>, d: &mut Diagnostics) -> V
             if let Some(first) = seen.get(&route.name) {
                 d.error(
                     route.pos,
-                    format!("route name \"{}\" is already used at line {}; names must be unique", route.name, first.line),
+                    format!(
+                        "route name \"{}\" is already used at line {}; names must be unique",
+                        route.name, first.line
+                    ),
                 );
                 continue;
             }
@@ -278,7 +284,10 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
             Some(kind) => Some(kind.clone()),
             None => {
                 let known: Vec<&str> = ctx.declared.sources.keys().map(String::as_str).collect();
-                d.error(*pos, format!("unknown source \"{s}\"{}", suggestion(s, &known, "sources")));
+                d.error(
+                    *pos,
+                    format!("unknown source \"{s}\"{}", suggestion(s, &known, "sources")),
+                );
                 None
             }
         },
@@ -304,9 +313,15 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
         if let Some(a) = w.take("any") {
             match &a.value {
                 Value::Seq(groups) => {
-                    any = groups.iter().map(|g| conditions(g, "an entry of any", d)).collect();
+                    any = groups
+                        .iter()
+                        .map(|g| conditions(g, "an entry of any", d))
+                        .collect();
                 }
-                other => d.error(a.pos, format!("any must be a list of match maps, found {}", other.kind())),
+                other => d.error(
+                    a.pos,
+                    format!("any must be a list of match maps, found {}", other.kind()),
+                ),
             }
         }
         if let Some(t) = w.take("task") {
@@ -322,7 +337,10 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
             if what_enrich == "task" {
                 enrich_task = true;
             } else {
-                d.error(pos, format!("unknown enrichment \"{what_enrich}\"; the only one is \"task\""));
+                d.error(
+                    pos,
+                    format!("unknown enrichment \"{what_enrich}\"; the only one is \"task\""),
+                );
             }
         }
     }
@@ -333,10 +351,19 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
     {
         match ctx.declared.targets.get(&t).map(String::as_str) {
             Some("clickup") => enrich_via = Some(t),
-            Some(other) => d.error(n.pos, format!("enrich_via \"{t}\" is a {other} target; it must name a clickup target")),
+            Some(other) => d.error(
+                n.pos,
+                format!("enrich_via \"{t}\" is a {other} target; it must name a clickup target"),
+            ),
             None => {
                 let known = clickup_targets(ctx.declared);
-                d.error(n.pos, format!("unknown target \"{t}\"{}", suggestion(&t, &known, "clickup targets")));
+                d.error(
+                    n.pos,
+                    format!(
+                        "unknown target \"{t}\"{}",
+                        suggestion(&t, &known, "clickup targets")
+                    ),
+                );
             }
         }
     }
@@ -356,11 +383,17 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
     if let Some(x) = r.take("extract") {
         for (k, key, v) in reader::entries(x, "extract", d) {
             if !is_identifier(k) {
-                d.error(key.pos, format!("extract name \"{k}\" must be an identifier (letters, digits, _)"));
+                d.error(
+                    key.pos,
+                    format!("extract name \"{k}\" must be an identifier (letters, digits, _)"),
+                );
                 continue;
             }
             if ["event", "task", "links", "meta"].contains(&k) {
-                d.error(key.pos, format!("extract name \"{k}\" is reserved for the template context"));
+                d.error(
+                    key.pos,
+                    format!("extract name \"{k}\" is reserved for the template context"),
+                );
                 continue;
             }
             if let Some(p) = path(v, d) {
@@ -370,8 +403,8 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
     }
 
     let mut send = Vec::new();
-    match r.require("send", d) {
-        Some(s) => match &s.value {
+    if let Some(s) = r.require("send", d) {
+        match &s.value {
             Value::Seq(steps) if !steps.is_empty() => {
                 for (i, step) in steps.iter().enumerate() {
                     if let Some(st) = compile_step(&label, i, step, ctx, d) {
@@ -379,9 +412,11 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
                     }
                 }
             }
-            _ => d.error(s.pos, format!("send of {what} must be a non-empty list of steps")),
-        },
-        None => {}
+            _ => d.error(
+                s.pos,
+                format!("send of {what} must be a non-empty list of steps"),
+            ),
+        }
     }
     r.finish(d);
 
@@ -452,7 +487,16 @@ fn event_pattern(pat: &str, pos: Pos, d: &mut Diagnostics) -> Option<EventPatter
 }
 
 const OPERATORS: &[&str] = &[
-    "equals", "not_equals", "in", "regex", "exists", "contains", "gt", "gte", "lt", "lte",
+    "equals",
+    "not_equals",
+    "in",
+    "regex",
+    "exists",
+    "contains",
+    "gt",
+    "gte",
+    "lt",
+    "lte",
 ];
 
 /// Compiles a match map: JSONPath -> value or operator map.
@@ -463,7 +507,10 @@ fn conditions(node: &Node, what: &str, d: &mut Diagnostics) -> Vec<Condition> {
         match &value.value {
             Value::Map(ops) => {
                 if ops.is_empty() {
-                    d.error(value.pos, format!("no operator given; use one of {}", OPERATORS.join(", ")));
+                    d.error(
+                        value.pos,
+                        format!("no operator given; use one of {}", OPERATORS.join(", ")),
+                    );
                 }
                 for (op_key, op_val) in ops {
                     if let Some(op) = operator(op_key, op_val, d) {
@@ -497,7 +544,10 @@ fn numeric(node: &Node, op: &str, d: &mut Diagnostics) -> Option<f64> {
         _ => None,
     };
     if n.is_none() {
-        d.error(node.pos, format!("{op} compares numbers; found {}", node.value.kind()));
+        d.error(
+            node.pos,
+            format!("{op} compares numbers; found {}", node.value.kind()),
+        );
     }
     n
 }
@@ -559,12 +609,22 @@ impl StepBuilder<'_, '_> {
         }
     }
 
-    fn opt(&mut self, r: &mut MapReader<'_>, key: &'static str, d: &mut Diagnostics) -> Option<TemplateId> {
+    fn opt(
+        &mut self,
+        r: &mut MapReader<'_>,
+        key: &'static str,
+        d: &mut Diagnostics,
+    ) -> Option<TemplateId> {
         let n = r.take(key)?;
         self.tpl(n, key, d)
     }
 
-    fn req(&mut self, r: &mut MapReader<'_>, key: &'static str, d: &mut Diagnostics) -> Option<TemplateId> {
+    fn req(
+        &mut self,
+        r: &mut MapReader<'_>,
+        key: &'static str,
+        d: &mut Diagnostics,
+    ) -> Option<TemplateId> {
         let n = r.require(key, d)?;
         self.tpl(n, key, d)
     }
@@ -597,14 +657,20 @@ impl StepBuilder<'_, '_> {
     fn file(&mut self, node: &Node, d: &mut Diagnostics) -> Option<TemplateId> {
         let name = reader::string(node, "template", d)?;
         if name.contains("..") || Path::new(&name).is_absolute() {
-            d.error(node.pos, format!("template \"{name}\" must be a file name inside the templates folder"));
+            d.error(
+                node.pos,
+                format!("template \"{name}\" must be a file name inside the templates folder"),
+            );
             return None;
         }
         let full = self.ctx.templates_dir.join(&name);
         let src = match std::fs::read_to_string(&full) {
             Ok(s) => s,
             Err(e) => {
-                d.error(node.pos, format!("template file {} cannot be read: {e}", full.display()));
+                d.error(
+                    node.pos,
+                    format!("template file {} cannot be read: {e}", full.display()),
+                );
                 return None;
             }
         };
@@ -636,10 +702,18 @@ impl StepBuilder<'_, '_> {
         }
     }
 
-    fn string_map(&mut self, node: &Node, what: &str, d: &mut Diagnostics) -> Vec<(String, TemplateId)> {
+    fn string_map(
+        &mut self,
+        node: &Node,
+        what: &str,
+        d: &mut Diagnostics,
+    ) -> Vec<(String, TemplateId)> {
         reader::entries(node, what, d)
             .into_iter()
-            .filter_map(|(k, _, v)| self.tpl(v, &format!("{what}.{k}"), d).map(|t| (k.to_owned(), t)))
+            .filter_map(|(k, _, v)| {
+                self.tpl(v, &format!("{what}.{k}"), d)
+                    .map(|t| (k.to_owned(), t))
+            })
             .collect()
     }
 }
@@ -651,13 +725,26 @@ fn action_name(r: &mut MapReader<'_>, allowed: &[&str], d: &mut Diagnostics) -> 
         Some(a)
     } else {
         let hint = suggestion(&a, allowed, "actions");
-        d.error(n.pos, format!("unknown action \"{a}\"{hint} ({})", allowed.join(", ")));
+        d.error(
+            n.pos,
+            format!("unknown action \"{a}\"{hint} ({})", allowed.join(", ")),
+        );
         None
     }
 }
 
-fn compile_step(route: &str, index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics) -> Option<SendStep> {
-    let mut r = MapReader::new(node, &format!("send step #{} of route \"{route}\"", index + 1), d)?;
+fn compile_step(
+    route: &str,
+    index: usize,
+    node: &Node,
+    ctx: &mut Ctx<'_>,
+    d: &mut Diagnostics,
+) -> Option<SendStep> {
+    let mut r = MapReader::new(
+        node,
+        &format!("send step #{} of route \"{route}\"", index + 1),
+        d,
+    )?;
     let target_node = r.require("target", d);
     let target = target_node.and_then(|n| reader::string(n, "target", d));
     let remember = r.take("remember").and_then(|n| {
@@ -665,7 +752,10 @@ fn compile_step(route: &str, index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &m
         if is_identifier(&s) {
             Some(s)
         } else {
-            d.error(n.pos, format!("remember name \"{s}\" must be an identifier (letters, digits, _)"));
+            d.error(
+                n.pos,
+                format!("remember name \"{s}\" must be an identifier (letters, digits, _)"),
+            );
             None
         }
     });
@@ -674,7 +764,10 @@ fn compile_step(route: &str, index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &m
             Some(k) => Some(k.clone()),
             None => {
                 let known: Vec<&str> = ctx.declared.targets.keys().map(String::as_str).collect();
-                d.error(tn.pos, format!("unknown target \"{t}\"{}", suggestion(t, &known, "targets")));
+                d.error(
+                    tn.pos,
+                    format!("unknown target \"{t}\"{}", suggestion(t, &known, "targets")),
+                );
                 None
             }
         },
@@ -701,7 +794,10 @@ fn compile_step(route: &str, index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &m
                     None
                 }
                 (true, true) => {
-                    d.error(r.pos(), "a slack step takes text, or body/template, not both");
+                    d.error(
+                        r.pos(),
+                        "a slack step takes text, or body/template, not both",
+                    );
                     None
                 }
                 _ => Some(Action::Slack { text, body }),
@@ -710,8 +806,14 @@ fn compile_step(route: &str, index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &m
         "http" => {
             let method = r.take("method").and_then(|n| super::targets::method(n, d));
             let path = b.opt(&mut r, "path", d);
-            let headers = r.take("headers").map(|n| b.string_map(n, "headers", d)).unwrap_or_default();
-            let query = r.take("query").map(|n| b.string_map(n, "query", d)).unwrap_or_default();
+            let headers = r
+                .take("headers")
+                .map(|n| b.string_map(n, "headers", d))
+                .unwrap_or_default();
+            let query = r
+                .take("query")
+                .map(|n| b.string_map(n, "query", d))
+                .unwrap_or_default();
             let body = b.body(&mut r, d);
             Some(Action::Http {
                 method,
@@ -721,72 +823,89 @@ fn compile_step(route: &str, index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &m
                 body,
             })
         }
-        "jira" => match action_name(&mut r, &["create_issue", "comment", "transition"], d).as_deref() {
-            Some("create_issue") => {
-                let project = b.req(&mut r, "project", d);
-                let issue_type = b.req(&mut r, "issue_type", d);
-                let summary = b.req(&mut r, "summary", d);
-                let description = b.opt(&mut r, "description", d);
-                let labels = r
-                    .take("labels")
-                    .map(|n| {
-                        reader::string_or_list(n, "label", d)
-                            .into_iter()
-                            .filter_map(|(s, pos)| {
-                                let node = Node {
-                                    pos,
-                                    value: Value::Str(s),
-                                };
-                                b.tpl(&node, "labels", d)
+        "jira" => {
+            match action_name(&mut r, &["create_issue", "comment", "transition"], d).as_deref() {
+                Some("create_issue") => {
+                    let project = b.req(&mut r, "project", d);
+                    let issue_type = b.req(&mut r, "issue_type", d);
+                    let summary = b.req(&mut r, "summary", d);
+                    let description = b.opt(&mut r, "description", d);
+                    let labels = r
+                        .take("labels")
+                        .map(|n| {
+                            reader::string_or_list(n, "label", d)
+                                .into_iter()
+                                .filter_map(|(s, pos)| {
+                                    let node = Node {
+                                        pos,
+                                        value: Value::Str(s),
+                                    };
+                                    b.tpl(&node, "labels", d)
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let fields = r.take("fields").and_then(|n| b.body_node(n, "fields", d));
+                    match (project, issue_type, summary) {
+                        (Some(project), Some(issue_type), Some(summary)) => {
+                            Some(Action::JiraCreateIssue {
+                                project,
+                                issue_type,
+                                summary,
+                                description,
+                                labels,
+                                fields,
                             })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let fields = r.take("fields").and_then(|n| b.body_node(n, "fields", d));
-                match (project, issue_type, summary) {
-                    (Some(project), Some(issue_type), Some(summary)) => Some(Action::JiraCreateIssue {
-                        project,
-                        issue_type,
-                        summary,
-                        description,
-                        labels,
-                        fields,
-                    }),
-                    _ => None,
+                        }
+                        _ => None,
+                    }
                 }
+                Some("comment") => {
+                    let issue = b.req(&mut r, "issue", d);
+                    let text = b.req(&mut r, "text", d);
+                    Some(Action::JiraComment {
+                        issue: issue?,
+                        text: text?,
+                    })
+                }
+                Some("transition") => {
+                    let issue = b.req(&mut r, "issue", d);
+                    let to = b.req(&mut r, "to", d);
+                    Some(Action::JiraTransition {
+                        issue: issue?,
+                        to: to?,
+                    })
+                }
+                _ => None,
             }
-            Some("comment") => {
-                let issue = b.req(&mut r, "issue", d);
-                let text = b.req(&mut r, "text", d);
-                Some(Action::JiraComment {
-                    issue: issue?,
-                    text: text?,
-                })
-            }
-            Some("transition") => {
-                let issue = b.req(&mut r, "issue", d);
-                let to = b.req(&mut r, "to", d);
-                Some(Action::JiraTransition { issue: issue?, to: to? })
-            }
-            _ => None,
-        },
-        "clickup" => match action_name(&mut r, &["update_task", "comment", "create_task"], d).as_deref() {
+        }
+        "clickup" => match action_name(&mut r, &["update_task", "comment", "create_task"], d)
+            .as_deref()
+        {
             Some("update_task") => {
                 let task_id = b.req(&mut r, "task_id", d);
                 let status = b.opt(&mut r, "status", d);
                 let name = b.opt(&mut r, "name", d);
-                let priority = r.take("priority").and_then(|n| b.body_node(n, "priority", d));
+                let priority = r
+                    .take("priority")
+                    .and_then(|n| b.body_node(n, "priority", d));
                 let fields = r
                     .take("fields")
                     .map(|n| {
                         reader::entries(n, "fields", d)
                             .into_iter()
-                            .filter_map(|(k, _, v)| b.body_node(v, &format!("fields.{k}"), d).map(|t| (k.to_owned(), t)))
+                            .filter_map(|(k, _, v)| {
+                                b.body_node(v, &format!("fields.{k}"), d)
+                                    .map(|t| (k.to_owned(), t))
+                            })
                             .collect::<Vec<_>>()
                     })
                     .unwrap_or_default();
                 if status.is_none() && name.is_none() && priority.is_none() && fields.is_empty() {
-                    d.error(r.pos(), "update_task needs at least one of status, name, priority or fields");
+                    d.error(
+                        r.pos(),
+                        "update_task needs at least one of status, name, priority or fields",
+                    );
                 }
                 Some(Action::ClickUpUpdateTask {
                     task_id: task_id?,

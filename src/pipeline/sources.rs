@@ -68,7 +68,10 @@ fn secrets(node: &Node, d: &mut Diagnostics) -> Vec<Secret> {
     let mut out = Vec::new();
     for (s, pos) in list {
         if s.is_empty() {
-            d.error(pos, "secret is empty: set it to the webhook's signing secret");
+            d.error(
+                pos,
+                "secret is empty: set it to the webhook's signing secret",
+            );
         } else {
             out.push(Secret::new(s));
         }
@@ -102,7 +105,9 @@ fn compile_one(name: &str, node: &Node, d: &mut Diagnostics) -> Option<Source> {
             ));
         }
         Some(("hmac", _)) => {
-            let header = r.require("header", d).and_then(|n| reader::string(n, "header", d));
+            let header = r
+                .require("header", d)
+                .and_then(|n| reader::string(n, "header", d));
             let prefix = r
                 .take("prefix")
                 .and_then(|n| reader::string(n, "prefix", d))
@@ -113,7 +118,10 @@ fn compile_one(name: &str, node: &Node, d: &mut Diagnostics) -> Option<Source> {
                     Some("hex") => Some(Encoding::Hex),
                     Some("base64") => Some(Encoding::Base64),
                     Some(other) => {
-                        d.error(n.pos, format!("unknown encoding \"{other}\"; use hex or base64"));
+                        d.error(
+                            n.pos,
+                            format!("unknown encoding \"{other}\"; use hex or base64"),
+                        );
                         None
                     }
                     None => None,
@@ -135,7 +143,10 @@ fn compile_one(name: &str, node: &Node, d: &mut Diagnostics) -> Option<Source> {
         }
         Some((other, pos)) => {
             let hint = crate::routes_file::diag::suggestion(other, KINDS, "kinds");
-            d.error(pos, format!("unknown verify kind \"{other}\"{hint} (clickup, stripe or hmac)"));
+            d.error(
+                pos,
+                format!("unknown verify kind \"{other}\"{hint} (clickup, stripe or hmac)"),
+            );
         }
         None => {}
     }
@@ -167,8 +178,12 @@ pub fn path(node: &Node, d: &mut Diagnostics) -> Option<JsonPath> {
 
 fn compile_watch(node: &Node, d: &mut Diagnostics) -> Option<Watch> {
     let mut r = MapReader::new(node, "watch", d)?;
-    let team_id = r.require("team_id", d).and_then(|n| reader::string(n, "team_id", d));
-    let via = r.require("via", d).and_then(|n| reader::string(n, "via", d));
+    let team_id = r
+        .require("team_id", d)
+        .and_then(|n| reader::string(n, "team_id", d));
+    let via = r
+        .require("via", d)
+        .and_then(|n| reader::string(n, "via", d));
     let auto_reactivate = r
         .take("auto_reactivate")
         .and_then(|n| reader::boolean(n, "auto_reactivate", d))

@@ -152,7 +152,10 @@ pub fn url(node: &Node, what: &str, d: &mut Diagnostics) -> Option<String> {
         }
         // The value may be a secret (Slack webhook URLs are): never echo it.
         _ => {
-            d.error(node.pos, format!("{what} must be an absolute http:// or https:// URL"));
+            d.error(
+                node.pos,
+                format!("{what} must be an absolute http:// or https:// URL"),
+            );
             None
         }
     }
@@ -181,7 +184,10 @@ fn rate_limit(node: &Node, d: &mut Diagnostics) -> Option<RateLimit> {
         Some(RateLimit { count, per })
     });
     if parsed.is_none() {
-        d.error(node.pos, format!("rate_limit \"{s}\" is not N/s or N/min (e.g. 1/s, 100/min)"));
+        d.error(
+            node.pos,
+            format!("rate_limit \"{s}\" is not N/s or N/min (e.g. 1/s, 100/min)"),
+        );
     }
     parsed
 }
@@ -191,10 +197,16 @@ fn retry(node: &Node, d: &mut Diagnostics) -> RetryPolicy {
     let Some(mut r) = MapReader::new(node, "retry", d) else {
         return policy;
     };
-    if let Some(n) = r.take("attempts").and_then(|n| reader::whole(n, "retry.attempts", 1, d)) {
+    if let Some(n) = r
+        .take("attempts")
+        .and_then(|n| reader::whole(n, "retry.attempts", 1, d))
+    {
         policy.attempts = u32::try_from(n).unwrap_or(u32::MAX);
     }
-    if let Some(n) = r.take("initial").and_then(|n| reader::number(n, "retry.initial", d)) {
+    if let Some(n) = r
+        .take("initial")
+        .and_then(|n| reader::number(n, "retry.initial", d))
+    {
         policy.initial = Duration::from_secs_f64(n);
     }
     let max_node = r.take("max");
@@ -223,7 +235,9 @@ fn compile_one(name: &str, node: &Node, d: &mut Diagnostics) -> Option<Target> {
                 })
             } else if r.key_pos("token").is_some() {
                 let token = secret(&mut r, "token", d);
-                let channel = r.require("channel", d).and_then(|n| reader::string(n, "channel", d));
+                let channel = r
+                    .require("channel", d)
+                    .and_then(|n| reader::string(n, "channel", d));
                 let base_url = match r.take("base_url") {
                     Some(n) => url(n, "base_url", d),
                     None => Some("https://slack.com/api".to_owned()),
@@ -249,7 +263,9 @@ fn compile_one(name: &str, node: &Node, d: &mut Diagnostics) -> Option<Target> {
             let auth = if r.key_pos("token").is_some() {
                 secret(&mut r, "token", d).map(JiraAuth::Bearer)
             } else {
-                let email = r.require("email", d).and_then(|n| reader::string(n, "email", d));
+                let email = r
+                    .require("email", d)
+                    .and_then(|n| reader::string(n, "email", d));
                 let api_token = secret(&mut r, "api_token", d);
                 match (email, api_token) {
                     (Some(email), Some(api_token)) => Some(JiraAuth::Basic { email, api_token }),
@@ -283,7 +299,10 @@ fn compile_one(name: &str, node: &Node, d: &mut Diagnostics) -> Option<Target> {
                 .map(|n| {
                     reader::entries(n, "headers", d)
                         .into_iter()
-                        .filter_map(|(k, _, v)| reader::string(v, "a header value", d).map(|v| (k.to_owned(), Secret::new(v))))
+                        .filter_map(|(k, _, v)| {
+                            reader::string(v, "a header value", d)
+                                .map(|v| (k.to_owned(), Secret::new(v)))
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
@@ -299,7 +318,10 @@ fn compile_one(name: &str, node: &Node, d: &mut Diagnostics) -> Option<Target> {
         Some(other) => {
             if let Some(n) = type_node {
                 let hint = suggestion(other, TYPES, "types");
-                d.error(n.pos, format!("unknown target type \"{other}\"{hint} (slack, jira, clickup or http)"));
+                d.error(
+                    n.pos,
+                    format!("unknown target type \"{other}\"{hint} (slack, jira, clickup or http)"),
+                );
             }
             None
         }
@@ -351,7 +373,10 @@ pub fn method(node: &Node, d: &mut Diagnostics) -> Option<String> {
     if METHODS.contains(&m.as_str()) {
         Some(m)
     } else {
-        d.error(node.pos, format!("unknown method \"{m}\"; use GET, POST, PUT, PATCH or DELETE"));
+        d.error(
+            node.pos,
+            format!("unknown method \"{m}\"; use GET, POST, PUT, PATCH or DELETE"),
+        );
         None
     }
 }

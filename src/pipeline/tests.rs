@@ -2,7 +2,9 @@ use super::*;
 
 fn env(name: &str) -> Option<String> {
     match name {
-        "CLICKUP_WEBHOOK_SECRET" | "STRIPE_WEBHOOK_SECRET" | "GITHUB_WEBHOOK_SECRET" => Some("s3cret".into()),
+        "CLICKUP_WEBHOOK_SECRET" | "STRIPE_WEBHOOK_SECRET" | "GITHUB_WEBHOOK_SECRET" => {
+            Some("s3cret".into())
+        }
         "SLACK_WEBHOOK_URL" => Some("https://hooks.slack.com/services/T/B/X".into()),
         "JIRA_EMAIL" => Some("ops@example.com".into()),
         "JIRA_API_TOKEN" | "CLICKUP_API_TOKEN" | "FORECAST_TOKEN" => Some("tok".into()),
@@ -46,7 +48,8 @@ fn the_shipped_routes_file_compiles() {
             Some("value".to_owned())
         }
     };
-    let p = Pipeline::compile("routes.yaml", &text, &dir.join("templates"), &env).unwrap_or_else(|e| panic!("{e}"));
+    let p = Pipeline::compile("routes.yaml", &text, &dir.join("templates"), &env)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(!p.routes.is_empty());
 }
 
@@ -98,13 +101,19 @@ routes:
 ";
     let p = compile(text).unwrap();
     assert_eq!(p.warnings.len(), 1);
-    assert!(p.warnings[0].to_string().starts_with("routes.yaml:9:9: warning: route \"echo\" sends from a clickup source"));
+    assert!(
+        p.warnings[0]
+            .to_string()
+            .starts_with("routes.yaml:9:9: warning: route \"echo\" sends from a clickup source")
+    );
 }
 
 #[test]
 fn versions_other_than_1_are_refused() {
     assert_eq!(
         errors("version: 2\n"),
-        ["routes.yaml:1:10: unsupported version: this clickup-bridge reads version 1 (or leave version out)"]
+        [
+            "routes.yaml:1:10: unsupported version: this clickup-bridge reads version 1 (or leave version out)"
+        ]
     );
 }

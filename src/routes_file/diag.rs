@@ -95,7 +95,7 @@ pub fn nearest<'a>(wanted: &str, known: impl IntoIterator<Item = &'a str>) -> Op
 }
 
 /// "; did you mean `x`?" or "; known X: a, b, c".
-pub fn suggestion<'a>(wanted: &str, known: &[&'a str], what: &str) -> String {
+pub fn suggestion(wanted: &str, known: &[&str], what: &str) -> String {
     match nearest(wanted, known.iter().copied()) {
         Some(k) => format!("; did you mean \"{k}\"?"),
         None if known.is_empty() => format!("; no {what} are defined"),

@@ -10,7 +10,11 @@ use super::yaml::{Node, Value};
 /// Replaces every `${VAR}` in every string value and mapping key of `node`,
 /// using `lookup` for the environment. Missing variables without a default are
 /// reported at the string's position, all of them.
-pub fn expand_tree(node: &mut Node, lookup: &dyn Fn(&str) -> Option<String>, diags: &mut Diagnostics) {
+pub fn expand_tree(
+    node: &mut Node,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    diags: &mut Diagnostics,
+) {
     match &mut node.value {
         Value::Str(s) => {
             if s.contains('$') {
@@ -53,7 +57,10 @@ pub fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String
             continue;
         };
         let Some(end) = inner_start.find('}') else {
-            errors.push("unclosed \"${\": write ${NAME} or ${NAME:-default} (or $${ for a literal)".to_owned());
+            errors.push(
+                "unclosed \"${\": write ${NAME} or ${NAME:-default} (or $${ for a literal)"
+                    .to_owned(),
+            );
             rest = "";
             break;
         };
@@ -81,7 +88,11 @@ pub fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String
         rest = &inner_start[end + 1..];
     }
     out.push_str(rest);
-    if errors.is_empty() { Ok(out) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
 }
 
 #[cfg(test)]

@@ -205,7 +205,13 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
             value: Value::Null,
         });
     }
-    serde_saphyr::from_str::<Node>(text).map_err(|e| {
+    // YAML 1.2 booleans only: `n`, `y`, `on` and `off` stay strings (a key
+    // named `n` must not turn into `false`); ids such as 0123 stay strings.
+    let options = serde_saphyr::options! {
+        strict_booleans: true,
+        leading_zero_numbers_as_strings: true,
+    };
+    serde_saphyr::from_str_with_options::<Node>(text, options).map_err(|e| {
         let pos = e.location().map(|l| Pos {
             line: l.line(),
             col: l.column(),
@@ -236,6 +242,17 @@ mod tests {
         assert_eq!(items[0].pos, Pos { line: 3, col: 5 });
         assert_eq!(items[1].pos, Pos { line: 4, col: 5 });
         println!("{n:?}");
+    }
+
+    #[test]
+    fn only_yaml_1_2_booleans_are_booleans() {
+        let n = parse("n: y\non: off\nt: true\nid: 0123\n").unwrap();
+        let Value::Map(e) = &n.value else { panic!() };
+        assert_eq!(e[0].0.value, Value::Str("n".into()));
+        assert_eq!(e[0].1.value, Value::Str("y".into()));
+        assert_eq!(e[1].1.value, Value::Str("off".into()));
+        assert_eq!(e[2].1.value, Value::Bool(true));
+        assert_eq!(e[3].1.value, Value::Str("0123".into()));
     }
 
     #[test]

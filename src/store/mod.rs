@@ -86,7 +86,11 @@ impl Store {
 
     /// Durably stores a verified event, or finds the earlier one with the same
     /// dedupe key. Returns only after the row is committed.
-    pub async fn insert_event(&self, event: &VerifiedEvent, received_at: i64) -> Result<Inserted, StoreError> {
+    pub async fn insert_event(
+        &self,
+        event: &VerifiedEvent,
+        received_at: i64,
+    ) -> Result<Inserted, StoreError> {
         match self.backend.as_ref() {
             Backend::Sqlite(s) => s.insert_event(event, received_at).await,
         }
@@ -100,7 +104,11 @@ impl Store {
     }
 
     /// Recent events, newest first.
-    pub async fn recent_events(&self, source: Option<&str>, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+    pub async fn recent_events(
+        &self,
+        source: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         match self.backend.as_ref() {
             Backend::Sqlite(s) => s.recent_events(source, limit).await,
         }

@@ -10,7 +10,9 @@
 use super::{Inserted, StoreError, StoredEvent};
 use crate::ids::EventId;
 use crate::verify::VerifiedEvent;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
 use std::path::Path;
 use std::time::Duration;
@@ -54,8 +56,9 @@ impl SqliteStore {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
         }
         let mut conn = options(path).connect().await?;
         sqlx::migrate!("migrations/sqlite")
@@ -71,7 +74,11 @@ impl SqliteStore {
         Ok(SqliteStore { writer: tx, read })
     }
 
-    pub(super) async fn insert_event(&self, event: &VerifiedEvent, received_at: i64) -> Result<Inserted, StoreError> {
+    pub(super) async fn insert_event(
+        &self,
+        event: &VerifiedEvent,
+        received_at: i64,
+    ) -> Result<Inserted, StoreError> {
         let new = NewEvent {
             id: EventId::generate(),
             source: event.source().to_owned(),
@@ -92,12 +99,18 @@ impl SqliteStore {
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.read).await?;
         if self.writer.is_closed() {
-            return Err(StoreError::Unavailable("the store writer has stopped".into()));
+            return Err(StoreError::Unavailable(
+                "the store writer has stopped".into(),
+            ));
         }
         Ok(())
     }
 
-    pub(super) async fn recent_events(&self, source: Option<&str>, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+    pub(super) async fn recent_events(
+        &self,
+        source: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, source, event_type, dedupe_key, payload, received_at, routed_at FROM events \
              WHERE (?1 IS NULL OR source = ?1) ORDER BY received_at DESC, id DESC LIMIT ?2",
@@ -140,7 +153,8 @@ impl SqliteStore {
 
 /// The single writer: drains the queue into one transaction per batch.
 async fn writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Msg>) {
-    let mut batch: Vec<(NewEvent, oneshot::Sender<Result<Inserted, StoreError>>)> = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<(NewEvent, oneshot::Sender<Result<Inserted, StoreError>>)> =
+        Vec::with_capacity(MAX_BATCH);
     let mut shutdown: Option<oneshot::Sender<()>> = None;
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
@@ -183,7 +197,10 @@ async fn writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Msg>) {
     }
 }
 
-async fn write_batch(conn: &mut SqliteConnection, events: &[&NewEvent]) -> Result<Vec<Inserted>, sqlx::Error> {
+async fn write_batch(
+    conn: &mut SqliteConnection,
+    events: &[&NewEvent],
+) -> Result<Vec<Inserted>, sqlx::Error> {
     let mut tx = conn.begin().await?;
     let mut out = Vec::with_capacity(events.len());
     for e in events {
@@ -205,11 +222,12 @@ async fn write_batch(conn: &mut SqliteConnection, events: &[&NewEvent]) -> Resul
                 duplicate: false,
             });
         } else {
-            let id: String = sqlx::query_scalar("SELECT id FROM events WHERE source = ?1 AND dedupe_key = ?2")
-                .bind(&e.source)
-                .bind(&e.dedupe_key)
-                .fetch_one(&mut *tx)
-                .await?;
+            let id: String =
+                sqlx::query_scalar("SELECT id FROM events WHERE source = ?1 AND dedupe_key = ?2")
+                    .bind(&e.source)
+                    .bind(&e.dedupe_key)
+                    .fetch_one(&mut *tx)
+                    .await?;
             out.push(Inserted {
                 id: EventId::from_stored(id),
                 duplicate: true,

@@ -39,15 +39,7 @@ impl JsonPath {
         if !text.starts_with('$') {
             return Err(err("a JSONPath starts with \"$\", e.g. $.event".to_owned()));
         }
-        let query = parse_json_path(text).map_err(|e| {
-            let msg = e.to_string();
-            err(msg
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("does not parse")
-                .trim()
-                .to_owned())
-        })?;
+        let query = parse_json_path(text).map_err(|e| err(describe(&e.to_string())))?;
         Ok(JsonPath {
             text: text.to_owned(),
             query,
@@ -72,6 +64,29 @@ impl JsonPath {
     }
 }
 
+/// Turns the parser's multi-line report into one line: where and what.
+fn describe(raw: &str) -> String {
+    let col = raw
+        .lines()
+        .find_map(|l| l.split_once("--> ").map(|(_, pos)| pos))
+        .and_then(|pos| pos.split(':').nth(1))
+        .map(str::trim);
+    let expected = raw
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("= "))
+        .map(str::trim);
+    match (col, expected) {
+        (Some(c), Some(x)) => format!("syntax error at character {c}: {x}"),
+        (Some(c), None) => format!("syntax error at character {c}"),
+        _ => raw
+            .lines()
+            .next()
+            .unwrap_or("does not parse")
+            .trim()
+            .to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,8 +99,18 @@ mod tests {
         assert_eq!(p.first(&v), Some(&json!("John")));
         let all = JsonPath::compile("$.history_items[*].id").unwrap();
         assert_eq!(all.select(&v), vec![&json!("1"), &json!("2")]);
-        assert!(JsonPath::compile("$.a[").is_err());
+        let e = JsonPath::compile("$.a[").unwrap_err().to_string();
+        println!("{e}");
+        assert!(
+            e.starts_with("invalid JSONPath \"$.a[\": syntax error at character 5"),
+            "{e}"
+        );
         assert!(JsonPath::compile("event").is_err());
-        assert!(JsonPath::compile("$.nothing").unwrap().select(&v).is_empty());
+        assert!(
+            JsonPath::compile("$.nothing")
+                .unwrap()
+                .select(&v)
+                .is_empty()
+        );
     }
 }

@@ -52,16 +52,27 @@ impl Templates {
     /// wrong (syntax with its position in the template, or an unknown helper).
     pub fn add(&mut self, name: &str, source: &str) -> Result<TemplateId, String> {
         let template = Template::compile(source).map_err(|e| {
-            let reason = e.reason().to_string();
+            let mut reason = e.reason().to_string();
+            // The grammar's list of expected rules helps nobody writing a route.
+            if let Some(i) = reason.find(": expected ") {
+                reason.truncate(i);
+                reason.push_str(" (an unclosed or malformed {{...}} or block)");
+            }
             match e.pos() {
-                Some((l, c)) => format!("template error at template line {l}, column {c}: {reason}"),
+                Some((l, c)) => {
+                    format!("template error at template line {l}, column {c}: {reason}")
+                }
                 None => format!("template error: {reason}"),
             }
         })?;
         let mut unknown = Vec::new();
         collect_unknown_helpers(&template, &mut unknown);
         if let Some(h) = unknown.first() {
-            let known: Vec<&str> = CUSTOM_HELPERS.iter().chain(BUILTIN_HELPERS).copied().collect();
+            let known: Vec<&str> = CUSTOM_HELPERS
+                .iter()
+                .chain(BUILTIN_HELPERS)
+                .copied()
+                .collect();
             let hint = crate::routes_file::diag::suggestion(h, &known, "helpers");
             return Err(format!("template error: helper \"{h}\" not found{hint}"));
         }
@@ -142,13 +153,23 @@ mod tests {
     fn compile_errors_name_the_problem() {
         let mut t = Templates::new();
         assert!(t.add("a", "{{task.name}} by {{by}}").is_ok());
-        assert!(t.add("b", "Invoice paid: {{money amount currency}}").is_ok());
+        assert!(
+            t.add("b", "Invoice paid: {{money amount currency}}")
+                .is_ok()
+        );
         let e = t.add("c", "{{moneyy amount currency}}").unwrap_err();
-        assert_eq!(e, "template error: helper \"moneyy\" not found; did you mean \"money\"?");
+        assert_eq!(
+            e,
+            "template error: helper \"moneyy\" not found; did you mean \"money\"?"
+        );
         let e = t.add("d", "{{#if x}}open").unwrap_err();
         assert!(e.starts_with("template error"), "{e}");
         let e = t.add("e", "{{#eachh items}}{{/eachh}}").unwrap_err();
         assert!(e.contains("\"eachh\""), "{e}");
-        assert!(t.add("f", "{{upper (lowerr x)}}").unwrap_err().contains("lowerr"));
+        assert!(
+            t.add("f", "{{upper (lowerr x)}}")
+                .unwrap_err()
+                .contains("lowerr")
+        );
     }
 }

@@ -128,9 +128,9 @@ pub fn identify(rule: &IdentityRule, body: &[u8]) -> Result<EventIdentity, Rejec
     match rule {
         IdentityRule::ClickUp => {
             let head: ClickUpHead = serde_json::from_slice(body).map_err(not_json)?;
-            let event = head
-                .event
-                .ok_or_else(|| RejectReason::BadBody("clickup event has no \"event\" field".into()))?;
+            let event = head.event.ok_or_else(|| {
+                RejectReason::BadBody("clickup event has no \"event\" field".into())
+            })?;
             let webhook = head.webhook_id.unwrap_or_default();
             let ids: Vec<String> = head
                 .history_items
@@ -152,9 +152,9 @@ pub fn identify(rule: &IdentityRule, body: &[u8]) -> Result<EventIdentity, Rejec
             let id = head
                 .id
                 .ok_or_else(|| RejectReason::BadBody("stripe event has no \"id\" field".into()))?;
-            let kind = head
-                .kind
-                .ok_or_else(|| RejectReason::BadBody("stripe event has no \"type\" field".into()))?;
+            let kind = head.kind.ok_or_else(|| {
+                RejectReason::BadBody("stripe event has no \"type\" field".into())
+            })?;
             Ok(EventIdentity {
                 event_type: kind.into_owned(),
                 dedupe_key: id.into_owned(),
@@ -186,7 +186,8 @@ mod tests {
 
     #[test]
     fn clickup_key_includes_the_event_name_and_history_ids() {
-        let a = br#"{"event":"taskUpdated","webhook_id":"w","history_items":[{"id":"1"},{"id":2}]}"#;
+        let a =
+            br#"{"event":"taskUpdated","webhook_id":"w","history_items":[{"id":"1"},{"id":2}]}"#;
         let b = br#"{"event":"taskStatusUpdated","webhook_id":"w","history_items":[{"id":"1"},{"id":2}]}"#;
         let ia = identify(&IdentityRule::ClickUp, a).unwrap();
         let ib = identify(&IdentityRule::ClickUp, b).unwrap();
@@ -204,15 +205,21 @@ mod tests {
 
     #[test]
     fn every_clickup_fixture_identifies() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/clickup");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/clickup");
         let mut n = 0;
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().to_string();
             if path.extension().is_some_and(|e| e == "json") && !name.starts_with("signature") {
                 let body = std::fs::read(&path).unwrap();
-                let id = identify(&IdentityRule::ClickUp, &body).unwrap_or_else(|e| panic!("{name}: {e}"));
-                assert!(name.starts_with(&id.event_type), "{name} -> {}", id.event_type);
+                let id = identify(&IdentityRule::ClickUp, &body)
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert!(
+                    name.starts_with(&id.event_type),
+                    "{name} -> {}",
+                    id.event_type
+                );
                 n += 1;
             }
         }
@@ -221,18 +228,34 @@ mod tests {
 
     #[test]
     fn stripe_and_generic_rules() {
-        let s = identify(&IdentityRule::Stripe, br#"{"id":"evt_1","type":"invoice.paid"}"#).unwrap();
-        assert_eq!((s.event_type.as_str(), s.dedupe_key.as_str()), ("invoice.paid", "evt_1"));
+        let s = identify(
+            &IdentityRule::Stripe,
+            br#"{"id":"evt_1","type":"invoice.paid"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (s.event_type.as_str(), s.dedupe_key.as_str()),
+            ("invoice.paid", "evt_1")
+        );
         let g = IdentityRule::Generic {
             event: Some(JsonPath::compile("$.action").unwrap()),
             id: Some(JsonPath::compile("$.hook_id").unwrap()),
         };
         let i = identify(&g, br#"{"action":"opened","hook_id":42}"#).unwrap();
-        assert_eq!((i.event_type.as_str(), i.dedupe_key.as_str()), ("opened", "42"));
-        let bare = IdentityRule::Generic { event: None, id: None };
+        assert_eq!(
+            (i.event_type.as_str(), i.dedupe_key.as_str()),
+            ("opened", "42")
+        );
+        let bare = IdentityRule::Generic {
+            event: None,
+            id: None,
+        };
         let i = identify(&bare, b"{}").unwrap();
         assert_eq!(i.event_type, "");
         assert_eq!(i.dedupe_key, sha256_hex(b"{}"));
-        assert!(matches!(identify(&bare, b"{nope"), Err(RejectReason::BadBody(_))));
+        assert!(matches!(
+            identify(&bare, b"{nope"),
+            Err(RejectReason::BadBody(_))
+        ));
     }
 }

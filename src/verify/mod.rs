@@ -172,7 +172,12 @@ impl Verifier {
 
     /// Checks the signature of `body` given the request headers, at time `now`
     /// (Unix seconds).
-    pub fn verify(&self, headers: &(impl HeaderLookup + ?Sized), body: &[u8], now: i64) -> Result<(), VerifyError> {
+    pub fn verify(
+        &self,
+        headers: &(impl HeaderLookup + ?Sized),
+        body: &[u8],
+        now: i64,
+    ) -> Result<(), VerifyError> {
         let name = self.header_name();
         let value = headers
             .header(name)
@@ -180,14 +185,17 @@ impl Verifier {
             .trim();
         match &self.scheme {
             Scheme::ClickUp => {
-                let sig = hex::decode(value).map_err(|_| VerifyError::Malformed(name.to_owned()))?;
+                let sig =
+                    hex::decode(value).map_err(|_| VerifyError::Malformed(name.to_owned()))?;
                 if matches_any(&self.secrets, &[body], &sig) {
                     Ok(())
                 } else {
                     Err(VerifyError::Mismatch)
                 }
             }
-            Scheme::Stripe { tolerance_secs } => verify_stripe(&self.secrets, value, body, now, *tolerance_secs),
+            Scheme::Stripe { tolerance_secs } => {
+                verify_stripe(&self.secrets, value, body, now, *tolerance_secs)
+            }
             Scheme::Hmac {
                 prefix, encoding, ..
             } => {
@@ -239,7 +247,13 @@ impl Verifier {
 /// Stripe's scheme, as in its official libraries: every `v1` value is a
 /// candidate, `v0` and unknown keys are ignored, the timestamp must not be older
 /// than the tolerance (future timestamps pass).
-fn verify_stripe(secrets: &[Secret], header: &str, body: &[u8], now: i64, tolerance: u64) -> Result<(), VerifyError> {
+fn verify_stripe(
+    secrets: &[Secret],
+    header: &str,
+    body: &[u8],
+    now: i64,
+    tolerance: u64,
+) -> Result<(), VerifyError> {
     let malformed = || VerifyError::Malformed("Stripe-Signature".to_owned());
     let mut timestamp: Option<&str> = None;
     let mut candidates: Vec<Vec<u8>> = Vec::new();

@@ -76,21 +76,38 @@ fn derived_stripe_vectors_verify_as_expected() {
 
 #[test]
 fn clickup_constructed_vector_verifies_and_pretty_printed_body_does_not() {
-    let text = std::fs::read_to_string(fixtures().join("clickup/signature-vector-constructed.json")).unwrap();
+    let text =
+        std::fs::read_to_string(fixtures().join("clickup/signature-vector-constructed.json"))
+            .unwrap();
     let v: Value = serde_json::from_str(&text).unwrap();
     let verifier = Verifier {
         scheme: Scheme::ClickUp,
         secrets: vec![Secret::new(v["secret"].as_str().unwrap())],
     };
     let body = v["raw_body"].as_str().unwrap().as_bytes();
-    let good = vec![("x-signature".to_owned(), v["x_signature"].as_str().unwrap().to_owned())];
+    let good = vec![(
+        "x-signature".to_owned(),
+        v["x_signature"].as_str().unwrap().to_owned(),
+    )];
     assert_eq!(verifier.verify(&good, body, 0), Ok(()));
     let pretty = vec![(
         "X-Signature".to_owned(),
-        v["raw_body_pretty_printed_signature_differs"].as_str().unwrap().to_owned(),
+        v["raw_body_pretty_printed_signature_differs"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
     )];
-    assert_eq!(verifier.verify(&pretty, body, 0), Err(VerifyError::Mismatch));
-    assert_eq!(verifier.sign(body, 0), vec![("X-Signature".to_owned(), v["x_signature"].as_str().unwrap().to_owned())]);
+    assert_eq!(
+        verifier.verify(&pretty, body, 0),
+        Err(VerifyError::Mismatch)
+    );
+    assert_eq!(
+        verifier.sign(body, 0),
+        vec![(
+            "X-Signature".to_owned(),
+            v["x_signature"].as_str().unwrap().to_owned()
+        )]
+    );
 }
 
 #[test]
@@ -110,7 +127,10 @@ fn rotation_accepts_any_listed_secret() {
         secrets: vec![Secret::new("other")],
     }
     .sign(b"{}", 0);
-    assert_eq!(verifier.verify(&signed_other, b"{}", 0), Err(VerifyError::Mismatch));
+    assert_eq!(
+        verifier.verify(&signed_other, b"{}", 0),
+        Err(VerifyError::Mismatch)
+    );
 }
 
 #[test]
@@ -120,16 +140,24 @@ fn missing_and_malformed_headers_are_distinguished() {
         secrets: vec![Secret::new("s")],
     };
     let none: Vec<(String, String)> = vec![];
-    assert!(matches!(v.verify(&none, b"{}", 0), Err(VerifyError::MissingHeader(_))));
+    assert!(matches!(
+        v.verify(&none, b"{}", 0),
+        Err(VerifyError::MissingHeader(_))
+    ));
     let bad = vec![("X-Signature".to_owned(), "not-hex".to_owned())];
-    assert!(matches!(v.verify(&bad, b"{}", 0), Err(VerifyError::Malformed(_))));
+    assert!(matches!(
+        v.verify(&bad, b"{}", 0),
+        Err(VerifyError::Malformed(_))
+    ));
 }
 
 #[test]
 fn sign_round_trips_for_every_scheme() {
     let schemes = [
         Scheme::ClickUp,
-        Scheme::Stripe { tolerance_secs: 300 },
+        Scheme::Stripe {
+            tolerance_secs: 300,
+        },
         Scheme::Hmac {
             header: "X-Hub-Signature-256".into(),
             prefix: "sha256=".into(),
@@ -147,8 +175,15 @@ fn sign_round_trips_for_every_scheme() {
             secrets: vec![Secret::new("k")],
         };
         let h = v.sign(b"{\"a\":1}", 1_700_000_000);
-        assert_eq!(v.verify(&h, b"{\"a\":1}", 1_700_000_010), Ok(()), "{scheme:?}");
-        assert!(v.verify(&h, b"{\"a\":2}", 1_700_000_010).is_err(), "{scheme:?}");
+        assert_eq!(
+            v.verify(&h, b"{\"a\":1}", 1_700_000_010),
+            Ok(()),
+            "{scheme:?}"
+        );
+        assert!(
+            v.verify(&h, b"{\"a\":2}", 1_700_000_010).is_err(),
+            "{scheme:?}"
+        );
     }
 }
 

@@ -1,0 +1,183 @@
+//! The binary as an operator runs it: start, SIGTERM with a request in
+//! flight, exit code, and what the logs contain.
+
+use crate::support::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Daemon {
+    child: Child,
+    port: u16,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Daemon {
+    fn start(dir: &std::path::Path, extra: &[(&str, &str)]) -> Daemon {
+        std::fs::write(dir.join("routes.yaml"), ROUTES).unwrap();
+        std::fs::create_dir_all(dir.join("templates")).unwrap();
+        let port = free_port();
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve")
+            .current_dir(dir)
+            .env_clear()
+            .env("CLICKUP_BRIDGE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("CLICKUP_BRIDGE_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("CLICKUP_BRIDGE_LOG_FORMAT", "json")
+            .env("CLICKUP_BRIDGE_SHUTDOWN_TIMEOUT", "10")
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Daemon {
+            child,
+            port,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (with a deadline) for a log line containing `needle`.
+    fn wait_for_log(&mut self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            match self.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => {
+                    let hit = line.contains(needle);
+                    self.seen.push(line);
+                    if hit {
+                        return;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        panic!(
+            "no log line with {needle:?}; saw:\n{}",
+            self.seen.join("\n")
+        );
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    fn wait_exit(&mut self) -> i32 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    self.seen.push(l);
+                }
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "daemon did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// SIGTERM stops accepting, lets the request in flight finish with 200 and
+/// exits 0; the logs name the event but never the secret or the signature.
+#[test]
+fn sigterm_finishes_the_request_in_flight_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(dir.path(), &[]);
+    d.wait_for_log("clickup-bridge serving");
+
+    let body = clickup_event(5);
+    let headers = clickup_headers(CLICKUP_SECRET, &body);
+    let signature = headers[0].1.clone();
+    let mut s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    let head = format!(
+        "POST /hooks/clickup HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Signature: {signature}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&body[..10]).unwrap();
+    s.flush().unwrap();
+    // The handler is running (and waiting for the rest of the body).
+    d.wait_for_log("receiving event");
+
+    d.signal("-TERM");
+    d.wait_for_log("finishing requests in flight");
+    s.write_all(&body[10..]).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    if !resp.starts_with("HTTP/1.1 200") {
+        let code = d.wait_exit();
+        panic!("answer {resp:?}, exit {code}, logs:\n{}", d.seen.join("\n"));
+    }
+    assert!(resp.contains("\"duplicate\":false"), "{resp}");
+
+    assert_eq!(d.wait_exit(), 0, "{}", d.seen.join("\n"));
+    let logs = d.seen.join("\n");
+    assert!(logs.contains("event accepted"), "{logs}");
+    assert!(logs.contains("evt_"), "{logs}");
+    assert!(!logs.contains(CLICKUP_SECRET), "secret in logs:\n{logs}");
+    assert!(!logs.contains(&signature), "signature in logs:\n{logs}");
+    assert!(
+        TcpStream::connect(("127.0.0.1", d.port)).is_err(),
+        "still accepting after exit"
+    );
+}
+
+#[test]
+fn serve_refuses_a_public_admin_listener_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(dir.path(), &[("CLICKUP_BRIDGE_ADMIN_LISTEN", "0.0.0.0:0")]);
+    assert_eq!(d.wait_exit(), 2);
+    let logs = d.seen.join("\n");
+    assert!(logs.contains("admin_token"), "{logs}");
+    assert!(
+        !dir.path().join("clickup-bridge.db").exists(),
+        "nothing is created before refusing"
+    );
+}
+
+#[test]
+fn serve_refuses_a_broken_routes_file_with_its_diagnostics() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(dir.path(), &[("CLICKUP_BRIDGE_ROUTES", "missing.yaml")]);
+    assert_eq!(d.wait_exit(), 2);
+    let logs = d.seen.join("\n");
+    assert!(
+        logs.contains("missing.yaml:1:1: cannot read the routes file"),
+        "{logs}"
+    );
+}

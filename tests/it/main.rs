@@ -1,0 +1,8 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Integration tests: the real daemon, real SQLite files, real HTTP.
+//! One binary so the crate links once.
+
+mod check;
+mod inbound;
+mod lifecycle;
+mod support;

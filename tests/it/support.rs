@@ -1,0 +1,186 @@
+//! Test helpers: the real daemon on port 0 with a temporary SQLite file.
+
+use clickup_bridge::app::Application;
+use clickup_bridge::settings::{Settings, StoreLocation};
+use clickup_bridge::store::Store;
+use clickup_bridge::verify::{Scheme, Secret, Verifier};
+use std::path::{Path, PathBuf};
+
+/// A running daemon and what a test needs to talk to it.
+pub struct TestApp {
+    /// `http://127.0.0.1:PORT` of the webhook listener.
+    pub url: String,
+    /// `http://127.0.0.1:PORT` of the admin listener.
+    pub admin_url: String,
+    /// The store, for checking what was persisted.
+    pub store: Store,
+    /// A client.
+    pub client: reqwest::Client,
+    /// Keeps the temp folder alive.
+    pub dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestApp {
+    /// POSTs `body` to `/hooks/{source}` with the given headers.
+    pub async fn post(
+        &self,
+        source: &str,
+        body: impl Into<Vec<u8>>,
+        headers: &[(String, String)],
+    ) -> (u16, serde_json::Value) {
+        let mut req = self
+            .client
+            .post(format!("{}/hooks/{source}", self.url))
+            .body(body.into());
+        for (k, v) in headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, json)
+    }
+
+    /// Stops the daemon and hands back its folder (store file included).
+    pub async fn stop_keep_dir(mut self) -> tempfile::TempDir {
+        self.shutdown().await;
+        let TestApp { dir, .. } = self;
+        dir
+    }
+
+    /// Stops the daemon gracefully and waits for it.
+    pub async fn stop(mut self) {
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
+        // Idle keep-alive connections hold a graceful stop until they time
+        // out; a test has no more requests to send, so close them first.
+        self.client = reqwest::Client::new();
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// Settings for a test: loopback, port 0, a store file in `dir`.
+pub fn settings(dir: &Path) -> Settings {
+    Settings {
+        listen: "127.0.0.1:0".into(),
+        admin_listen: "127.0.0.1:0".into(),
+        admin_token: None,
+        routes: dir.join("routes.yaml"),
+        templates: dir.join("templates"),
+        store: StoreLocation::Sqlite(dir.join("data/bridge.db")),
+        max_body: 64 * 1024,
+        retention_days: 7,
+        log_format: None,
+        shutdown_timeout: 5,
+    }
+}
+
+/// Starts the daemon with `routes` as routes.yaml; `tweak` may change settings.
+pub async fn spawn_app_with(routes: &str, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("routes.yaml"), routes).unwrap();
+    std::fs::create_dir_all(dir.path().join("templates")).unwrap();
+    let mut s = settings(dir.path());
+    tweak(&mut s);
+    let app = Application::build(&s)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = format!("http://{}", app.listen_addr());
+    let admin_url = format!("http://{}", app.admin_addr());
+    let store = app.store();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        url,
+        admin_url,
+        store,
+        client: reqwest::Client::new(),
+        dir,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+/// Starts the daemon with `routes` and default test settings.
+pub async fn spawn_app(routes: &str) -> TestApp {
+    spawn_app_with(routes, |_| {}).await
+}
+
+/// The ClickUp secret used by [`ROUTES`].
+pub const CLICKUP_SECRET: &str = "clickup-test-secret";
+
+/// A routes file with one source of each kind and no routes.
+pub const ROUTES: &str = r#"
+version: 1
+sources:
+  clickup:
+    verify: clickup
+    secret: clickup-test-secret
+  stripe:
+    verify: stripe
+    secret: [whsec_old, whsec_test_secret]
+    tolerance: 300
+  github:
+    verify: hmac
+    header: X-Hub-Signature-256
+    prefix: "sha256="
+    secret: mysecret
+    event: $.action
+    id: $.hook_id
+routes: []
+"#;
+
+/// Signs like ClickUp does.
+pub fn clickup_headers(secret: &str, body: &[u8]) -> Vec<(String, String)> {
+    Verifier {
+        scheme: Scheme::ClickUp,
+        secrets: vec![Secret::new(secret)],
+    }
+    .sign(body, 0)
+}
+
+/// Signs like Stripe does, at time `t`.
+pub fn stripe_headers(secret: &str, body: &[u8], t: i64) -> Vec<(String, String)> {
+    Verifier {
+        scheme: Scheme::Stripe {
+            tolerance_secs: 300,
+        },
+        secrets: vec![Secret::new(secret)],
+    }
+    .sign(body, t)
+}
+
+/// Unix seconds now.
+pub fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// A compact ClickUp event whose dedupe key depends on `n`.
+pub fn clickup_event(n: u64) -> Vec<u8> {
+    format!(
+        r#"{{"event":"taskStatusUpdated","history_items":[{{"id":"{n}","type":1,"date":"1642736073330","field":"status","user":{{"id":183,"username":"John"}},"before":{{"status":"to do"}},"after":{{"status":"in progress"}}}}],"task_id":"1vj38vv","webhook_id":"7fa3ec74-69a8-4530-a251-8a13730bd204"}}"#
+    )
+    .into_bytes()
+}
+
+/// The shared fixtures folder.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+}
+
+/// The built binary.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_clickup-bridge")
+}
