@@ -48,6 +48,48 @@ pub struct Application {
     shutdown_timeout: Duration,
     pipeline: Arc<ArcSwap<Pipeline>>,
     in_flight: Arc<InFlight>,
+    routes_path: std::path::PathBuf,
+    templates_path: std::path::PathBuf,
+}
+
+/// Loads routes.yaml again and swaps it in; an invalid file leaves the
+/// running routes in force. Requests in flight keep the pipeline they started
+/// with (each holds its own `Arc`).
+pub fn reload(
+    pipeline: &ArcSwap<Pipeline>,
+    routes: &std::path::Path,
+    templates: &std::path::Path,
+) -> Result<(), LoadError> {
+    let fresh = Pipeline::load(&LoadOptions {
+        routes,
+        templates,
+        env: &process_env,
+    });
+    match fresh {
+        Ok(p) => {
+            for w in &p.warnings {
+                tracing::warn!("{w}");
+            }
+            tracing::info!(
+                routes = p.routes.len(),
+                sources = p.sources.len(),
+                targets = p.targets.len(),
+                "routes reloaded"
+            );
+            pipeline.store(Arc::new(p));
+            Ok(())
+        }
+        Err(e) => {
+            for d in &e.diagnostics {
+                tracing::error!("{d}");
+            }
+            tracing::error!(
+                errors = e.diagnostics.len(),
+                "reload rejected; the running routes stay in force"
+            );
+            Err(e)
+        }
+    }
 }
 
 fn bind(addr: &str) -> Result<TcpListener, StartError> {
@@ -142,6 +184,8 @@ impl Application {
             shutdown_timeout,
             pipeline,
             in_flight,
+            routes_path: settings.routes.clone(),
+            templates_path: settings.templates.clone(),
         })
     }
 
@@ -176,7 +220,18 @@ impl Application {
         tracing::info!(listen = %self.listen_addr, admin = %self.admin_addr, "clickup-bridge serving");
         let server = tokio::spawn(self.server);
         let admin = tokio::spawn(self.admin_server);
+        crate::lifecycle::systemd::ready();
+        let watchdog = crate::lifecycle::systemd::spawn_watchdog();
+        let (pipeline, routes, templates) = (
+            self.pipeline.clone(),
+            self.routes_path.clone(),
+            self.templates_path.clone(),
+        );
+        let reloader = crate::lifecycle::spawn_reload_on_sighup(move || {
+            let _ = reload(&pipeline, &routes, &templates);
+        });
         shutdown.await;
+        crate::lifecycle::systemd::stopping();
         tracing::info!(
             timeout_secs = self.shutdown_timeout.as_secs(),
             "shutting down: finishing requests in flight"
@@ -197,6 +252,9 @@ impl Application {
         let _ = server.await;
         let _ = admin.await;
         self.store.close().await;
+        for task in [watchdog, reloader].into_iter().flatten() {
+            task.abort();
+        }
         tracing::info!("stopped");
         Ok(())
     }

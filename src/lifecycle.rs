@@ -1,5 +1,25 @@
 //! Process signals.
 
+/// Calls `reload` on every SIGHUP until the process ends.
+pub fn spawn_reload_on_sighup(
+    reload: impl Fn() + Send + 'static,
+) -> Option<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by restarting");
+            return None;
+        }
+    };
+    Some(tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading routes");
+            reload();
+        }
+    }))
+}
+
 /// Completes on SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -108,5 +128,45 @@ mod tests {
         let f = InFlight::new();
         let _g = f.enter().unwrap();
         assert_eq!(f.drain(Duration::from_millis(10)).await, 1);
+    }
+}
+
+/// systemd's notify protocol (`Type=notify`): no-ops without `NOTIFY_SOCKET`.
+pub mod systemd {
+    use sd_notify::NotifyState;
+    use std::time::Duration;
+
+    fn send(states: &[NotifyState<'_>]) {
+        if let Err(e) = sd_notify::notify(states) {
+            tracing::warn!(error = %e, "cannot notify systemd");
+        }
+    }
+
+    /// READY=1: the listeners are bound and the store is open.
+    pub fn ready() {
+        send(&[NotifyState::Ready, NotifyState::Status("serving")]);
+    }
+
+    /// STOPPING=1: shutdown has begun.
+    pub fn stopping() {
+        send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+    }
+
+    /// When systemd set `WATCHDOG_USEC`, pings it at half the interval from
+    /// the async runtime, so a wedged runtime is restarted.
+    pub fn spawn_watchdog() -> Option<tokio::task::JoinHandle<()>> {
+        let every = sd_notify::watchdog_enabled()? / 2;
+        let every = every.max(Duration::from_millis(10));
+        tracing::info!(
+            interval_ms = every.as_millis() as u64,
+            "systemd watchdog enabled"
+        );
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                send(&[NotifyState::Watchdog]);
+            }
+        }))
     }
 }

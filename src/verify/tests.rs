@@ -1,9 +1,9 @@
-//! Signature vectors from ../shared/fixtures, published by the vendors.
+//! Signature vectors from tests/fixtures (the vendors' published vectors).
 use super::*;
 use serde_json::Value;
 
 fn fixtures() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 fn load(name: &str) -> Vec<Value> {

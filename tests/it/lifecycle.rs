@@ -181,3 +181,93 @@ fn serve_refuses_a_broken_routes_file_with_its_diagnostics() {
         "{logs}"
     );
 }
+
+/// With `NOTIFY_SOCKET` (as systemd sets it for `Type=notify`), the daemon
+/// sends READY=1 once serving, watchdog pings when `WATCHDOG_USEC` is set,
+/// and STOPPING=1 on SIGTERM.
+#[test]
+fn systemd_notify_reports_ready_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let sock_str = sock_path.display().to_string();
+    let mut d = Daemon::start(
+        dir.path(),
+        &[("NOTIFY_SOCKET", &sock_str), ("WATCHDOG_USEC", "200000")],
+    );
+    let mut buf = [0u8; 512];
+    let mut messages = Vec::new();
+    let mut recv = |messages: &mut Vec<String>| {
+        let n = sock.recv(&mut buf).unwrap();
+        messages.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    };
+    recv(&mut messages);
+    assert!(messages[0].contains("READY=1"), "{messages:?}");
+    // At 200 ms, pings come every 100 ms: wait for two.
+    while messages.iter().filter(|m| m.contains("WATCHDOG=1")).count() < 2 {
+        recv(&mut messages);
+    }
+    d.signal("-TERM");
+    while !messages.iter().any(|m| m.contains("STOPPING=1")) {
+        recv(&mut messages);
+    }
+    assert_eq!(d.wait_exit(), 0);
+}
+
+/// SIGHUP loads routes.yaml again: a valid change takes effect (a new source
+/// answers), an invalid file is refused with its diagnostics logged and the
+/// running routes keep working.
+#[test]
+fn sighup_reloads_valid_routes_and_keeps_the_old_ones_on_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(dir.path(), &[]);
+    d.wait_for_log("clickup-bridge serving");
+    let port = d.port;
+    let post = |source: &str| -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let req = format!(
+            "POST /hooks/{source} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        resp.lines().next().unwrap_or_default().to_owned()
+    };
+    assert_eq!(post("extra"), "HTTP/1.1 404 Not Found");
+
+    let with_extra = format!("{ROUTES}\n").replace(
+        "routes: []",
+        "  extra:\n    verify: clickup\n    secret: x\nroutes: []",
+    );
+    std::fs::write(dir.path().join("routes.yaml"), &with_extra).unwrap();
+    d.signal("-HUP");
+    d.wait_for_log("routes reloaded");
+    assert_eq!(
+        post("extra"),
+        "HTTP/1.1 403 Forbidden",
+        "the new source is served"
+    );
+
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        "sources:\n  extra: {verify: nope, secret: x}\n",
+    )
+    .unwrap();
+    d.signal("-HUP");
+    d.wait_for_log("reload rejected");
+    assert!(
+        d.seen.iter().any(|l| l.contains("unknown verify kind")),
+        "{}",
+        d.seen.join("\n")
+    );
+    assert_eq!(
+        post("extra"),
+        "HTTP/1.1 403 Forbidden",
+        "the previous routes stay in force"
+    );
+    d.signal("-TERM");
+    assert_eq!(d.wait_exit(), 0);
+}

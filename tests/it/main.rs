@@ -3,6 +3,8 @@
 //! One binary so the crate links once.
 
 mod check;
+mod deploy;
 mod inbound;
 mod lifecycle;
 mod support;
+mod tidy;

@@ -177,7 +177,7 @@ pub fn clickup_event(n: u64) -> Vec<u8> {
 
 /// The shared fixtures folder.
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 /// The built binary.
