@@ -2,7 +2,11 @@
 
 use crate::admin::{self, AdminState};
 use crate::inbound::{self, InboundState};
+use crate::deliver::Deliverer;
 use crate::lifecycle::InFlight;
+use crate::route::Router;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use crate::pipeline::{LoadError, LoadOptions, Pipeline, process_env};
 use crate::settings::Settings;
 use crate::store::{Store, StoreError};
@@ -31,6 +35,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The HTTP client for deliveries cannot be built (TLS roots).
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
     /// The admin listener is reachable from the network without a token.
     #[error(
         "admin_listen {0} is not a loopback address: set admin_token (CLICKUP_BRIDGE_ADMIN_TOKEN) or listen on 127.0.0.1"
@@ -50,6 +57,9 @@ pub struct Application {
     in_flight: Arc<InFlight>,
     routes_path: std::path::PathBuf,
     templates_path: std::path::PathBuf,
+    wake_router: Arc<Notify>,
+    wake_deliveries: Arc<Notify>,
+    deliverer: Deliverer,
 }
 
 /// Loads routes.yaml again and swaps it in; an invalid file leaves the
@@ -137,11 +147,15 @@ impl Application {
         let shutdown_timeout = Duration::from_secs(settings.shutdown_timeout);
 
         let in_flight = InFlight::new();
+        let wake_router = Arc::new(Notify::new());
+        let wake_deliveries = Arc::new(Notify::new());
+        let deliverer = Deliverer::new(pipeline.clone(), store.clone(), wake_deliveries.clone())?;
         let inbound_state = web::Data::new(InboundState {
             pipeline: pipeline.clone(),
             store: store.clone(),
             max_body: settings.max_body,
             in_flight: in_flight.clone(),
+            wake_router: wake_router.clone(),
         });
         let server = HttpServer::new(move || {
             App::new()
@@ -186,6 +200,9 @@ impl Application {
             in_flight,
             routes_path: settings.routes.clone(),
             templates_path: settings.templates.clone(),
+            wake_router,
+            wake_deliveries,
+            deliverer,
         })
     }
 
@@ -220,6 +237,17 @@ impl Application {
         tracing::info!(listen = %self.listen_addr, admin = %self.admin_addr, "clickup-bridge serving");
         let server = tokio::spawn(self.server);
         let admin = tokio::spawn(self.admin_server);
+        let cancel = CancellationToken::new();
+        let router = tokio::spawn(
+            Router {
+                pipeline: self.pipeline.clone(),
+                store: self.store.clone(),
+                wake: self.wake_router.clone(),
+                wake_deliveries: self.wake_deliveries.clone(),
+            }
+            .run(cancel.clone()),
+        );
+        let deliverer = tokio::spawn(self.deliverer.run(cancel.clone(), self.shutdown_timeout));
         crate::lifecycle::systemd::ready();
         let watchdog = crate::lifecycle::systemd::spawn_watchdog();
         let (pipeline, routes, templates) = (
@@ -249,6 +277,11 @@ impl Application {
             );
         }
         tokio::join!(handle.stop(false), admin_handle.stop(false));
+        // Workers: stop claiming, let deliveries in flight finish (bounded);
+        // whatever is left is pending in the store and resumes on restart.
+        cancel.cancel();
+        let _ = router.await;
+        let _ = deliverer.await;
         let _ = server.await;
         let _ = admin.await;
         self.store.close().await;

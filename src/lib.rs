@@ -11,8 +11,12 @@
 //!   targets, routes, templates); `Pipeline::load` is the single entry point.
 //! - [`inbound`]: `POST /hooks/{source}`: capped body -> verify -> store -> 200.
 //! - [`verify`]: ClickUp, Stripe and generic HMAC signatures; event identity.
-//! - [`store`]: the only module with SQL; durable events, group commit.
-//! - [`transform`]: JSONPath and Handlebars.
+//! - [`store`]: the only module with SQL; events, deliveries, attempts; group
+//!   commit.
+//! - [`route`]: the router worker; pure matching and extraction.
+//! - [`transform`]: JSONPath, Handlebars and the template helpers.
+//! - [`deliver`]: the delivery worker; requests per target, the retry
+//!   decision (`classify`).
 //! - [`admin`]: health and readiness.
 //! - [`cli`], [`app`], [`lifecycle`], [`telemetry`]: the wiring.
 //! - [`ids`]: prefixed, time-ordered ids.
@@ -20,10 +24,12 @@
 pub mod admin;
 pub mod app;
 pub mod cli;
+pub mod deliver;
 pub mod ids;
 pub mod inbound;
 pub mod lifecycle;
 pub mod pipeline;
+pub mod route;
 pub mod routes_file;
 pub mod settings;
 pub mod store;

@@ -25,6 +25,8 @@ pub struct InboundState {
     pub max_body: usize,
     /// Requests in flight, for graceful shutdown.
     pub in_flight: Arc<crate::lifecycle::InFlight>,
+    /// Wakes the router after a new event is stored.
+    pub wake_router: Arc<tokio::sync::Notify>,
 }
 
 /// Why an inbound request was refused.
@@ -177,5 +179,8 @@ async fn accept(
         .insert_event(&event, received_at)
         .await
         .map_err(InboundError::Store)?;
+    if !inserted.duplicate {
+        state.wake_router.notify_one();
+    }
     Ok((inserted.id.to_string(), event_type, inserted.duplicate))
 }

@@ -5,7 +5,7 @@ use super::sources::path;
 use crate::routes_file::diag::{Diagnostics, suggestion};
 use crate::routes_file::yaml::{Node, Pos, Value};
 use crate::transform::jsonpath::JsonPath;
-use crate::transform::render::{TemplateId, Templates};
+use crate::transform::render::{Kind, TemplateId, Templates};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -598,9 +598,13 @@ struct StepBuilder<'c, 'a> {
 
 impl StepBuilder<'_, '_> {
     fn tpl(&mut self, node: &Node, key: &str, d: &mut Diagnostics) -> Option<TemplateId> {
+        self.tpl_kind(node, key, Kind::Plain, d)
+    }
+
+    fn tpl_kind(&mut self, node: &Node, key: &str, kind: Kind, d: &mut Diagnostics) -> Option<TemplateId> {
         let src = reader::string(node, key, d)?;
         let name = format!("{}.{key}@{}:{}", self.prefix, node.pos.line, node.pos.col);
-        match self.ctx.templates.add(&name, &src) {
+        match self.ctx.templates.add(&name, &src, kind) {
             Ok(id) => Some(id),
             Err(e) => {
                 d.error(node.pos, e);
@@ -631,7 +635,7 @@ impl StepBuilder<'_, '_> {
 
     fn body_node(&mut self, node: &Node, key: &str, d: &mut Diagnostics) -> Option<BodyNode> {
         Some(match &node.value {
-            Value::Str(_) => BodyNode::Template(self.tpl(node, key, d)?),
+            Value::Str(_) => BodyNode::Template(self.tpl_kind(node, key, Kind::Typed, d)?),
             Value::Seq(items) => {
                 let mut out = Vec::new();
                 for (i, it) in items.iter().enumerate() {
@@ -675,10 +679,13 @@ impl StepBuilder<'_, '_> {
             }
         };
         let id = format!("file:{name}");
-        if self.ctx.templates.registry().has_template(&id) {
-            return Some(TemplateId(id));
+        if self.ctx.templates.has(&id, Kind::JsonFile) {
+            return Some(TemplateId {
+                name: id,
+                kind: Kind::JsonFile,
+            });
         }
-        match self.ctx.templates.add(&id, &src) {
+        match self.ctx.templates.add(&id, &src, Kind::JsonFile) {
             Ok(id) => Some(id),
             Err(e) => {
                 d.error(node.pos, format!("{}: {e}", full.display()));
@@ -805,7 +812,7 @@ fn compile_step(
         }
         "http" => {
             let method = r.take("method").and_then(|n| super::targets::method(n, d));
-            let path = b.opt(&mut r, "path", d);
+            let path = r.take("path").and_then(|n| b.tpl_kind(n, "path", Kind::UrlPath, d));
             let headers = r
                 .take("headers")
                 .map(|n| b.string_map(n, "headers", d))

@@ -6,7 +6,7 @@
 
 mod sqlite;
 
-use crate::ids::EventId;
+use crate::ids::{DeliveryId, EventId};
 use crate::settings::StoreLocation;
 use crate::verify::VerifiedEvent;
 
@@ -56,6 +56,210 @@ pub struct StoredEvent {
     pub received_at: i64,
     /// When it was routed, if it was.
     pub routed_at: Option<i64>,
+}
+
+/// An event claimed by the router.
+#[derive(Debug, Clone)]
+pub struct EventToRoute {
+    /// Its id.
+    pub id: EventId,
+    /// Source name.
+    pub source: String,
+    /// Event type.
+    pub event_type: String,
+    /// Exact body bytes.
+    pub payload: Vec<u8>,
+    /// Acceptance time, Unix ms.
+    pub received_at: i64,
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    /// Waiting for its next attempt.
+    Pending,
+    /// The target accepted it.
+    Delivered,
+    /// Given up; replayable.
+    Dead,
+}
+
+impl DeliveryStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Dead => "dead",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(DeliveryStatus::Pending),
+            "delivered" => Some(DeliveryStatus::Delivered),
+            "dead" => Some(DeliveryStatus::Dead),
+            _ => None,
+        }
+    }
+}
+
+/// A delivery to create while routing.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    /// Its id (the Idempotency-Key).
+    pub id: DeliveryId,
+    /// Route name.
+    pub route: String,
+    /// Index of the send step in the route.
+    pub step: u32,
+    /// Target name.
+    pub target: String,
+    /// Extracted values (and enrichment) used to render it.
+    pub context: serde_json::Value,
+}
+
+/// The result of routing one event.
+#[derive(Debug, Clone)]
+pub struct RoutedEvent {
+    /// The event.
+    pub event_id: EventId,
+    /// Names of the routes that matched.
+    pub matched_routes: Vec<String>,
+    /// One delivery per send step of each matched route.
+    pub deliveries: Vec<NewDelivery>,
+}
+
+/// A delivery claimed by a worker, with what it needs to render.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    /// Its id.
+    pub id: DeliveryId,
+    /// The event it comes from.
+    pub event_id: EventId,
+    /// Route name.
+    pub route: String,
+    /// Send step index.
+    pub step: u32,
+    /// Target name.
+    pub target: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    /// Extracted values.
+    pub context: serde_json::Value,
+    /// The event's source.
+    pub source: String,
+    /// The event's type.
+    pub event_type: String,
+    /// The event's body.
+    pub payload: Vec<u8>,
+    /// The event's acceptance time, Unix ms.
+    pub received_at: i64,
+}
+
+/// What an attempt decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttemptOutcome {
+    /// The target accepted.
+    Delivered,
+    /// Try again at this time (Unix ms).
+    Retry {
+        /// When.
+        at: i64,
+    },
+    /// Give up.
+    Dead,
+}
+
+impl AttemptOutcome {
+    fn name(&self) -> &'static str {
+        match self {
+            AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::Retry { .. } => "retry",
+            AttemptOutcome::Dead => "dead",
+        }
+    }
+}
+
+/// One attempt, as recorded.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    /// The delivery.
+    pub delivery_id: DeliveryId,
+    /// Attempt number, from 1.
+    pub n: u32,
+    /// When it ended, Unix ms.
+    pub at: i64,
+    /// How long it took.
+    pub duration_ms: i64,
+    /// HTTP status, when an answer came.
+    pub status_code: Option<u16>,
+    /// A bounded excerpt of the answer.
+    pub response: Option<String>,
+    /// What went wrong, if anything.
+    pub error: Option<String>,
+    /// The decision.
+    pub outcome: AttemptOutcome,
+}
+
+/// A delivery as read back (admin, tests).
+#[derive(Debug, Clone)]
+pub struct DeliveryRow {
+    /// Its id.
+    pub id: DeliveryId,
+    /// The event.
+    pub event_id: EventId,
+    /// Route name.
+    pub route: String,
+    /// Step index.
+    pub step: u32,
+    /// Target name.
+    pub target: String,
+    /// Status.
+    pub status: DeliveryStatus,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// Created, Unix ms.
+    pub created_at: i64,
+    /// Delivered, Unix ms.
+    pub delivered_at: Option<i64>,
+}
+
+/// One recorded attempt as read back.
+#[derive(Debug, Clone)]
+pub struct AttemptRow {
+    /// Attempt number.
+    pub n: u32,
+    /// When, Unix ms.
+    pub at: i64,
+    /// Duration.
+    pub duration_ms: i64,
+    /// HTTP status.
+    pub status_code: Option<u16>,
+    /// Answer excerpt.
+    pub response: Option<String>,
+    /// Error.
+    pub error: Option<String>,
+    /// delivered, retry or dead.
+    pub outcome: String,
+}
+
+/// Filters for listing deliveries.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    /// Only this status.
+    pub status: Option<DeliveryStatus>,
+    /// Only this target.
+    pub target: Option<String>,
+    /// Only this route.
+    pub route: Option<String>,
+    /// Only this event.
+    pub event_id: Option<EventId>,
+    /// At most this many (newest first).
+    pub limit: u32,
 }
 
 enum Backend {
@@ -118,6 +322,63 @@ impl Store {
     pub async fn count_events(&self) -> Result<u64, StoreError> {
         match self.backend.as_ref() {
             Backend::Sqlite(s) => s.count_events().await,
+        }
+    }
+
+    /// Claims up to `limit` unrouted events for `lease_ms`.
+    pub async fn claim_events(&self, limit: u32, now: i64, lease_ms: i64) -> Result<Vec<EventToRoute>, StoreError> {
+        match self.backend.as_ref() {
+            Backend::Sqlite(s) => s.claim_events(limit, now, lease_ms).await,
+        }
+    }
+
+    /// Stores routing results: inserts each event's deliveries and marks it
+    /// routed, in one transaction per call.
+    pub async fn complete_routing(&self, routed: Vec<RoutedEvent>, now: i64) -> Result<(), StoreError> {
+        match self.backend.as_ref() {
+            Backend::Sqlite(s) => s.complete_routing(routed, now).await,
+        }
+    }
+
+    /// Claims up to `limit` due deliveries of `target` for `lease_ms`.
+    pub async fn claim_deliveries(&self, target: &str, limit: u32, now: i64, lease_ms: i64) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        match self.backend.as_ref() {
+            Backend::Sqlite(s) => s.claim_deliveries(target, limit, now, lease_ms).await,
+        }
+    }
+
+    /// Records an attempt and applies its outcome to the delivery.
+    pub async fn record_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
+        match self.backend.as_ref() {
+            Backend::Sqlite(s) => s.record_attempt(record).await,
+        }
+    }
+
+    /// The earliest time a pending, unleased delivery becomes due.
+    pub async fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        match self.backend.as_ref() {
+            Backend::Sqlite(s) => s.next_due().await,
+        }
+    }
+
+    /// Deliveries matching `filter`, newest first.
+    pub async fn deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
+        match self.backend.as_ref() {
+            Backend::Sqlite(s) => s.deliveries(filter).await,
+        }
+    }
+
+    /// The attempts of one delivery, in order.
+    pub async fn attempts(&self, delivery: &DeliveryId) -> Result<Vec<AttemptRow>, StoreError> {
+        match self.backend.as_ref() {
+            Backend::Sqlite(s) => s.attempts(delivery).await,
+        }
+    }
+
+    /// Routes matched by an event (`None` while unrouted).
+    pub async fn matched_routes(&self, event: &EventId) -> Result<Option<Vec<String>>, StoreError> {
+        match self.backend.as_ref() {
+            Backend::Sqlite(s) => s.matched_routes(event).await,
         }
     }
 

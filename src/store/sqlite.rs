@@ -1,24 +1,33 @@
 //! SQLite backend: WAL, `synchronous=FULL`, one writer connection fed by a
-//! channel that commits queued inserts together (group commit), and a small
-//! pool of readers.
+//! channel that commits queued operations together (group commit), and a
+//! small pool of readers.
 //!
 //! Why group commit: SQLite has one writer at a time and each durable commit
-//! costs an fsync. Concurrent requests queue on the channel; the writer takes
-//! everything queued (up to [`MAX_BATCH`]) into one transaction, so one fsync
-//! acknowledges many events and every 200 still means "on disk".
+//! costs an fsync. Inbound inserts, router results, delivery claims and
+//! attempt records all queue on one channel; the writer takes everything
+//! queued (up to [`MAX_BATCH`]) into one transaction, so one fsync
+//! acknowledges many of them and every 200 still means "on disk". If a batch
+//! fails, its operations are retried one by one so one bad operation cannot
+//! fail its neighbours.
+//!
+//! Leases: one daemon owns an SQLite file, so leases left by a crashed
+//! process are cleared when the store opens.
 
-use super::{Inserted, StoreError, StoredEvent};
-use crate::ids::EventId;
+use super::{
+    AttemptOutcome, AttemptRecord, AttemptRow, ClaimedDelivery, DeliveryFilter, DeliveryRow, DeliveryStatus,
+    EventToRoute, Inserted, RoutedEvent, StoreError, StoredEvent,
+};
+use crate::ids::{DeliveryId, EventId};
 use crate::verify::VerifiedEvent;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
 use std::path::Path;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-/// Most inserts committed in one transaction.
+/// Most operations committed in one transaction.
 const MAX_BATCH: usize = 512;
 
 struct NewEvent {
@@ -30,8 +39,25 @@ struct NewEvent {
     received_at: i64,
 }
 
+enum Op {
+    InsertEvent(NewEvent),
+    ClaimEvents { limit: u32, now: i64, lease_ms: i64 },
+    CompleteRouting { routed: Vec<RoutedEvent>, now: i64 },
+    ClaimDeliveries { target: String, limit: u32, now: i64, lease_ms: i64 },
+    RecordAttempt(AttemptRecord),
+}
+
+enum Done {
+    Inserted(Inserted),
+    Events(Vec<EventToRoute>),
+    Deliveries(Vec<ClaimedDelivery>),
+    Unit,
+}
+
+type Reply = oneshot::Sender<Result<Done, StoreError>>;
+
 enum Msg {
-    Insert(NewEvent, oneshot::Sender<Result<Inserted, StoreError>>),
+    Op(Op, Reply),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -51,20 +77,34 @@ fn options(path: &Path) -> SqliteConnectOptions {
         .log_statements(tracing::log::LevelFilter::Trace)
 }
 
+fn stopped() -> StoreError {
+    StoreError::Unavailable("the store writer has stopped".into())
+}
+
+fn unexpected() -> StoreError {
+    StoreError::Unavailable("unexpected answer from the store writer".into())
+}
+
 impl SqliteStore {
     pub(super) async fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
         }
         let mut conn = options(path).connect().await?;
         sqlx::migrate!("migrations/sqlite")
             .run(&mut conn)
             .await
             .map_err(|e| StoreError::Migration(e.to_string()))?;
+        // Whatever a previous (crashed) process had claimed is free again.
+        sqlx::query("UPDATE events SET lease_until = NULL WHERE lease_until IS NOT NULL")
+            .execute(&mut conn)
+            .await?;
+        sqlx::query("UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL")
+            .execute(&mut conn)
+            .await?;
         let read = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options(path))
@@ -74,11 +114,13 @@ impl SqliteStore {
         Ok(SqliteStore { writer: tx, read })
     }
 
-    pub(super) async fn insert_event(
-        &self,
-        event: &VerifiedEvent,
-        received_at: i64,
-    ) -> Result<Inserted, StoreError> {
+    async fn run(&self, op: Op) -> Result<Done, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer.send(Msg::Op(op, reply)).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    pub(super) async fn insert_event(&self, event: &VerifiedEvent, received_at: i64) -> Result<Inserted, StoreError> {
         let new = NewEvent {
             id: EventId::generate(),
             source: event.source().to_owned(),
@@ -87,30 +129,55 @@ impl SqliteStore {
             payload: event.body().to_vec(),
             received_at,
         };
-        let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(Msg::Insert(new, reply))
-            .await
-            .map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?
+        match self.run(Op::InsertEvent(new)).await? {
+            Done::Inserted(i) => Ok(i),
+            _ => Err(unexpected()),
+        }
+    }
+
+    pub(super) async fn claim_events(&self, limit: u32, now: i64, lease_ms: i64) -> Result<Vec<EventToRoute>, StoreError> {
+        match self.run(Op::ClaimEvents { limit, now, lease_ms }).await? {
+            Done::Events(e) => Ok(e),
+            _ => Err(unexpected()),
+        }
+    }
+
+    pub(super) async fn complete_routing(&self, routed: Vec<RoutedEvent>, now: i64) -> Result<(), StoreError> {
+        self.run(Op::CompleteRouting { routed, now }).await.map(|_| ())
+    }
+
+    pub(super) async fn claim_deliveries(
+        &self,
+        target: &str,
+        limit: u32,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        let op = Op::ClaimDeliveries {
+            target: target.to_owned(),
+            limit,
+            now,
+            lease_ms,
+        };
+        match self.run(op).await? {
+            Done::Deliveries(d) => Ok(d),
+            _ => Err(unexpected()),
+        }
+    }
+
+    pub(super) async fn record_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
+        self.run(Op::RecordAttempt(record)).await.map(|_| ())
     }
 
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.read).await?;
         if self.writer.is_closed() {
-            return Err(StoreError::Unavailable(
-                "the store writer has stopped".into(),
-            ));
+            return Err(stopped());
         }
         Ok(())
     }
 
-    pub(super) async fn recent_events(
-        &self,
-        source: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
+    pub(super) async fn recent_events(&self, source: Option<&str>, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, source, event_type, dedupe_key, payload, received_at, routed_at FROM events \
              WHERE (?1 IS NULL OR source = ?1) ORDER BY received_at DESC, id DESC LIMIT ?2",
@@ -142,6 +209,68 @@ impl SqliteStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    pub(super) async fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        let due: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending' AND lease_until IS NULL",
+        )
+        .fetch_one(&self.read)
+        .await?;
+        Ok(due)
+    }
+
+    pub(super) async fn deliveries(&self, f: &DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, event_id, route, step, target, status, attempts, last_error, created_at, delivered_at \
+             FROM deliveries WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR target = ?2) \
+             AND (?3 IS NULL OR route = ?3) AND (?4 IS NULL OR event_id = ?4) \
+             ORDER BY created_at DESC, id DESC LIMIT ?5",
+        )
+        .bind(f.status.map(DeliveryStatus::as_str))
+        .bind(f.target.as_deref())
+        .bind(f.route.as_deref())
+        .bind(f.event_id.as_ref().map(EventId::as_str))
+        .bind(i64::from(if f.limit == 0 { 100 } else { f.limit }))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(delivery_row).collect::<Result<_, sqlx::Error>>().map_err(StoreError::from)
+    }
+
+    pub(super) async fn attempts(&self, delivery: &DeliveryId) -> Result<Vec<AttemptRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT n, at, duration_ms, status_code, response, error, outcome FROM attempts \
+             WHERE delivery_id = ?1 ORDER BY n",
+        )
+        .bind(delivery.as_str())
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AttemptRow {
+                    n: u32::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
+                    at: r.try_get("at")?,
+                    duration_ms: r.try_get("duration_ms")?,
+                    status_code: r
+                        .try_get::<Option<i64>, _>("status_code")?
+                        .and_then(|c| u16::try_from(c).ok()),
+                    response: r.try_get("response")?,
+                    error: r.try_get("error")?,
+                    outcome: r.try_get("outcome")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    pub(super) async fn matched_routes(&self, event: &EventId) -> Result<Option<Vec<String>>, StoreError> {
+        let raw: Option<Option<String>> = sqlx::query_scalar("SELECT matched_routes FROM events WHERE id = ?1")
+            .bind(event.as_str())
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(raw
+            .flatten()
+            .and_then(|s| serde_json::from_str::<Vec<String>>(&s).ok()))
+    }
+
     pub(super) async fn close(&self) {
         let (tx, rx) = oneshot::channel();
         if self.writer.send(Msg::Shutdown(tx)).await.is_ok() {
@@ -151,16 +280,31 @@ impl SqliteStore {
     }
 }
 
+fn delivery_row(r: &SqliteRow) -> Result<DeliveryRow, sqlx::Error> {
+    let status: String = r.try_get("status")?;
+    Ok(DeliveryRow {
+        id: DeliveryId::from_stored(r.try_get("id")?),
+        event_id: EventId::from_stored(r.try_get("event_id")?),
+        route: r.try_get("route")?,
+        step: u32::try_from(r.try_get::<i64, _>("step")?).unwrap_or(0),
+        target: r.try_get("target")?,
+        status: DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Pending),
+        attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
+        last_error: r.try_get("last_error")?,
+        created_at: r.try_get("created_at")?,
+        delivered_at: r.try_get("delivered_at")?,
+    })
+}
+
 /// The single writer: drains the queue into one transaction per batch.
 async fn writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Msg>) {
-    let mut batch: Vec<(NewEvent, oneshot::Sender<Result<Inserted, StoreError>>)> =
-        Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<(Op, Reply)> = Vec::with_capacity(MAX_BATCH);
     let mut shutdown: Option<oneshot::Sender<()>> = None;
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
-                Msg::Insert(e, reply) => batch.push((e, reply)),
+                Msg::Op(op, reply) => batch.push((op, reply)),
                 Msg::Shutdown(done) => {
                     shutdown = Some(done);
                     break;
@@ -171,15 +315,25 @@ async fn writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Msg>) {
             }
         }
         if !batch.is_empty() {
-            let events: Vec<&NewEvent> = batch.iter().map(|(e, _)| e).collect();
-            match write_batch(&mut conn, &events).await {
+            let ops: Vec<&Op> = batch.iter().map(|(op, _)| op).collect();
+            match run_batch(&mut conn, &ops).await {
                 Ok(results) => {
                     for ((_, reply), r) in batch.drain(..).zip(results) {
                         let _ = reply.send(Ok(r));
                     }
                 }
+                Err(e) if batch.len() > 1 => {
+                    tracing::warn!(error = %e, batch = batch.len(), "store batch failed; retrying its operations one by one");
+                    for (op, reply) in batch.drain(..) {
+                        let r = run_batch(&mut conn, &[&op]).await;
+                        let _ = reply.send(
+                            r.map_err(|e| StoreError::Unavailable(e.to_string()))
+                                .and_then(|mut v| v.pop().ok_or_else(unexpected)),
+                        );
+                    }
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, batch = batch.len(), "store write failed");
+                    tracing::error!(error = %e, "store write failed");
                     for (_, reply) in batch.drain(..) {
                         let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
                     }
@@ -197,43 +351,194 @@ async fn writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Msg>) {
     }
 }
 
-async fn write_batch(
-    conn: &mut SqliteConnection,
-    events: &[&NewEvent],
-) -> Result<Vec<Inserted>, sqlx::Error> {
+async fn run_batch(conn: &mut SqliteConnection, ops: &[&Op]) -> Result<Vec<Done>, sqlx::Error> {
     let mut tx = conn.begin().await?;
-    let mut out = Vec::with_capacity(events.len());
-    for e in events {
-        let done = sqlx::query(
-            "INSERT INTO events (id, source, dedupe_key, event_type, payload, received_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (source, dedupe_key) DO NOTHING",
-        )
-        .bind(e.id.as_str())
-        .bind(&e.source)
-        .bind(&e.dedupe_key)
-        .bind(&e.event_type)
-        .bind(&e.payload)
-        .bind(e.received_at)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 1 {
-            out.push(Inserted {
-                id: e.id.clone(),
-                duplicate: false,
-            });
-        } else {
-            let id: String =
-                sqlx::query_scalar("SELECT id FROM events WHERE source = ?1 AND dedupe_key = ?2")
-                    .bind(&e.source)
-                    .bind(&e.dedupe_key)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            out.push(Inserted {
-                id: EventId::from_stored(id),
-                duplicate: true,
-            });
-        }
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        out.push(run_op(&mut tx, op).await?);
     }
     tx.commit().await?;
     Ok(out)
+}
+
+fn placeholders(start: usize, n: usize) -> String {
+    (start..start + n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
+}
+
+async fn run_op(tx: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error> {
+    match op {
+        Op::InsertEvent(e) => insert_event(tx, e).await.map(Done::Inserted),
+        Op::ClaimEvents { limit, now, lease_ms } => {
+            let rows = sqlx::query(
+                "UPDATE events SET lease_until = ?1 WHERE id IN ( \
+                   SELECT id FROM events WHERE routed_at IS NULL AND (lease_until IS NULL OR lease_until < ?2) \
+                   ORDER BY received_at LIMIT ?3) \
+                 RETURNING id, source, event_type, payload, received_at",
+            )
+            .bind(now + lease_ms)
+            .bind(now)
+            .bind(i64::from(*limit))
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut events = rows
+                .iter()
+                .map(|r| {
+                    Ok(EventToRoute {
+                        id: EventId::from_stored(r.try_get("id")?),
+                        source: r.try_get("source")?,
+                        event_type: r.try_get("event_type")?,
+                        payload: r.try_get("payload")?,
+                        received_at: r.try_get("received_at")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            events.sort_by(|a, b| (a.received_at, a.id.as_str()).cmp(&(b.received_at, b.id.as_str())));
+            Ok(Done::Events(events))
+        }
+        Op::CompleteRouting { routed, now } => {
+            for ev in routed {
+                for d in &ev.deliveries {
+                    sqlx::query(
+                        "INSERT INTO deliveries (id, event_id, route, step, target, status, attempts, next_attempt_at, \
+                         context, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?7, ?6, ?6) \
+                         ON CONFLICT (event_id, route, step) DO NOTHING",
+                    )
+                    .bind(d.id.as_str())
+                    .bind(ev.event_id.as_str())
+                    .bind(&d.route)
+                    .bind(i64::from(d.step))
+                    .bind(&d.target)
+                    .bind(*now)
+                    .bind(d.context.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                let matched = serde_json::to_string(&ev.matched_routes).unwrap_or_else(|_| "[]".into());
+                sqlx::query("UPDATE events SET routed_at = ?1, lease_until = NULL, matched_routes = ?2 WHERE id = ?3")
+                    .bind(*now)
+                    .bind(matched)
+                    .bind(ev.event_id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Ok(Done::Unit)
+        }
+        Op::ClaimDeliveries {
+            target,
+            limit,
+            now,
+            lease_ms,
+        } => {
+            let rows = sqlx::query(
+                "SELECT d.id, d.event_id, d.route, d.step, d.target, d.attempts, d.context, \
+                        e.source, e.event_type, e.payload, e.received_at \
+                 FROM deliveries d JOIN events e ON e.id = d.event_id \
+                 WHERE d.status = 'pending' AND d.target = ?1 AND d.next_attempt_at <= ?2 \
+                   AND (d.lease_until IS NULL OR d.lease_until < ?2) \
+                 ORDER BY d.next_attempt_at, d.id LIMIT ?3",
+            )
+            .bind(target)
+            .bind(*now)
+            .bind(i64::from(*limit))
+            .fetch_all(&mut *tx)
+            .await?;
+            let claimed = rows
+                .iter()
+                .map(|r| {
+                    let context: String = r.try_get("context")?;
+                    Ok(ClaimedDelivery {
+                        id: DeliveryId::from_stored(r.try_get("id")?),
+                        event_id: EventId::from_stored(r.try_get("event_id")?),
+                        route: r.try_get("route")?,
+                        step: u32::try_from(r.try_get::<i64, _>("step")?).unwrap_or(0),
+                        target: r.try_get("target")?,
+                        attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
+                        context: serde_json::from_str(&context).unwrap_or(serde_json::Value::Null),
+                        source: r.try_get("source")?,
+                        event_type: r.try_get("event_type")?,
+                        payload: r.try_get("payload")?,
+                        received_at: r.try_get("received_at")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            if !claimed.is_empty() {
+                let sql = format!(
+                    "UPDATE deliveries SET lease_until = ?1 WHERE id IN ({})",
+                    placeholders(2, claimed.len())
+                );
+                // Only placeholders are formatted in; the ids are bound.
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now + lease_ms);
+                for c in &claimed {
+                    q = q.bind(c.id.as_str());
+                }
+                q.execute(&mut *tx).await?;
+            }
+            Ok(Done::Deliveries(claimed))
+        }
+        Op::RecordAttempt(a) => {
+            sqlx::query(
+                "INSERT INTO attempts (delivery_id, n, at, duration_ms, status_code, response, error, outcome) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (delivery_id, n) DO NOTHING",
+            )
+            .bind(a.delivery_id.as_str())
+            .bind(i64::from(a.n))
+            .bind(a.at)
+            .bind(a.duration_ms)
+            .bind(a.status_code.map(i64::from))
+            .bind(a.response.as_deref())
+            .bind(a.error.as_deref())
+            .bind(a.outcome.name())
+            .execute(&mut *tx)
+            .await?;
+            let (status, next, delivered_at) = match a.outcome {
+                AttemptOutcome::Delivered => ("delivered", a.at, Some(a.at)),
+                AttemptOutcome::Retry { at } => ("pending", at, None),
+                AttemptOutcome::Dead => ("dead", a.at, None),
+            };
+            sqlx::query(
+                "UPDATE deliveries SET status = ?1, attempts = ?2, next_attempt_at = ?3, lease_until = NULL, \
+                 last_error = ?4, updated_at = ?5, delivered_at = ?6 WHERE id = ?7",
+            )
+            .bind(status)
+            .bind(i64::from(a.n))
+            .bind(next)
+            .bind(a.error.as_deref())
+            .bind(a.at)
+            .bind(delivered_at)
+            .bind(a.delivery_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+            Ok(Done::Unit)
+        }
+    }
+}
+
+async fn insert_event(tx: &mut SqliteConnection, e: &NewEvent) -> Result<Inserted, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO events (id, source, dedupe_key, event_type, payload, received_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (source, dedupe_key) DO NOTHING",
+    )
+    .bind(e.id.as_str())
+    .bind(&e.source)
+    .bind(&e.dedupe_key)
+    .bind(&e.event_type)
+    .bind(&e.payload)
+    .bind(e.received_at)
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() == 1 {
+        return Ok(Inserted {
+            id: e.id.clone(),
+            duplicate: false,
+        });
+    }
+    let id: String = sqlx::query_scalar("SELECT id FROM events WHERE source = ?1 AND dedupe_key = ?2")
+        .bind(&e.source)
+        .bind(&e.dedupe_key)
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok(Inserted {
+        id: EventId::from_stored(id),
+        duplicate: true,
+    })
 }

@@ -1,0 +1,205 @@
+//! From a send step and a render context to the exact HTTP request(s).
+//! Pure: `simulate` and the delivery worker share it.
+
+use crate::pipeline::{Action, Body, BodyNode, SendStep, Target, TargetKind};
+use crate::transform::render::{RenderError, Templates};
+use handlebars::Context;
+use serde_json::{Map, Value};
+
+/// A step with every template rendered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RenderedStep {
+    /// Slack: the message payload.
+    Slack {
+        /// `{"text": ...}` or the rendered body.
+        payload: Value,
+    },
+    /// Generic HTTP.
+    Http {
+        /// Method override.
+        method: Option<String>,
+        /// Rendered path (values percent-encoded).
+        path: Option<String>,
+        /// Extra headers.
+        headers: Vec<(String, String)>,
+        /// Query parameters.
+        query: Vec<(String, String)>,
+        /// Body.
+        body: Option<Value>,
+    },
+    /// An action of a target type this build cannot send yet.
+    Unsupported(String),
+}
+
+/// One HTTP request, ready to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedRequest {
+    /// Method.
+    pub method: reqwest::Method,
+    /// Full URL.
+    pub url: reqwest::Url,
+    /// Headers (values may be secrets: mask before showing).
+    pub headers: Vec<(String, String)>,
+    /// JSON body.
+    pub body: Option<Value>,
+}
+
+fn render_body_node(t: &Templates, node: &BodyNode, ctx: &Context) -> Result<Value, RenderError> {
+    Ok(match node {
+        BodyNode::Template(id) => t.render_value(id, ctx)?,
+        BodyNode::Literal(v) => v.clone(),
+        BodyNode::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|i| render_body_node(t, i, ctx))
+                .collect::<Result<_, _>>()?,
+        ),
+        BodyNode::Object(entries) => {
+            let mut m = Map::new();
+            for (k, v) in entries {
+                m.insert(k.clone(), render_body_node(t, v, ctx)?);
+            }
+            Value::Object(m)
+        }
+    })
+}
+
+fn render_body(t: &Templates, body: &Body, ctx: &Context) -> Result<Value, RenderError> {
+    match body {
+        Body::Json(node) => render_body_node(t, node, ctx),
+        Body::File(id) => t.render_value(id, ctx),
+    }
+}
+
+/// Renders every template of a step.
+pub fn render_step(t: &Templates, step: &SendStep, ctx: &Context) -> Result<RenderedStep, RenderError> {
+    Ok(match &step.action {
+        Action::Slack { text, body } => {
+            let payload = match (text, body) {
+                (_, Some(b)) => render_body(t, b, ctx)?,
+                (Some(text), None) => serde_json::json!({ "text": t.render_text(text, ctx)? }),
+                (None, None) => Value::Object(Map::new()),
+            };
+            RenderedStep::Slack { payload }
+        }
+        Action::Http {
+            method,
+            path,
+            headers,
+            query,
+            body,
+        } => RenderedStep::Http {
+            method: method.clone(),
+            path: path.as_ref().map(|p| t.render_text(p, ctx)).transpose()?,
+            headers: headers
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), t.render_text(v, ctx)?)))
+                .collect::<Result<_, RenderError>>()?,
+            query: query
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), t.render_text(v, ctx)?)))
+                .collect::<Result<_, RenderError>>()?,
+            body: body.as_ref().map(|b| render_body(t, b, ctx)).transpose()?,
+        },
+        other => RenderedStep::Unsupported(format!("{other:?}").split([' ', '{']).next().unwrap_or("action").to_owned()),
+    })
+}
+
+fn parse_url(s: &str) -> Result<reqwest::Url, String> {
+    reqwest::Url::parse(s).map_err(|e| format!("invalid URL: {e}"))
+}
+
+fn json_headers() -> Vec<(String, String)> {
+    vec![("Content-Type".to_owned(), "application/json; charset=utf-8".to_owned())]
+}
+
+/// Builds the request(s) of a rendered step for `target`. An error is a
+/// reason for a dead delivery (the request can never be valid).
+pub fn plan(target: &Target, rendered: &RenderedStep) -> Result<Vec<PlannedRequest>, String> {
+    match (&target.kind, rendered) {
+        (TargetKind::SlackWebhook { webhook_url }, RenderedStep::Slack { payload }) => Ok(vec![PlannedRequest {
+            method: reqwest::Method::POST,
+            url: parse_url(webhook_url.expose())?,
+            headers: json_headers(),
+            body: Some(payload.clone()),
+        }]),
+        (
+            TargetKind::SlackApi {
+                token,
+                channel,
+                base_url,
+            },
+            RenderedStep::Slack { payload },
+        ) => {
+            let mut payload = payload.clone();
+            if let Value::Object(m) = &mut payload {
+                m.entry("channel").or_insert_with(|| Value::String(channel.clone()));
+            }
+            let mut headers = json_headers();
+            headers.push(("Authorization".to_owned(), format!("Bearer {}", token.expose())));
+            Ok(vec![PlannedRequest {
+                method: reqwest::Method::POST,
+                url: parse_url(&format!("{base_url}/chat.postMessage"))?,
+                headers,
+                body: Some(payload),
+            }])
+        }
+        (
+            TargetKind::Http {
+                url,
+                method: default_method,
+                headers: target_headers,
+            },
+            RenderedStep::Http {
+                method,
+                path,
+                headers,
+                query,
+                body,
+            },
+        ) => {
+            let base = parse_url(url)?;
+            let mut full = match path.as_deref() {
+                None | Some("") => base.clone(),
+                Some(p) => {
+                    let sep = if p.starts_with('/') { "" } else { "/" };
+                    parse_url(&format!("{}{sep}{p}", url.trim_end_matches('/')))?
+                }
+            };
+            // Architecture Invariant: a target's host comes from routes.yaml
+            // alone. Path values are percent-encoded when rendered; this
+            // check makes the guarantee independent of that.
+            if full.scheme() != base.scheme() || full.host_str() != base.host_str() || full.port() != base.port() {
+                return Err(format!("rendered path would change the target host ({})", full.host_str().unwrap_or("")));
+            }
+            if !query.is_empty() {
+                let mut pairs = full.query_pairs_mut();
+                for (k, v) in query {
+                    pairs.append_pair(k, v);
+                }
+            }
+            let method_name = method.as_deref().unwrap_or(default_method);
+            let method = reqwest::Method::from_bytes(method_name.as_bytes())
+                .map_err(|_| format!("invalid method {method_name}"))?;
+            let mut all_headers: Vec<(String, String)> = if body.is_some() { json_headers() } else { Vec::new() };
+            all_headers.extend(target_headers.iter().map(|(k, v)| (k.clone(), v.expose().to_owned())));
+            all_headers.extend(headers.iter().cloned());
+            Ok(vec![PlannedRequest {
+                method,
+                url: full,
+                headers: all_headers,
+                body: body.clone(),
+            }])
+        }
+        (_, RenderedStep::Unsupported(what)) => Err(format!(
+            "{what} on {} target \"{}\" is not supported by this version",
+            target.kind.type_name(),
+            target.name
+        )),
+        (kind, _) => Err(format!(
+            "step does not fit {} target \"{}\"",
+            kind.type_name(),
+            target.name
+        )),
+    }
+}
