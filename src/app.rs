@@ -1,13 +1,11 @@
 //! Wiring: settings -> pipeline, store, listeners; run until a shutdown signal.
 
 use crate::admin::{self, AdminState};
-use crate::inbound::{self, InboundState};
 use crate::deliver::Deliverer;
+use crate::inbound::{self, InboundState};
 use crate::lifecycle::InFlight;
-use crate::route::Router;
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 use crate::pipeline::{LoadError, LoadOptions, Pipeline, process_env};
+use crate::route::Router;
 use crate::settings::Settings;
 use crate::store::{Store, StoreError};
 use actix_web::dev::{Server, ServerHandle};
@@ -17,6 +15,8 @@ use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]

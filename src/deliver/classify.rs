@@ -82,7 +82,13 @@ fn retryable_status(status: u16) -> bool {
 }
 
 /// Decides what to do after attempt `n` (from 1) got `answer`.
-pub fn classify(answer: &Answer, n: u32, policy: &RetryPolicy, now: std::time::SystemTime, jitter: f64) -> Outcome {
+pub fn classify(
+    answer: &Answer,
+    n: u32,
+    policy: &RetryPolicy,
+    now: std::time::SystemTime,
+    jitter: f64,
+) -> Outcome {
     let (reason, asked) = match answer {
         Answer::Invalid { message } => {
             return Outcome::Dead {
@@ -97,7 +103,9 @@ pub fn classify(answer: &Answer, n: u32, policy: &RetryPolicy, now: std::time::S
             slack_error,
         } => {
             let asked = || {
-                let a = retry_after.as_deref().and_then(|v| parse_retry_after(v, now));
+                let a = retry_after
+                    .as_deref()
+                    .and_then(|v| parse_retry_after(v, now));
                 let r = ratelimit_reset.as_deref().and_then(|v| parse_reset(v, now));
                 a.or(r).map(|d| d.min(MAX_TARGET_WAIT))
             };
@@ -161,7 +169,9 @@ mod tests {
             after: Duration::from_secs(2),
             reason: s.to_owned(),
         };
-        let dead = |s: &str| Outcome::Dead { reason: s.to_owned() };
+        let dead = |s: &str| Outcome::Dead {
+            reason: s.to_owned(),
+        };
         let cases: Vec<(Answer, u32, Outcome)> = vec![
             (resp(200), 1, Outcome::Delivered),
             (resp(204), 1, Outcome::Delivered),
@@ -176,22 +186,48 @@ mod tests {
             (resp(410), 1, dead("HTTP 410")),
             (resp(301), 1, dead("HTTP 301")),
             (resp(500), 5, dead("HTTP 500; gave up after 5 attempts")),
-            (Answer::Transport { message: "connection refused".into() }, 1, retry("connection refused")),
-            (Answer::Invalid { message: "render error".into() }, 1, dead("render error")),
             (
-                Answer::Response { status: 200, retry_after: None, ratelimit_reset: None, slack_error: Some("channel_not_found".into()) },
+                Answer::Transport {
+                    message: "connection refused".into(),
+                },
+                1,
+                retry("connection refused"),
+            ),
+            (
+                Answer::Invalid {
+                    message: "render error".into(),
+                },
+                1,
+                dead("render error"),
+            ),
+            (
+                Answer::Response {
+                    status: 200,
+                    retry_after: None,
+                    ratelimit_reset: None,
+                    slack_error: Some("channel_not_found".into()),
+                },
                 1,
                 dead("slack error: channel_not_found"),
             ),
             (
-                Answer::Response { status: 200, retry_after: None, ratelimit_reset: None, slack_error: Some("ratelimited".into()) },
+                Answer::Response {
+                    status: 200,
+                    retry_after: None,
+                    ratelimit_reset: None,
+                    slack_error: Some("ratelimited".into()),
+                },
                 1,
                 retry("slack error: ratelimited"),
             ),
         ];
         for (answer, n, want) in cases {
             // jitter 1.0: the full backoff, 2 s after the first attempt.
-            assert_eq!(classify(&answer, n, &policy(), now(), 1.0), want, "{answer:?} #{n}");
+            assert_eq!(
+                classify(&answer, n, &policy(), now(), 1.0),
+                want,
+                "{answer:?} #{n}"
+            );
         }
     }
 
@@ -208,12 +244,23 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(after(with(Some("2"), None)), Duration::from_secs(2));
-        assert_eq!(after(with(Some("7200"), None)), Duration::from_secs(7200), "beyond retry.max");
+        assert_eq!(
+            after(with(Some("7200"), None)),
+            Duration::from_secs(7200),
+            "beyond retry.max"
+        );
         assert_eq!(after(with(Some("999999"), None)), MAX_TARGET_WAIT);
         let date = httpdate::fmt_http_date(now() + Duration::from_secs(30));
         assert_eq!(after(with(Some(&date), None)), Duration::from_secs(30));
-        assert_eq!(after(with(None, Some("1700000045"))), Duration::from_secs(45));
-        assert_eq!(after(with(Some("garbage"), None)), Duration::from_secs(1), "falls back to backoff");
+        assert_eq!(
+            after(with(None, Some("1700000045"))),
+            Duration::from_secs(45)
+        );
+        assert_eq!(
+            after(with(Some("garbage"), None)),
+            Duration::from_secs(1),
+            "falls back to backoff"
+        );
     }
 
     #[test]

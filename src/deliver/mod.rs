@@ -81,7 +81,11 @@ struct AttemptResult {
 
 impl Deliverer {
     /// A worker over the routes in force, the store, and a wake-up handle.
-    pub fn new(pipeline: Arc<ArcSwap<Pipeline>>, store: Store, wake: Arc<Notify>) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        pipeline: Arc<ArcSwap<Pipeline>>,
+        store: Store,
+        wake: Arc<Notify>,
+    ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .user_agent(concat!("clickup-bridge/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
@@ -104,7 +108,8 @@ impl Deliverer {
             .get(&t.name)
             .is_none_or(|s| s.concurrency != t.concurrency || s.rate != t.rate_limit);
         if stale {
-            self.targets.insert(t.name.clone(), Arc::new(TargetState::new(t)));
+            self.targets
+                .insert(t.name.clone(), Arc::new(TargetState::new(t)));
         }
         self.targets[&t.name].clone()
     }
@@ -121,9 +126,16 @@ impl Deliverer {
             if free == 0 {
                 continue;
             }
-            let lease_ms = i64::try_from((target.timeout * 2 + Duration::from_secs(60)).as_millis()).unwrap_or(i64::MAX);
+            let lease_ms =
+                i64::try_from((target.timeout * 2 + Duration::from_secs(60)).as_millis())
+                    .unwrap_or(i64::MAX);
             let limit = u32::try_from(free).unwrap_or(u32::MAX);
-            let claimed = match self.shared.store.claim_deliveries(&target.name, limit, now_millis(), lease_ms).await {
+            let claimed = match self
+                .shared
+                .store
+                .claim_deliveries(&target.name, limit, now_millis(), lease_ms)
+                .await
+            {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(target = %target.name, error = %e, "cannot claim deliveries");
@@ -149,7 +161,9 @@ impl Deliverer {
                 continue;
             }
             let wait = match self.shared.store.next_due().await {
-                Ok(Some(at)) if at > now_millis() => Duration::from_millis(u64::try_from(at - now_millis()).unwrap_or(0)),
+                Ok(Some(at)) if at > now_millis() => {
+                    Duration::from_millis(u64::try_from(at - now_millis()).unwrap_or(0))
+                }
                 _ => Duration::from_secs(1),
             }
             .clamp(Duration::from_millis(5), Duration::from_secs(1));
@@ -162,9 +176,15 @@ impl Deliverer {
         let in_flight = self.tasks.len();
         if in_flight > 0 {
             tracing::info!(in_flight, "waiting for deliveries in flight");
-            let drained = tokio::time::timeout(grace, async { while self.tasks.join_next().await.is_some() {} }).await;
+            let drained = tokio::time::timeout(grace, async {
+                while self.tasks.join_next().await.is_some() {}
+            })
+            .await;
             if drained.is_err() {
-                tracing::warn!(left = self.tasks.len(), "deliveries still in flight at shutdown; they will be sent again after restart");
+                tracing::warn!(
+                    left = self.tasks.len(),
+                    "deliveries still in flight at shutdown; they will be sent again after restart"
+                );
                 self.tasks.abort_all();
             }
         }
@@ -179,10 +199,14 @@ pub fn render_context(d: &ClaimedDelivery) -> Value {
         _ => serde_json::Map::new(),
     };
     let event: Value = serde_json::from_slice(&d.payload).unwrap_or(Value::Null);
-    let received_at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(d.received_at) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_default();
+    let received_at =
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(d.received_at) * 1_000_000)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default();
     ctx.insert("event".into(), event);
     ctx.insert(
         "meta".into(),
@@ -201,7 +225,11 @@ pub fn render_context(d: &ClaimedDelivery) -> Value {
 fn excerpt(bytes: &[u8]) -> String {
     let cut = &bytes[..bytes.len().min(EXCERPT_BYTES)];
     let s = String::from_utf8_lossy(cut).into_owned();
-    if bytes.len() > EXCERPT_BYTES { format!("{s}…") } else { s }
+    if bytes.len() > EXCERPT_BYTES {
+        format!("{s}…")
+    } else {
+        s
+    }
 }
 
 /// Describes a transport error without its URL (a Slack webhook URL is a
@@ -210,7 +238,11 @@ fn transport_message(e: &reqwest::Error, timeout: Duration) -> String {
     if e.is_timeout() {
         return format!("timeout after {:.1} s", timeout.as_secs_f64());
     }
-    let mut msg = if e.is_connect() { "connection failed".to_owned() } else { "request failed".to_owned() };
+    let mut msg = if e.is_connect() {
+        "connection failed".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         msg.push_str(": ");
@@ -231,14 +263,22 @@ async fn read_bounded(mut resp: reqwest::Response) -> Vec<u8> {
     out
 }
 
-async fn attempt(shared: &Shared, pipeline: &Pipeline, d: &ClaimedDelivery, state: &TargetState) -> AttemptResult {
+async fn attempt(
+    shared: &Shared,
+    pipeline: &Pipeline,
+    d: &ClaimedDelivery,
+    state: &TargetState,
+) -> AttemptResult {
     let invalid = |message: String| AttemptResult {
         answer: Answer::Invalid { message },
         status: None,
         excerpt: None,
     };
     let Some(target) = pipeline.targets.get(&d.target) else {
-        return invalid(format!("target \"{}\" is no longer in routes.yaml", d.target));
+        return invalid(format!(
+            "target \"{}\" is no longer in routes.yaml",
+            d.target
+        ));
     };
     let Some(step) = pipeline
         .routes
@@ -246,7 +286,11 @@ async fn attempt(shared: &Shared, pipeline: &Pipeline, d: &ClaimedDelivery, stat
         .find(|r| r.name == d.route)
         .and_then(|r| r.send.get(d.step as usize))
     else {
-        return invalid(format!("route \"{}\" has no send step #{} any more", d.route, d.step + 1));
+        return invalid(format!(
+            "route \"{}\" has no send step #{} any more",
+            d.route,
+            d.step + 1
+        ));
     };
     let ctx = match Context::wraps(render_context(d)) {
         Ok(c) => c,
@@ -294,7 +338,12 @@ async fn attempt(shared: &Shared, pipeline: &Pipeline, d: &ClaimedDelivery, stat
             }
         };
         let status = resp.status().as_u16();
-        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
         let retry_after = header("retry-after");
         let ratelimit_reset = header("x-ratelimit-reset");
         let body = read_bounded(resp).await;
@@ -302,7 +351,12 @@ async fn attempt(shared: &Shared, pipeline: &Pipeline, d: &ClaimedDelivery, stat
             let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             match v.get("ok") {
                 Some(Value::Bool(true)) => None,
-                _ => Some(v.get("error").and_then(Value::as_str).unwrap_or("invalid answer").to_owned()),
+                _ => Some(
+                    v.get("error")
+                        .and_then(Value::as_str)
+                        .unwrap_or("invalid answer")
+                        .to_owned(),
+                ),
             }
         } else {
             None
@@ -325,14 +379,29 @@ async fn attempt(shared: &Shared, pipeline: &Pipeline, d: &ClaimedDelivery, stat
     last
 }
 
-async fn execute(shared: Arc<Shared>, d: ClaimedDelivery, state: Arc<TargetState>, _slot: OwnedSemaphorePermit) {
+async fn execute(
+    shared: Arc<Shared>,
+    d: ClaimedDelivery,
+    state: Arc<TargetState>,
+    _slot: OwnedSemaphorePermit,
+) {
     let pipeline = shared.pipeline.load_full();
     let n = d.attempts + 1;
     let started = Instant::now();
     let result = attempt(&shared, &pipeline, &d, &state).await;
     let duration = started.elapsed();
-    let policy = pipeline.targets.get(&d.target).map(|t| t.retry).unwrap_or_default();
-    let outcome = classify(&result.answer, n, &policy, SystemTime::now(), fastrand::f64());
+    let policy = pipeline
+        .targets
+        .get(&d.target)
+        .map(|t| t.retry)
+        .unwrap_or_default();
+    let outcome = classify(
+        &result.answer,
+        n,
+        &policy,
+        SystemTime::now(),
+        fastrand::f64(),
+    );
     let at = now_millis();
     let (stored, error) = match &outcome {
         Outcome::Delivered => (AttemptOutcome::Delivered, None),

@@ -72,7 +72,11 @@ fn render_body(t: &Templates, body: &Body, ctx: &Context) -> Result<Value, Rende
 }
 
 /// Renders every template of a step.
-pub fn render_step(t: &Templates, step: &SendStep, ctx: &Context) -> Result<RenderedStep, RenderError> {
+pub fn render_step(
+    t: &Templates,
+    step: &SendStep,
+    ctx: &Context,
+) -> Result<RenderedStep, RenderError> {
     Ok(match &step.action {
         Action::Slack { text, body } => {
             let payload = match (text, body) {
@@ -101,7 +105,13 @@ pub fn render_step(t: &Templates, step: &SendStep, ctx: &Context) -> Result<Rend
                 .collect::<Result<_, RenderError>>()?,
             body: body.as_ref().map(|b| render_body(t, b, ctx)).transpose()?,
         },
-        other => RenderedStep::Unsupported(format!("{other:?}").split([' ', '{']).next().unwrap_or("action").to_owned()),
+        other => RenderedStep::Unsupported(
+            format!("{other:?}")
+                .split([' ', '{'])
+                .next()
+                .unwrap_or("action")
+                .to_owned(),
+        ),
     })
 }
 
@@ -110,19 +120,24 @@ fn parse_url(s: &str) -> Result<reqwest::Url, String> {
 }
 
 fn json_headers() -> Vec<(String, String)> {
-    vec![("Content-Type".to_owned(), "application/json; charset=utf-8".to_owned())]
+    vec![(
+        "Content-Type".to_owned(),
+        "application/json; charset=utf-8".to_owned(),
+    )]
 }
 
 /// Builds the request(s) of a rendered step for `target`. An error is a
 /// reason for a dead delivery (the request can never be valid).
 pub fn plan(target: &Target, rendered: &RenderedStep) -> Result<Vec<PlannedRequest>, String> {
     match (&target.kind, rendered) {
-        (TargetKind::SlackWebhook { webhook_url }, RenderedStep::Slack { payload }) => Ok(vec![PlannedRequest {
-            method: reqwest::Method::POST,
-            url: parse_url(webhook_url.expose())?,
-            headers: json_headers(),
-            body: Some(payload.clone()),
-        }]),
+        (TargetKind::SlackWebhook { webhook_url }, RenderedStep::Slack { payload }) => {
+            Ok(vec![PlannedRequest {
+                method: reqwest::Method::POST,
+                url: parse_url(webhook_url.expose())?,
+                headers: json_headers(),
+                body: Some(payload.clone()),
+            }])
+        }
         (
             TargetKind::SlackApi {
                 token,
@@ -133,10 +148,14 @@ pub fn plan(target: &Target, rendered: &RenderedStep) -> Result<Vec<PlannedReque
         ) => {
             let mut payload = payload.clone();
             if let Value::Object(m) = &mut payload {
-                m.entry("channel").or_insert_with(|| Value::String(channel.clone()));
+                m.entry("channel")
+                    .or_insert_with(|| Value::String(channel.clone()));
             }
             let mut headers = json_headers();
-            headers.push(("Authorization".to_owned(), format!("Bearer {}", token.expose())));
+            headers.push((
+                "Authorization".to_owned(),
+                format!("Bearer {}", token.expose()),
+            ));
             Ok(vec![PlannedRequest {
                 method: reqwest::Method::POST,
                 url: parse_url(&format!("{base_url}/chat.postMessage"))?,
@@ -169,8 +188,14 @@ pub fn plan(target: &Target, rendered: &RenderedStep) -> Result<Vec<PlannedReque
             // Architecture Invariant: a target's host comes from routes.yaml
             // alone. Path values are percent-encoded when rendered; this
             // check makes the guarantee independent of that.
-            if full.scheme() != base.scheme() || full.host_str() != base.host_str() || full.port() != base.port() {
-                return Err(format!("rendered path would change the target host ({})", full.host_str().unwrap_or("")));
+            if full.scheme() != base.scheme()
+                || full.host_str() != base.host_str()
+                || full.port() != base.port()
+            {
+                return Err(format!(
+                    "rendered path would change the target host ({})",
+                    full.host_str().unwrap_or("")
+                ));
             }
             if !query.is_empty() {
                 let mut pairs = full.query_pairs_mut();
@@ -181,8 +206,16 @@ pub fn plan(target: &Target, rendered: &RenderedStep) -> Result<Vec<PlannedReque
             let method_name = method.as_deref().unwrap_or(default_method);
             let method = reqwest::Method::from_bytes(method_name.as_bytes())
                 .map_err(|_| format!("invalid method {method_name}"))?;
-            let mut all_headers: Vec<(String, String)> = if body.is_some() { json_headers() } else { Vec::new() };
-            all_headers.extend(target_headers.iter().map(|(k, v)| (k.clone(), v.expose().to_owned())));
+            let mut all_headers: Vec<(String, String)> = if body.is_some() {
+                json_headers()
+            } else {
+                Vec::new()
+            };
+            all_headers.extend(
+                target_headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.expose().to_owned())),
+            );
             all_headers.extend(headers.iter().cloned());
             Ok(vec![PlannedRequest {
                 method,

@@ -601,7 +601,13 @@ impl StepBuilder<'_, '_> {
         self.tpl_kind(node, key, Kind::Plain, d)
     }
 
-    fn tpl_kind(&mut self, node: &Node, key: &str, kind: Kind, d: &mut Diagnostics) -> Option<TemplateId> {
+    fn tpl_kind(
+        &mut self,
+        node: &Node,
+        key: &str,
+        kind: Kind,
+        d: &mut Diagnostics,
+    ) -> Option<TemplateId> {
         let src = reader::string(node, key, d)?;
         let name = format!("{}.{key}@{}:{}", self.prefix, node.pos.line, node.pos.col);
         match self.ctx.templates.add(&name, &src, kind) {
@@ -812,7 +818,9 @@ fn compile_step(
         }
         "http" => {
             let method = r.take("method").and_then(|n| super::targets::method(n, d));
-            let path = r.take("path").and_then(|n| b.tpl_kind(n, "path", Kind::UrlPath, d));
+            let path = r
+                .take("path")
+                .and_then(|n| b.tpl_kind(n, "path", Kind::UrlPath, d));
             let headers = r
                 .take("headers")
                 .map(|n| b.string_map(n, "headers", d))

@@ -124,7 +124,12 @@ fn all(conds: &[Condition], doc: &Value) -> Result<(), Mismatch> {
 
 /// Checks everything of a route's `when` that does not need the enriched
 /// task: the source, event name patterns, `match` and `any`.
-pub fn matches_event(route: &Route, source: &str, event_type: &str, payload: &Value) -> Result<(), Mismatch> {
+pub fn matches_event(
+    route: &Route,
+    source: &str,
+    event_type: &str,
+    payload: &Value,
+) -> Result<(), Mismatch> {
     if route.source != source {
         return Err(Mismatch {
             reason: format!("source is {source}, the route takes {}", route.source),
@@ -172,7 +177,10 @@ pub fn extract(route: &Route, payload: &Value) -> serde_json::Map<String, Value>
                 out.insert(name.clone(), nodes[0].clone());
             }
             _ => {
-                out.insert(name.clone(), Value::Array(nodes.into_iter().cloned().collect()));
+                out.insert(
+                    name.clone(),
+                    Value::Array(nodes.into_iter().cloned().collect()),
+                );
             }
         }
     }

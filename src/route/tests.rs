@@ -7,8 +7,13 @@ fn route_with(when: &str) -> Route {
     let text = format!(
         "sources:\n  clickup: {{verify: clickup, secret: s}}\ntargets:\n  t: {{type: http, url: 'http://127.0.0.1:1/x'}}\nroutes:\n  - name: r\n    source: clickup\n    when:\n{when}\n    send:\n      - target: t\n        body: {{}}\n"
     );
-    let p = Pipeline::compile("routes.yaml", &text, std::path::Path::new("/nonexistent"), &|_| None)
-        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let p = Pipeline::compile(
+        "routes.yaml",
+        &text,
+        std::path::Path::new("/nonexistent"),
+        &|_| None,
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{text}"));
     p.routes.into_iter().next().unwrap()
 }
 
@@ -41,8 +46,14 @@ fn each_operator_matches_and_does_not_match() {
         ("$.task_id: { not_equals: other }", true),
         ("$.task_id: { not_equals: 1vj38vv }", false),
         ("$.missing: { not_equals: x }", true),
-        ("$.history_items[0].after.status: { in: [closed, complete] }", true),
-        ("$.history_items[0].after.status: { in: [closed, open] }", false),
+        (
+            "$.history_items[0].after.status: { in: [closed, complete] }",
+            true,
+        ),
+        (
+            "$.history_items[0].after.status: { in: [closed, open] }",
+            false,
+        ),
         ("$.title: { regex: '^Fix' }", true),
         ("$.title: { regex: '^Break' }", false),
         ("$.points: { regex: '^5$' }", true),
@@ -101,11 +112,16 @@ fn event_names_exact_list_and_glob() {
 
 #[test]
 fn any_holds_when_one_group_holds() {
-    let route = route_with("      any:\n        - $.points: 1\n        - $.title: { contains: login }");
+    let route =
+        route_with("      any:\n        - $.points: 1\n        - $.title: { contains: login }");
     assert!(matches_event(&route, "clickup", "x", &payload()).is_ok());
-    let route = route_with("      any:\n        - $.points: 1\n        - $.title: { contains: nope }");
+    let route =
+        route_with("      any:\n        - $.points: 1\n        - $.title: { contains: nope }");
     let err = matches_event(&route, "clickup", "x", &payload()).unwrap_err();
-    assert!(err.reason.starts_with("no entry of when.any holds"), "{err:?}");
+    assert!(
+        err.reason.starts_with("no entry of when.any holds"),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -123,5 +139,8 @@ fn extract_gives_values_arrays_and_leaves_missing_names_out() {
     let text = "sources:\n  clickup: {verify: clickup, secret: s}\ntargets:\n  t: {type: http, url: 'http://127.0.0.1:1/x'}\nroutes:\n  - name: r\n    source: clickup\n    extract:\n      by: $.history_items[0].user.username\n      tags: $.tags[*].name\n      gone: $.missing\n    send:\n      - target: t\n        body: {}\n";
     let p = Pipeline::compile("r.yaml", text, std::path::Path::new("/x"), &|_| None).unwrap();
     let values = extract(&p.routes[0], &payload());
-    assert_eq!(Value::Object(values), json!({"by": "John", "tags": ["bug", "ui"]}));
+    assert_eq!(
+        Value::Object(values),
+        json!({"by": "John", "tags": ["bug", "ui"]})
+    );
 }

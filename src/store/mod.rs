@@ -326,7 +326,12 @@ impl Store {
     }
 
     /// Claims up to `limit` unrouted events for `lease_ms`.
-    pub async fn claim_events(&self, limit: u32, now: i64, lease_ms: i64) -> Result<Vec<EventToRoute>, StoreError> {
+    pub async fn claim_events(
+        &self,
+        limit: u32,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<EventToRoute>, StoreError> {
         match self.backend.as_ref() {
             Backend::Sqlite(s) => s.claim_events(limit, now, lease_ms).await,
         }
@@ -334,14 +339,24 @@ impl Store {
 
     /// Stores routing results: inserts each event's deliveries and marks it
     /// routed, in one transaction per call.
-    pub async fn complete_routing(&self, routed: Vec<RoutedEvent>, now: i64) -> Result<(), StoreError> {
+    pub async fn complete_routing(
+        &self,
+        routed: Vec<RoutedEvent>,
+        now: i64,
+    ) -> Result<(), StoreError> {
         match self.backend.as_ref() {
             Backend::Sqlite(s) => s.complete_routing(routed, now).await,
         }
     }
 
     /// Claims up to `limit` due deliveries of `target` for `lease_ms`.
-    pub async fn claim_deliveries(&self, target: &str, limit: u32, now: i64, lease_ms: i64) -> Result<Vec<ClaimedDelivery>, StoreError> {
+    pub async fn claim_deliveries(
+        &self,
+        target: &str,
+        limit: u32,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
         match self.backend.as_ref() {
             Backend::Sqlite(s) => s.claim_deliveries(target, limit, now, lease_ms).await,
         }
@@ -362,7 +377,10 @@ impl Store {
     }
 
     /// Deliveries matching `filter`, newest first.
-    pub async fn deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
+    pub async fn deliveries(
+        &self,
+        filter: &DeliveryFilter,
+    ) -> Result<Vec<DeliveryRow>, StoreError> {
         match self.backend.as_ref() {
             Backend::Sqlite(s) => s.deliveries(filter).await,
         }

@@ -14,13 +14,14 @@
 //! process are cleared when the store opens.
 
 use super::{
-    AttemptOutcome, AttemptRecord, AttemptRow, ClaimedDelivery, DeliveryFilter, DeliveryRow, DeliveryStatus,
-    EventToRoute, Inserted, RoutedEvent, StoreError, StoredEvent,
+    AttemptOutcome, AttemptRecord, AttemptRow, ClaimedDelivery, DeliveryFilter, DeliveryRow,
+    DeliveryStatus, EventToRoute, Inserted, RoutedEvent, StoreError, StoredEvent,
 };
 use crate::ids::{DeliveryId, EventId};
 use crate::verify::VerifiedEvent;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
 use std::path::Path;
@@ -41,9 +42,21 @@ struct NewEvent {
 
 enum Op {
     InsertEvent(NewEvent),
-    ClaimEvents { limit: u32, now: i64, lease_ms: i64 },
-    CompleteRouting { routed: Vec<RoutedEvent>, now: i64 },
-    ClaimDeliveries { target: String, limit: u32, now: i64, lease_ms: i64 },
+    ClaimEvents {
+        limit: u32,
+        now: i64,
+        lease_ms: i64,
+    },
+    CompleteRouting {
+        routed: Vec<RoutedEvent>,
+        now: i64,
+    },
+    ClaimDeliveries {
+        target: String,
+        limit: u32,
+        now: i64,
+        lease_ms: i64,
+    },
     RecordAttempt(AttemptRecord),
 }
 
@@ -90,8 +103,9 @@ impl SqliteStore {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
         }
         let mut conn = options(path).connect().await?;
         sqlx::migrate!("migrations/sqlite")
@@ -116,11 +130,18 @@ impl SqliteStore {
 
     async fn run(&self, op: Op) -> Result<Done, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.writer.send(Msg::Op(op, reply)).await.map_err(|_| stopped())?;
+        self.writer
+            .send(Msg::Op(op, reply))
+            .await
+            .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
 
-    pub(super) async fn insert_event(&self, event: &VerifiedEvent, received_at: i64) -> Result<Inserted, StoreError> {
+    pub(super) async fn insert_event(
+        &self,
+        event: &VerifiedEvent,
+        received_at: i64,
+    ) -> Result<Inserted, StoreError> {
         let new = NewEvent {
             id: EventId::generate(),
             source: event.source().to_owned(),
@@ -135,15 +156,33 @@ impl SqliteStore {
         }
     }
 
-    pub(super) async fn claim_events(&self, limit: u32, now: i64, lease_ms: i64) -> Result<Vec<EventToRoute>, StoreError> {
-        match self.run(Op::ClaimEvents { limit, now, lease_ms }).await? {
+    pub(super) async fn claim_events(
+        &self,
+        limit: u32,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<EventToRoute>, StoreError> {
+        match self
+            .run(Op::ClaimEvents {
+                limit,
+                now,
+                lease_ms,
+            })
+            .await?
+        {
             Done::Events(e) => Ok(e),
             _ => Err(unexpected()),
         }
     }
 
-    pub(super) async fn complete_routing(&self, routed: Vec<RoutedEvent>, now: i64) -> Result<(), StoreError> {
-        self.run(Op::CompleteRouting { routed, now }).await.map(|_| ())
+    pub(super) async fn complete_routing(
+        &self,
+        routed: Vec<RoutedEvent>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.run(Op::CompleteRouting { routed, now })
+            .await
+            .map(|_| ())
     }
 
     pub(super) async fn claim_deliveries(
@@ -177,7 +216,11 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub(super) async fn recent_events(&self, source: Option<&str>, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+    pub(super) async fn recent_events(
+        &self,
+        source: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, source, event_type, dedupe_key, payload, received_at, routed_at FROM events \
              WHERE (?1 IS NULL OR source = ?1) ORDER BY received_at DESC, id DESC LIMIT ?2",
@@ -218,7 +261,10 @@ impl SqliteStore {
         Ok(due)
     }
 
-    pub(super) async fn deliveries(&self, f: &DeliveryFilter) -> Result<Vec<DeliveryRow>, StoreError> {
+    pub(super) async fn deliveries(
+        &self,
+        f: &DeliveryFilter,
+    ) -> Result<Vec<DeliveryRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, event_id, route, step, target, status, attempts, last_error, created_at, delivered_at \
              FROM deliveries WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR target = ?2) \
@@ -232,10 +278,16 @@ impl SqliteStore {
         .bind(i64::from(if f.limit == 0 { 100 } else { f.limit }))
         .fetch_all(&self.read)
         .await?;
-        rows.iter().map(delivery_row).collect::<Result<_, sqlx::Error>>().map_err(StoreError::from)
+        rows.iter()
+            .map(delivery_row)
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
     }
 
-    pub(super) async fn attempts(&self, delivery: &DeliveryId) -> Result<Vec<AttemptRow>, StoreError> {
+    pub(super) async fn attempts(
+        &self,
+        delivery: &DeliveryId,
+    ) -> Result<Vec<AttemptRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT n, at, duration_ms, status_code, response, error, outcome FROM attempts \
              WHERE delivery_id = ?1 ORDER BY n",
@@ -261,11 +313,15 @@ impl SqliteStore {
             .map_err(StoreError::from)
     }
 
-    pub(super) async fn matched_routes(&self, event: &EventId) -> Result<Option<Vec<String>>, StoreError> {
-        let raw: Option<Option<String>> = sqlx::query_scalar("SELECT matched_routes FROM events WHERE id = ?1")
-            .bind(event.as_str())
-            .fetch_optional(&self.read)
-            .await?;
+    pub(super) async fn matched_routes(
+        &self,
+        event: &EventId,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let raw: Option<Option<String>> =
+            sqlx::query_scalar("SELECT matched_routes FROM events WHERE id = ?1")
+                .bind(event.as_str())
+                .fetch_optional(&self.read)
+                .await?;
         Ok(raw
             .flatten()
             .and_then(|s| serde_json::from_str::<Vec<String>>(&s).ok()))
@@ -362,13 +418,20 @@ async fn run_batch(conn: &mut SqliteConnection, ops: &[&Op]) -> Result<Vec<Done>
 }
 
 fn placeholders(start: usize, n: usize) -> String {
-    (start..start + n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
+    (start..start + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 async fn run_op(tx: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error> {
     match op {
         Op::InsertEvent(e) => insert_event(tx, e).await.map(Done::Inserted),
-        Op::ClaimEvents { limit, now, lease_ms } => {
+        Op::ClaimEvents {
+            limit,
+            now,
+            lease_ms,
+        } => {
             let rows = sqlx::query(
                 "UPDATE events SET lease_until = ?1 WHERE id IN ( \
                    SELECT id FROM events WHERE routed_at IS NULL AND (lease_until IS NULL OR lease_until < ?2) \
@@ -392,7 +455,9 @@ async fn run_op(tx: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error>
                     })
                 })
                 .collect::<Result<Vec<_>, sqlx::Error>>()?;
-            events.sort_by(|a, b| (a.received_at, a.id.as_str()).cmp(&(b.received_at, b.id.as_str())));
+            events.sort_by(|a, b| {
+                (a.received_at, a.id.as_str()).cmp(&(b.received_at, b.id.as_str()))
+            });
             Ok(Done::Events(events))
         }
         Op::CompleteRouting { routed, now } => {
@@ -413,7 +478,8 @@ async fn run_op(tx: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error>
                     .execute(&mut *tx)
                     .await?;
                 }
-                let matched = serde_json::to_string(&ev.matched_routes).unwrap_or_else(|_| "[]".into());
+                let matched =
+                    serde_json::to_string(&ev.matched_routes).unwrap_or_else(|_| "[]".into());
                 sqlx::query("UPDATE events SET routed_at = ?1, lease_until = NULL, matched_routes = ?2 WHERE id = ?3")
                     .bind(*now)
                     .bind(matched)
@@ -532,11 +598,12 @@ async fn insert_event(tx: &mut SqliteConnection, e: &NewEvent) -> Result<Inserte
             duplicate: false,
         });
     }
-    let id: String = sqlx::query_scalar("SELECT id FROM events WHERE source = ?1 AND dedupe_key = ?2")
-        .bind(&e.source)
-        .bind(&e.dedupe_key)
-        .fetch_one(&mut *tx)
-        .await?;
+    let id: String =
+        sqlx::query_scalar("SELECT id FROM events WHERE source = ?1 AND dedupe_key = ?2")
+            .bind(&e.source)
+            .bind(&e.dedupe_key)
+            .fetch_one(&mut *tx)
+            .await?;
     Ok(Inserted {
         id: EventId::from_stored(id),
         duplicate: true,

@@ -5,8 +5,8 @@
 //! naming it, except in `default`, whose whole point is the fallback.
 
 use handlebars::{
-    Context, Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext, RenderError, RenderErrorReason,
-    ScopedJson,
+    Context, Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext, RenderError,
+    RenderErrorReason, ScopedJson,
 };
 use serde_json::Value;
 
@@ -20,14 +20,19 @@ fn param<'a>(h: &'a Helper<'_>, i: usize, helper: &str) -> Result<&'a Value, Ren
         .param(i)
         .ok_or_else(|| err(format!("helper {helper} needs parameter {}", i + 1)))?;
     if p.is_value_missing() {
-        let name = p.relative_path().cloned().unwrap_or_else(|| format!("parameter {}", i + 1));
+        let name = p
+            .relative_path()
+            .cloned()
+            .unwrap_or_else(|| format!("parameter {}", i + 1));
         return Err(err(format!("{helper}: missing value \"{name}\"")));
     }
     Ok(p.value())
 }
 
 fn optional<'a>(h: &'a Helper<'_>, i: usize) -> Option<&'a Value> {
-    h.param(i).filter(|p| !p.is_value_missing()).map(|p| p.value())
+    h.param(i)
+        .filter(|p| !p.is_value_missing())
+        .map(|p| p.value())
 }
 
 /// Text of a scalar as a template shows it (strings without quotes).
@@ -47,9 +52,12 @@ fn number(v: &Value) -> Option<f64> {
     }
 }
 
+/// The body of a value helper.
+type HelperFn = fn(&Helper<'_>) -> Result<Value, RenderError>;
+
 /// A helper computing a value from its parameters (composable in
 /// subexpressions).
-struct ValueHelper(fn(&Helper<'_>) -> Result<Value, RenderError>);
+struct ValueHelper(HelperFn);
 
 impl HelperDef for ValueHelper {
     fn call_inner<'reg: 'rc, 'rc>(
@@ -83,10 +91,9 @@ impl HelperDef for Json {
 }
 
 fn default(h: &Helper<'_>) -> Result<Value, RenderError> {
-    let fallback = h
-        .param(1)
-        .map(|p| p.value().clone())
-        .ok_or_else(|| err("helper default needs a fallback: {{default value \"fallback\"}}".into()))?;
+    let fallback = h.param(1).map(|p| p.value().clone()).ok_or_else(|| {
+        err("helper default needs a fallback: {{default value \"fallback\"}}".into())
+    })?;
     Ok(match optional(h, 0) {
         None | Some(Value::Null) => fallback,
         Some(Value::String(s)) if s.is_empty() => fallback,
@@ -115,9 +122,11 @@ pub fn truncate_chars(s: &str, max: usize) -> String {
 fn truncate(h: &Helper<'_>) -> Result<Value, RenderError> {
     let s = text(param(h, 0, "truncate")?);
     let n = param(h, 1, "truncate")?;
-    let max = number(n)
-        .filter(|n| *n >= 1.0)
-        .ok_or_else(|| err(format!("truncate: length must be a positive number, found {n}")))?;
+    let max = number(n).filter(|n| *n >= 1.0).ok_or_else(|| {
+        err(format!(
+            "truncate: length must be a positive number, found {n}"
+        ))
+    })?;
     Ok(Value::String(truncate_chars(&s, max as usize)))
 }
 
@@ -145,7 +154,9 @@ pub fn parse_date(v: &Value) -> Option<time::OffsetDateTime> {
 fn date(h: &Helper<'_>) -> Result<Value, RenderError> {
     let v = param(h, 0, "date")?;
     let d = parse_date(v).ok_or_else(|| {
-        err(format!("date: {v} is not a millisecond timestamp or an RFC 3339 date"))
+        err(format!(
+            "date: {v} is not a millisecond timestamp or an RFC 3339 date"
+        ))
     })?;
     let out = match optional(h, 1) {
         None => d.format(&time::format_description::well_known::Rfc3339),
@@ -162,7 +173,8 @@ fn date(h: &Helper<'_>) -> Result<Value, RenderError> {
 
 /// Currencies without minor units (Stripe's list).
 const ZERO_DECIMAL: &[&str] = &[
-    "BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA", "PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF",
+    "BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA", "PYG", "RWF", "UGX", "VND", "VUV",
+    "XAF", "XOF", "XPF",
 ];
 /// Currencies with three decimals.
 const THREE_DECIMAL: &[&str] = &["BHD", "JOD", "KWD", "OMR", "TND"];
@@ -183,7 +195,12 @@ pub fn format_money(minor: i64, currency: &str) -> String {
         return format!("{sign}{abs} {code}");
     }
     let unit = 10u64.pow(decimals);
-    format!("{sign}{}.{:0width$} {code}", abs / unit, abs % unit, width = decimals as usize)
+    format!(
+        "{sign}{}.{:0width$} {code}",
+        abs / unit,
+        abs % unit,
+        width = decimals as usize
+    )
 }
 
 fn money(h: &Helper<'_>) -> Result<Value, RenderError> {
@@ -194,23 +211,33 @@ fn money(h: &Helper<'_>) -> Result<Value, RenderError> {
         Value::String(s) => s.trim().parse::<i64>().ok(),
         _ => None,
     }
-    .ok_or_else(|| err(format!("money: amount must be whole minor units, found {amount}")))?;
+    .ok_or_else(|| {
+        err(format!(
+            "money: amount must be whole minor units, found {amount}"
+        ))
+    })?;
     Ok(Value::String(format_money(minor, &currency)))
 }
 
 /// Escapes the three characters Slack's mrkdwn reserves.
 pub fn slack_escape_str(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn slack_escape(h: &Helper<'_>) -> Result<Value, RenderError> {
-    Ok(Value::String(slack_escape_str(&text(param(h, 0, "slack_escape")?))))
+    Ok(Value::String(slack_escape_str(&text(param(
+        h,
+        0,
+        "slack_escape",
+    )?))))
 }
 
 /// Registers every helper on `registry`.
 pub fn register(registry: &mut Handlebars<'static>) {
     registry.register_helper("json", Box::new(Json));
-    let value_helpers: [(&str, fn(&Helper<'_>) -> Result<Value, RenderError>); 8] = [
+    let value_helpers: [(&str, HelperFn); 8] = [
         ("default", default),
         ("upper", upper),
         ("lower", lower),
@@ -276,7 +303,13 @@ mod tests {
 
     #[test]
     fn missing_values_are_errors_except_in_default() {
-        for tpl in ["{{upper missing}}", "{{json missing}}", "{{money missing \"usd\"}}", "{{missing}}", "{{a.b.c}}"] {
+        for tpl in [
+            "{{upper missing}}",
+            "{{json missing}}",
+            "{{money missing \"usd\"}}",
+            "{{missing}}",
+            "{{a.b.c}}",
+        ] {
             let e = render(tpl, json!({"a": {}})).unwrap_err();
             assert!(e.contains("missing") || e.contains("strict"), "{tpl}: {e}");
         }

@@ -29,8 +29,8 @@ pub const CUSTOM_HELPERS: &[&str] = &[
 
 /// Handlebars' own helpers.
 const BUILTIN_HELPERS: &[&str] = &[
-    "if", "unless", "each", "with", "lookup", "raw", "log", "eq", "ne", "gt", "gte", "lt", "lte", "and", "or",
-    "not", "len",
+    "if", "unless", "each", "with", "lookup", "raw", "log", "eq", "ne", "gt", "gte", "lt", "lte",
+    "and", "or", "not", "len",
 ];
 
 /// Which registry a template lives in, i.e. how its values are escaped.
@@ -201,7 +201,10 @@ impl Templates {
 fn describe(e: &handlebars::RenderError) -> String {
     let reason = e.reason().to_string();
     match &e.template_name {
-        Some(t) => format!("render error in {}: {reason}", t.trim_start_matches("file:")),
+        Some(t) => format!(
+            "render error in {}: {reason}",
+            t.trim_start_matches("file:")
+        ),
         None => format!("render error: {reason}"),
     }
 }
@@ -223,7 +226,11 @@ fn check(source: &str) -> Result<(), String> {
     let mut unknown = Vec::new();
     collect_unknown_helpers(&template, &mut unknown);
     if let Some(h) = unknown.first() {
-        let known: Vec<&str> = CUSTOM_HELPERS.iter().chain(BUILTIN_HELPERS).copied().collect();
+        let known: Vec<&str> = CUSTOM_HELPERS
+            .iter()
+            .chain(BUILTIN_HELPERS)
+            .copied()
+            .collect();
         let hint = crate::routes_file::diag::suggestion(h, &known, "helpers");
         return Err(format!("template error: helper \"{h}\" not found{hint}"));
     }
@@ -296,14 +303,28 @@ mod tests {
     fn compile_errors_name_the_problem() {
         let mut t = Templates::new();
         assert!(t.add("a", "{{task.name}} by {{by}}", Kind::Plain).is_ok());
-        assert!(t.add("b", "Invoice paid: {{money amount currency}}", Kind::Plain).is_ok());
-        let e = t.add("c", "{{moneyy amount currency}}", Kind::Plain).unwrap_err();
-        assert_eq!(e, "template error: helper \"moneyy\" not found; did you mean \"money\"?");
+        assert!(
+            t.add("b", "Invoice paid: {{money amount currency}}", Kind::Plain)
+                .is_ok()
+        );
+        let e = t
+            .add("c", "{{moneyy amount currency}}", Kind::Plain)
+            .unwrap_err();
+        assert_eq!(
+            e,
+            "template error: helper \"moneyy\" not found; did you mean \"money\"?"
+        );
         let e = t.add("d", "{{#if x}}open", Kind::Plain).unwrap_err();
         assert!(e.starts_with("template error"), "{e}");
-        let e = t.add("e", "{{#eachh items}}{{/eachh}}", Kind::Plain).unwrap_err();
+        let e = t
+            .add("e", "{{#eachh items}}{{/eachh}}", Kind::Plain)
+            .unwrap_err();
         assert!(e.contains("\"eachh\""), "{e}");
-        assert!(t.add("f", "{{upper (lowerr x)}}", Kind::Plain).unwrap_err().contains("lowerr"));
+        assert!(
+            t.add("f", "{{upper (lowerr x)}}", Kind::Plain)
+                .unwrap_err()
+                .contains("lowerr")
+        );
     }
 
     fn ctx(v: Value) -> Context {
@@ -313,16 +334,29 @@ mod tests {
     #[test]
     fn each_kind_escapes_for_where_it_is_written() {
         let mut t = Templates::new();
-        let data = json!({"s": "a \"q\" \\ b\nc ü/?#", "n": 5, "list": [1, "x"], "obj": {"k": null}});
+        let data =
+            json!({"s": "a \"q\" \\ b\nc ü/?#", "n": 5, "list": [1, "x"], "obj": {"k": null}});
         let plain = t.add("p", "v={{s}}", Kind::Plain).unwrap();
-        assert_eq!(t.render_value(&plain, &ctx(data.clone())).unwrap(), json!("v=a \"q\" \\ b\nc ü/?#"));
+        assert_eq!(
+            t.render_value(&plain, &ctx(data.clone())).unwrap(),
+            json!("v=a \"q\" \\ b\nc ü/?#")
+        );
         let path = t.add("u", "/items/{{s}}", Kind::UrlPath).unwrap();
         assert_eq!(
             t.render_text(&path, &ctx(data.clone())).unwrap(),
             "/items/a%20%22q%22%20%5C%20b%0Ac%20%C3%BC%2F%3F%23"
         );
-        let file = t.add("file:f.hbs", "{\"t\": \"{{s}}\", \"n\": {{json n}}}", Kind::JsonFile).unwrap();
-        assert_eq!(t.render_value(&file, &ctx(data.clone())).unwrap(), json!({"t": "a \"q\" \\ b\nc ü/?#", "n": 5}));
+        let file = t
+            .add(
+                "file:f.hbs",
+                "{\"t\": \"{{s}}\", \"n\": {{json n}}}",
+                Kind::JsonFile,
+            )
+            .unwrap();
+        assert_eq!(
+            t.render_value(&file, &ctx(data.clone())).unwrap(),
+            json!({"t": "a \"q\" \\ b\nc ü/?#", "n": 5})
+        );
         for (src, want) in [
             ("{{n}}", json!(5)),
             (" {{ list }} ", json!([1, "x"])),
@@ -331,22 +365,33 @@ mod tests {
             ("n={{n}}", json!("n=5")),
         ] {
             let id = t.add(&format!("typed{src}"), src, Kind::Typed).unwrap();
-            assert_eq!(t.render_value(&id, &ctx(data.clone())).unwrap(), want, "{src}");
+            assert_eq!(
+                t.render_value(&id, &ctx(data.clone())).unwrap(),
+                want,
+                "{src}"
+            );
         }
     }
 
     #[test]
     fn a_template_file_that_is_not_json_is_a_render_error() {
         let mut t = Templates::new();
-        let id = t.add("file:bad.hbs", "{\"t\": {{s}}}", Kind::JsonFile).unwrap();
+        let id = t
+            .add("file:bad.hbs", "{\"t\": {{s}}}", Kind::JsonFile)
+            .unwrap();
         let e = t.render_value(&id, &ctx(json!({"s": "x"}))).unwrap_err();
-        assert!(e.0.starts_with("template bad.hbs did not produce valid JSON"), "{e}");
+        assert!(
+            e.0.starts_with("template bad.hbs did not produce valid JSON"),
+            "{e}"
+        );
     }
 
     #[test]
     fn missing_values_are_render_errors_naming_them() {
         let mut t = Templates::new();
-        let id = t.add("r#1.text@1:1", "hi {{task.name}}", Kind::Plain).unwrap();
+        let id = t
+            .add("r#1.text@1:1", "hi {{task.name}}", Kind::Plain)
+            .unwrap();
         let e = t.render_text(&id, &ctx(json!({"task": {}}))).unwrap_err();
         assert!(e.0.contains("task.name"), "{e}");
     }

@@ -8,7 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -16,18 +17,25 @@ fn free_port() -> u16 {
         .port()
 }
 
-struct Daemon {
+/// The daemon binary as a child process.
+pub struct Daemon {
     child: Child,
-    port: u16,
+    /// Its webhook port.
+    pub port: u16,
     lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
+    /// Log lines read so far.
+    pub seen: Vec<String>,
 }
 
 impl Daemon {
     fn start(dir: &std::path::Path, extra: &[(&str, &str)]) -> Daemon {
         std::fs::write(dir.join("routes.yaml"), ROUTES).unwrap();
+        Daemon::start_on(dir, free_port(), extra)
+    }
+
+    /// Starts `clickup-bridge serve` in `dir` (which holds routes.yaml) on `port`.
+    pub fn start_on(dir: &std::path::Path, port: u16, extra: &[(&str, &str)]) -> Daemon {
         std::fs::create_dir_all(dir.join("templates")).unwrap();
-        let port = free_port();
         let mut cmd = Command::new(bin());
         cmd.arg("serve")
             .current_dir(dir)
@@ -61,7 +69,7 @@ impl Daemon {
     }
 
     /// Waits (with a deadline) for a log line containing `needle`.
-    fn wait_for_log(&mut self, needle: &str) {
+    pub fn wait_for_log(&mut self, needle: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             match self.lines.recv_timeout(Duration::from_millis(100)) {
@@ -82,7 +90,8 @@ impl Daemon {
         );
     }
 
-    fn signal(&self, sig: &str) {
+    /// Sends a signal (`-TERM`, `-HUP`, `-KILL`).
+    pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
             .status()
@@ -90,7 +99,8 @@ impl Daemon {
         assert!(ok.success());
     }
 
-    fn wait_exit(&mut self) -> i32 {
+    /// Waits (with a deadline) for the process to exit; its exit code.
+    pub fn wait_exit(&mut self) -> i32 {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {

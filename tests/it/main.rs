@@ -3,8 +3,10 @@
 //! One binary so the crate links once.
 
 mod check;
+mod deliver;
 mod deploy;
 mod inbound;
 mod lifecycle;
+mod recovery;
 mod support;
 mod tidy;

@@ -87,9 +87,21 @@ pub fn settings(dir: &Path) -> Settings {
 
 /// Starts the daemon with `routes` as routes.yaml; `tweak` may change settings.
 pub async fn spawn_app_with(routes: &str, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_files(routes, &[], tweak).await
+}
+
+/// Starts the daemon with `routes` and these files in its templates folder.
+pub async fn spawn_app_files(
+    routes: &str,
+    templates: &[(&str, &str)],
+    tweak: impl FnOnce(&mut Settings),
+) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("routes.yaml"), routes).unwrap();
     std::fs::create_dir_all(dir.path().join("templates")).unwrap();
+    for (name, text) in templates {
+        std::fs::write(dir.path().join("templates").join(name), text).unwrap();
+    }
     let mut s = settings(dir.path());
     tweak(&mut s);
     let app = Application::build(&s)
@@ -183,4 +195,89 @@ pub fn fixtures() -> PathBuf {
 /// The built binary.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_clickup-bridge")
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `secs`.
+pub async fn wait_for<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The requests a mock received at `path`.
+pub async fn received_at(server: &wiremock::MockServer, path: &str) -> Vec<wiremock::Request> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.url.path() == path)
+        .collect()
+}
+
+/// The `Idempotency-Key` of a request.
+pub fn idempotency_key(r: &wiremock::Request) -> String {
+    r.headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+impl TestApp {
+    /// Posts a ClickUp event signed with [`CLICKUP_SECRET`] and returns its id.
+    pub async fn post_clickup(&self, body: &[u8]) -> String {
+        let (status, json) = self
+            .post(
+                "clickup",
+                body.to_vec(),
+                &clickup_headers(CLICKUP_SECRET, body),
+            )
+            .await;
+        assert_eq!(status, 200, "{json}");
+        json["event_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits until every delivery of `event_id` is delivered or dead, and
+    /// returns them.
+    pub async fn settled(
+        &self,
+        event_id: &str,
+        secs: u64,
+    ) -> Vec<clickup_bridge::store::DeliveryRow> {
+        use clickup_bridge::store::{DeliveryFilter, DeliveryStatus};
+        let id = clickup_bridge::ids::EventId::from_stored(event_id.to_owned());
+        wait_for(secs, "deliveries to settle", || {
+            let store = self.store.clone();
+            let id = id.clone();
+            async move {
+                let routed = store.matched_routes(&id).await.ok().flatten()?;
+                let rows = store
+                    .deliveries(&DeliveryFilter {
+                        event_id: Some(id),
+                        limit: 1000,
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()?;
+                let _ = routed;
+                rows.iter()
+                    .all(|d| d.status != DeliveryStatus::Pending)
+                    .then_some(rows)
+            }
+        })
+        .await
+    }
 }
