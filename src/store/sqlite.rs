@@ -87,7 +87,30 @@ fn options(path: &Path) -> SqliteConnectOptions {
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(5))
         .foreign_keys(true)
+        // Checkpoints run in the background (see `checkpointer`), not inside
+        // a commit on the writer, where they would stall every request
+        // waiting on that commit.
+        .pragma("wal_autocheckpoint", "0")
+        .pragma("journal_size_limit", "67108864")
         .log_statements(tracing::log::LevelFilter::Trace)
+}
+
+/// Copies the WAL into the database file every second from a reader
+/// connection. PASSIVE never blocks the writer; it copies what no reader
+/// still needs, so the WAL is reused instead of growing.
+async fn checkpointer(pool: SqlitePool) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !pool.is_closed() {
+        tick.tick().await;
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+            && !pool.is_closed()
+        {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
+    }
 }
 
 fn stopped() -> StoreError {
@@ -125,6 +148,7 @@ impl SqliteStore {
             .await?;
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(writer(conn, rx));
+        tokio::spawn(checkpointer(read.clone()));
         Ok(SqliteStore { writer: tx, read })
     }
 
@@ -410,10 +434,99 @@ async fn writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Msg>) {
 async fn run_batch(conn: &mut SqliteConnection, ops: &[&Op]) -> Result<Vec<Done>, sqlx::Error> {
     let mut tx = conn.begin().await?;
     let mut out = Vec::with_capacity(ops.len());
-    for op in ops {
-        out.push(run_op(&mut tx, op).await?);
+    let mut i = 0;
+    while i < ops.len() {
+        // Consecutive inserts (the common case under load) go in one
+        // multi-row statement: one round trip to SQLite's thread instead of
+        // one per event.
+        let run = ops[i..]
+            .iter()
+            .take_while(|op| matches!(op, Op::InsertEvent(_)))
+            .count();
+        if run > 1 {
+            let events: Vec<&NewEvent> = ops[i..i + run]
+                .iter()
+                .filter_map(|op| match op {
+                    Op::InsertEvent(e) => Some(e),
+                    _ => None,
+                })
+                .collect();
+            for ins in insert_events(&mut tx, &events).await? {
+                out.push(Done::Inserted(ins));
+            }
+            i += run;
+        } else {
+            out.push(run_op(&mut tx, ops[i]).await?);
+            i += 1;
+        }
     }
     tx.commit().await?;
+    Ok(out)
+}
+
+/// Rows per multi-row INSERT (6 bound values each, well under SQLite's limit).
+const INSERT_CHUNK: usize = 128;
+
+/// Inserts many events; the ones that conflict on (source, dedupe_key), with
+/// a stored event or an earlier one of the same batch, are duplicates.
+async fn insert_events(
+    tx: &mut SqliteConnection,
+    events: &[&NewEvent],
+) -> Result<Vec<Inserted>, sqlx::Error> {
+    let mut inserted_ids: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for chunk in events.chunks(INSERT_CHUNK) {
+        let rows = (0..chunk.len())
+            .map(|r| {
+                let b = r * 6;
+                format!(
+                    "(?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO events (id, source, dedupe_key, event_type, payload, received_at) VALUES {rows} \
+             ON CONFLICT (source, dedupe_key) DO NOTHING RETURNING id"
+        );
+        // Only placeholders are formatted in; every value is bound.
+        let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+        for e in chunk {
+            q = q
+                .bind(e.id.as_str())
+                .bind(&e.source)
+                .bind(&e.dedupe_key)
+                .bind(&e.event_type)
+                .bind(&e.payload)
+                .bind(e.received_at);
+        }
+        inserted_ids.extend(q.fetch_all(&mut *tx).await?);
+    }
+    let mut out = Vec::with_capacity(events.len());
+    for e in events {
+        if inserted_ids.contains(e.id.as_str()) {
+            out.push(Inserted {
+                id: e.id.clone(),
+                duplicate: false,
+            });
+        } else {
+            let id: String =
+                sqlx::query_scalar("SELECT id FROM events WHERE source = ?1 AND dedupe_key = ?2")
+                    .bind(&e.source)
+                    .bind(&e.dedupe_key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            out.push(Inserted {
+                id: EventId::from_stored(id),
+                duplicate: true,
+            });
+        }
+    }
     Ok(out)
 }
 

@@ -432,3 +432,43 @@ async fn acknowledged_events_survive_a_restart() {
     assert_eq!(second["event_id"], first["event_id"]);
     again.stop().await;
 }
+
+/// The same event sent by 16 clients at once (so several copies share one
+/// group commit): stored once, one answer says new, every answer has its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_copies_of_one_event_are_stored_once() {
+    let app = spawn_app(ROUTES).await;
+    let body = clickup_event(42);
+    let headers = clickup_headers(CLICKUP_SECRET, &body);
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (url, body, headers) = (
+            format!("{}/hooks/clickup", app.url),
+            body.clone(),
+            headers.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut req = reqwest::Client::new().post(url).body(body);
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            let json: Value = req.send().await.unwrap().json().await.unwrap();
+            json
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    let ids: HashSet<&str> = answers
+        .iter()
+        .map(|a| a["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1, "{answers:?}");
+    assert_eq!(
+        answers.iter().filter(|a| a["duplicate"] == false).count(),
+        1
+    );
+    assert_eq!(app.store.count_events().await.unwrap(), 1);
+    app.stop().await;
+}

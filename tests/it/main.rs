@@ -8,5 +8,6 @@ mod deploy;
 mod inbound;
 mod lifecycle;
 mod recovery;
+mod store;
 mod support;
 mod tidy;

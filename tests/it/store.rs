@@ -1,0 +1,39 @@
+//! The store through its public API.
+
+use crate::support::*;
+use clickup_bridge::settings::StoreLocation;
+use clickup_bridge::store::Store;
+use clickup_bridge::verify::{IdentityRule, Scheme, Secret, Verifier, verify_event};
+
+fn verified(n: u64) -> clickup_bridge::verify::VerifiedEvent {
+    let v = Verifier {
+        scheme: Scheme::ClickUp,
+        secrets: vec![Secret::new(CLICKUP_SECRET)],
+    };
+    let body = clickup_event(n);
+    let headers = clickup_headers(CLICKUP_SECRET, &body);
+    verify_event("clickup", &v, &IdentityRule::ClickUp, &headers, body, 0).unwrap()
+}
+
+/// On a current-thread runtime every insert below is queued before the writer
+/// runs, so they share one transaction: copies inside one batch are
+/// duplicates of the first, and of events stored earlier.
+#[tokio::test]
+async fn one_group_commit_dedupes_within_the_batch_and_against_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&StoreLocation::Sqlite(dir.path().join("s.db")))
+        .await
+        .unwrap();
+    let earlier = store.insert_event(&verified(1), 1).await.unwrap();
+    let events: Vec<_> = [1, 2, 3, 2, 4, 2].iter().map(|n| verified(*n)).collect();
+    let results =
+        futures_util::future::join_all(events.iter().map(|e| store.insert_event(e, 2))).await;
+    let results: Vec<_> = results.into_iter().map(Result::unwrap).collect();
+    let dup: Vec<bool> = results.iter().map(|r| r.duplicate).collect();
+    assert_eq!(dup, [true, false, false, true, false, true]);
+    assert_eq!(results[0].id, earlier.id);
+    assert_eq!(results[3].id, results[1].id);
+    assert_eq!(results[5].id, results[1].id);
+    assert_eq!(store.count_events().await.unwrap(), 4);
+    store.close().await;
+}
