@@ -5,7 +5,9 @@ use crate::deliver::Deliverer;
 use crate::inbound::{self, InboundState};
 use crate::lifecycle::InFlight;
 use crate::pipeline::{LoadError, LoadOptions, Pipeline, process_env};
-use crate::route::Router;
+use crate::deliver::limits::Limits;
+use crate::route::enrich::Enricher;
+use crate::route::{Router, RouterShared};
 use crate::settings::Settings;
 use crate::store::{Store, StoreError};
 use actix_web::dev::{Server, ServerHandle};
@@ -60,6 +62,7 @@ pub struct Application {
     wake_router: Arc<Notify>,
     wake_deliveries: Arc<Notify>,
     deliverer: Deliverer,
+    enricher: Enricher,
 }
 
 /// Loads routes.yaml again and swaps it in; an invalid file leaves the
@@ -149,7 +152,16 @@ impl Application {
         let in_flight = InFlight::new();
         let wake_router = Arc::new(Notify::new());
         let wake_deliveries = Arc::new(Notify::new());
-        let deliverer = Deliverer::new(pipeline.clone(), store.clone(), wake_deliveries.clone())?;
+        let client = crate::deliver::http_client()?;
+        let limits = Limits::new();
+        let deliverer = Deliverer::new(
+            pipeline.clone(),
+            store.clone(),
+            client.clone(),
+            limits.clone(),
+            wake_deliveries.clone(),
+        );
+        let enricher = Enricher::new(client, limits);
         let inbound_state = web::Data::new(InboundState {
             pipeline: pipeline.clone(),
             store: store.clone(),
@@ -203,6 +215,7 @@ impl Application {
             wake_router,
             wake_deliveries,
             deliverer,
+            enricher,
         })
     }
 
@@ -239,12 +252,13 @@ impl Application {
         let admin = tokio::spawn(self.admin_server);
         let cancel = CancellationToken::new();
         let router = tokio::spawn(
-            Router {
+            Router::new(Arc::new(RouterShared {
                 pipeline: self.pipeline.clone(),
                 store: self.store.clone(),
                 wake: self.wake_router.clone(),
                 wake_deliveries: self.wake_deliveries.clone(),
-            }
+                enricher: self.enricher,
+            }))
             .run(cancel.clone()),
         );
         let deliverer = tokio::spawn(self.deliverer.run(cancel.clone(), self.shutdown_timeout));

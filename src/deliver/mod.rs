@@ -1,61 +1,29 @@
 //! Delivery: claim due deliveries per target, render, send, classify, record.
 //!
-//! Each target has its own concurrency limit (a semaphore) and rate limit, and
+//! Each target has its own concurrency limit and rate limit ([`limits`]), and
 //! deliveries are claimed per target only for free slots, so one slow or
 //! failing target never delays another. Workers are woken when deliveries are
 //! created or a slot frees; polling (at most every second, or at the next due
 //! time) is only the fallback.
 
 pub mod classify;
+pub mod execute;
+pub mod limits;
 pub mod request;
+pub mod targets;
 
 use crate::ids::now_millis;
-use crate::pipeline::{Pipeline, RateLimit, Target};
-use crate::store::{AttemptOutcome, AttemptRecord, ClaimedDelivery, Store};
+use crate::pipeline::Pipeline;
+use crate::store::{AttemptOutcome, AttemptRecord, ClaimedDelivery, Link, Store};
 use arc_swap::ArcSwap;
-use classify::{Answer, Outcome, classify};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use handlebars::Context;
-use request::{plan, render_step};
+use classify::{Outcome, classify};
+use limits::{Limits, TargetLimits};
 use serde_json::{Value, json};
-use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-
-/// Bytes of an answer kept on the attempt record.
-pub const EXCERPT_BYTES: usize = 1024;
-/// Bytes of an answer read at most (Slack's `{"ok": ...}` must fit).
-const READ_BYTES: usize = 64 * 1024;
-
-/// Per-target limits, rebuilt when the target's settings change on reload.
-struct TargetState {
-    concurrency: u32,
-    rate: Option<RateLimit>,
-    slots: Arc<Semaphore>,
-    limiter: Option<DefaultDirectRateLimiter>,
-}
-
-fn limiter(rate: Option<RateLimit>) -> Option<DefaultDirectRateLimiter> {
-    let r = rate?;
-    let count = NonZeroU32::new(r.count)?;
-    let quota = Quota::with_period(r.per / r.count)?.allow_burst(count);
-    Some(RateLimiter::direct(quota))
-}
-
-impl TargetState {
-    fn new(t: &Target) -> Self {
-        TargetState {
-            concurrency: t.concurrency,
-            rate: t.rate_limit,
-            slots: Arc::new(Semaphore::new(t.concurrency as usize)),
-            limiter: limiter(t.rate_limit),
-        }
-    }
-}
 
 /// What every delivery task shares.
 struct Shared {
@@ -65,53 +33,42 @@ struct Shared {
     wake: Arc<Notify>,
 }
 
+/// The HTTP client of the workers: no redirects (a target's host comes from
+/// routes.yaml alone), rustls.
+pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .user_agent(concat!("clickup-bridge/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+}
+
 /// The delivery worker.
 pub struct Deliverer {
     shared: Arc<Shared>,
-    targets: HashMap<String, Arc<TargetState>>,
+    limits: Arc<Limits>,
     tasks: JoinSet<()>,
 }
 
-/// What the result of one attempt was, for the record.
-struct AttemptResult {
-    answer: Answer,
-    status: Option<u16>,
-    excerpt: Option<String>,
-}
-
 impl Deliverer {
-    /// A worker over the routes in force, the store, and a wake-up handle.
+    /// A worker over the routes in force, the store, shared target limits and
+    /// a wake-up handle.
     pub fn new(
         pipeline: Arc<ArcSwap<Pipeline>>,
         store: Store,
+        client: reqwest::Client,
+        limits: Arc<Limits>,
         wake: Arc<Notify>,
-    ) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("clickup-bridge/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        Ok(Deliverer {
+    ) -> Self {
+        Deliverer {
             shared: Arc::new(Shared {
                 pipeline,
                 store,
                 client,
                 wake,
             }),
-            targets: HashMap::new(),
+            limits,
             tasks: JoinSet::new(),
-        })
-    }
-
-    fn state_for(&mut self, t: &Target) -> Arc<TargetState> {
-        let stale = self
-            .targets
-            .get(&t.name)
-            .is_none_or(|s| s.concurrency != t.concurrency || s.rate != t.rate_limit);
-        if stale {
-            self.targets
-                .insert(t.name.clone(), Arc::new(TargetState::new(t)));
         }
-        self.targets[&t.name].clone()
     }
 
     /// Claims what fits in every target's free slots and starts it. Returns
@@ -121,14 +78,13 @@ impl Deliverer {
         let pipeline = self.shared.pipeline.load_full();
         let mut started = 0;
         for target in pipeline.targets.values() {
-            let state = self.state_for(target);
+            let state = self.limits.of(target);
             let free = state.slots.available_permits();
             if free == 0 {
                 continue;
             }
-            let lease_ms =
-                i64::try_from((target.timeout * 2 + Duration::from_secs(60)).as_millis())
-                    .unwrap_or(i64::MAX);
+            let lease = target.timeout * 3 + Duration::from_secs(60);
+            let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
             let limit = u32::try_from(free).unwrap_or(u32::MAX);
             let claimed = match self
                 .shared
@@ -147,8 +103,7 @@ impl Deliverer {
                     break;
                 };
                 started += 1;
-                self.tasks
-                    .spawn(execute(self.shared.clone(), d, state.clone(), permit));
+                self.tasks.spawn(run_one(self.shared.clone(), d, state.clone(), permit));
             }
         }
         started
@@ -176,10 +131,7 @@ impl Deliverer {
         let in_flight = self.tasks.len();
         if in_flight > 0 {
             tracing::info!(in_flight, "waiting for deliveries in flight");
-            let drained = tokio::time::timeout(grace, async {
-                while self.tasks.join_next().await.is_some() {}
-            })
-            .await;
+            let drained = tokio::time::timeout(grace, async { while self.tasks.join_next().await.is_some() {} }).await;
             if drained.is_err() {
                 tracing::warn!(
                     left = self.tasks.len(),
@@ -191,22 +143,29 @@ impl Deliverer {
     }
 }
 
-/// The render context: the extracted values (and enrichment) stored with the
-/// delivery, plus `event`, `meta` and `links`.
-pub fn render_context(d: &ClaimedDelivery) -> Value {
+/// The ClickUp task an event is about: the route's `task_id` extract, else
+/// the payload's `task_id` (every ClickUp task event has one).
+pub fn task_id_of(context: &Value, event: &Value) -> Option<String> {
+    let v = context.get("task_id").or_else(|| event.get("task_id"))?;
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The render context: the extracted values (and the enriched `task`) stored
+/// with the delivery, plus `event`, `meta` and `links`.
+pub fn render_context(d: &ClaimedDelivery, links: serde_json::Map<String, Value>) -> Value {
     let mut ctx = match &d.context {
         Value::Object(m) => m.clone(),
         _ => serde_json::Map::new(),
     };
     let event: Value = serde_json::from_slice(&d.payload).unwrap_or(Value::Null);
-    let received_at =
-        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(d.received_at) * 1_000_000)
-            .ok()
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .unwrap_or_default();
+    let received_at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(d.received_at) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default();
     ctx.insert("event".into(), event);
     ctx.insert(
         "meta".into(),
@@ -218,191 +177,44 @@ pub fn render_context(d: &ClaimedDelivery) -> Value {
             "received_at": received_at,
         }),
     );
-    ctx.entry("links").or_insert_with(|| json!({}));
+    ctx.insert("links".into(), Value::Object(links));
     Value::Object(ctx)
 }
 
-fn excerpt(bytes: &[u8]) -> String {
-    let cut = &bytes[..bytes.len().min(EXCERPT_BYTES)];
-    let s = String::from_utf8_lossy(cut).into_owned();
-    if bytes.len() > EXCERPT_BYTES {
-        format!("{s}…")
-    } else {
-        s
-    }
-}
-
-/// Describes a transport error without its URL (a Slack webhook URL is a
-/// secret) but with its cause.
-fn transport_message(e: &reqwest::Error, timeout: Duration) -> String {
-    if e.is_timeout() {
-        return format!("timeout after {:.1} s", timeout.as_secs_f64());
-    }
-    let mut msg = if e.is_connect() {
-        "connection failed".to_owned()
-    } else {
-        "request failed".to_owned()
+async fn run_one(shared: Arc<Shared>, d: ClaimedDelivery, limits: Arc<TargetLimits>, _slot: OwnedSemaphorePermit) {
+    let pipeline = shared.pipeline.load_full();
+    let n = d.attempts + 1;
+    let event: Value = serde_json::from_slice(&d.payload).unwrap_or(Value::Null);
+    let task_id = task_id_of(&d.context, &event);
+    let links = match &task_id {
+        Some(t) => shared.store.links(t).await.unwrap_or_default(),
+        None => serde_json::Map::new(),
     };
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
+    limits.ready().await;
+    let started = Instant::now();
+    let result = execute::attempt(&shared.client, &pipeline, &d, render_context(&d, links)).await;
+    let duration = started.elapsed();
+    let policy = pipeline.targets.get(&d.target).map(|t| t.retry).unwrap_or_default();
+    let mut outcome = classify(&result.answer, n, &policy, SystemTime::now(), fastrand::f64());
+    if let (Some(detail), Outcome::Retry { reason, .. } | Outcome::Dead { reason }) = (&result.detail, &mut outcome) {
+        reason.push_str(": ");
+        reason.push_str(detail);
     }
-    msg
-}
-
-async fn read_bounded(mut resp: reqwest::Response) -> Vec<u8> {
-    let mut out = Vec::new();
-    while out.len() < READ_BYTES {
-        match resp.chunk().await {
-            Ok(Some(c)) => out.extend_from_slice(&c),
-            _ => break,
-        }
-    }
-    out
-}
-
-async fn attempt(
-    shared: &Shared,
-    pipeline: &Pipeline,
-    d: &ClaimedDelivery,
-    state: &TargetState,
-) -> AttemptResult {
-    let invalid = |message: String| AttemptResult {
-        answer: Answer::Invalid { message },
-        status: None,
-        excerpt: None,
-    };
-    let Some(target) = pipeline.targets.get(&d.target) else {
-        return invalid(format!(
-            "target \"{}\" is no longer in routes.yaml",
-            d.target
-        ));
-    };
-    let Some(step) = pipeline
+    let at = now_millis();
+    let remember = pipeline
         .routes
         .iter()
         .find(|r| r.name == d.route)
         .and_then(|r| r.send.get(d.step as usize))
-    else {
-        return invalid(format!(
-            "route \"{}\" has no send step #{} any more",
-            d.route,
-            d.step + 1
-        ));
-    };
-    let ctx = match Context::wraps(render_context(d)) {
-        Ok(c) => c,
-        Err(e) => return invalid(format!("render error: {e}")),
-    };
-    let rendered = match render_step(&pipeline.templates, step, &ctx) {
-        Ok(r) => r,
-        Err(e) => return invalid(e.0),
-    };
-    let requests = match plan(target, &rendered) {
-        Ok(r) => r,
-        Err(e) => return invalid(e),
-    };
-    if let Some(l) = &state.limiter {
-        l.until_ready().await;
-    }
-    let is_slack_api = matches!(target.kind, crate::pipeline::TargetKind::SlackApi { .. });
-    let mut last = invalid("nothing to send".into());
-    for req in requests {
-        let mut builder = shared
-            .client
-            .request(req.method.clone(), req.url.clone())
-            .timeout(target.timeout)
-            .header("Idempotency-Key", d.id.as_str());
-        for (k, v) in &req.headers {
-            builder = builder.header(k.as_str(), v.as_str());
-        }
-        if let Some(body) = &req.body {
-            builder = builder.body(body.to_string());
-        }
-        let resp = match builder.build() {
-            Ok(r) => shared.client.execute(r).await,
-            Err(e) => return invalid(format!("invalid request: {}", e.without_url())),
-        };
-        let resp = match resp {
-            Ok(r) => r,
-            Err(e) => {
-                return AttemptResult {
-                    answer: Answer::Transport {
-                        message: transport_message(&e, target.timeout),
-                    },
-                    status: None,
-                    excerpt: None,
-                };
-            }
-        };
-        let status = resp.status().as_u16();
-        let header = |name: &str| {
-            resp.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let retry_after = header("retry-after");
-        let ratelimit_reset = header("x-ratelimit-reset");
-        let body = read_bounded(resp).await;
-        let slack_error = if is_slack_api && (200..300).contains(&status) {
-            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            match v.get("ok") {
-                Some(Value::Bool(true)) => None,
-                _ => Some(
-                    v.get("error")
-                        .and_then(Value::as_str)
-                        .unwrap_or("invalid answer")
-                        .to_owned(),
-                ),
-            }
-        } else {
+        .and_then(|s| s.remember.clone());
+    let link = match (&outcome, remember, result.created.clone(), task_id) {
+        (Outcome::Delivered, Some(name), Some(value), Some(task_id)) => Some(Link { task_id, name, value }),
+        (Outcome::Delivered, Some(name), _, _) => {
+            tracing::warn!(delivery_id = %d.id, name, "nothing to remember: the answer had no id, or the event no task_id");
             None
-        };
-        let ok = (200..300).contains(&status) && slack_error.is_none();
-        last = AttemptResult {
-            answer: Answer::Response {
-                status,
-                retry_after,
-                ratelimit_reset,
-                slack_error,
-            },
-            status: Some(status),
-            excerpt: Some(excerpt(&body)),
-        };
-        if !ok {
-            break;
         }
-    }
-    last
-}
-
-async fn execute(
-    shared: Arc<Shared>,
-    d: ClaimedDelivery,
-    state: Arc<TargetState>,
-    _slot: OwnedSemaphorePermit,
-) {
-    let pipeline = shared.pipeline.load_full();
-    let n = d.attempts + 1;
-    let started = Instant::now();
-    let result = attempt(&shared, &pipeline, &d, &state).await;
-    let duration = started.elapsed();
-    let policy = pipeline
-        .targets
-        .get(&d.target)
-        .map(|t| t.retry)
-        .unwrap_or_default();
-    let outcome = classify(
-        &result.answer,
-        n,
-        &policy,
-        SystemTime::now(),
-        fastrand::f64(),
-    );
-    let at = now_millis();
+        _ => None,
+    };
     let (stored, error) = match &outcome {
         Outcome::Delivered => (AttemptOutcome::Delivered, None),
         Outcome::Retry { after, reason } => (
@@ -413,28 +225,7 @@ async fn execute(
         ),
         Outcome::Dead { reason } => (AttemptOutcome::Dead, Some(reason.clone())),
     };
-    let outcome_name = match &outcome {
-        Outcome::Delivered => "delivered",
-        Outcome::Retry { .. } => "retry",
-        Outcome::Dead { .. } => "dead",
-    };
-    match &outcome {
-        Outcome::Dead { reason } => tracing::warn!(
-            delivery_id = %d.id, event_id = %d.event_id, route = %d.route, target = %d.target, attempt = n,
-            status = result.status, duration_ms = duration.as_millis() as u64, outcome = outcome_name, error = %reason,
-            "delivery attempt"
-        ),
-        Outcome::Retry { after, reason } => tracing::info!(
-            delivery_id = %d.id, event_id = %d.event_id, route = %d.route, target = %d.target, attempt = n,
-            status = result.status, duration_ms = duration.as_millis() as u64, outcome = outcome_name, error = %reason,
-            retry_in_ms = after.as_millis() as u64, "delivery attempt"
-        ),
-        Outcome::Delivered => tracing::info!(
-            delivery_id = %d.id, event_id = %d.event_id, route = %d.route, target = %d.target, attempt = n,
-            status = result.status, duration_ms = duration.as_millis() as u64, outcome = outcome_name,
-            "delivery attempt"
-        ),
-    }
+    log_attempt(&d, n, result.status, duration, &outcome);
     let record = AttemptRecord {
         delivery_id: d.id.clone(),
         n,
@@ -444,10 +235,30 @@ async fn execute(
         response: result.excerpt,
         error,
         outcome: stored,
+        link,
     };
     if let Err(e) = shared.store.record_attempt(record).await {
         // The lease expires and the delivery is attempted again: at least once.
         tracing::error!(delivery_id = %d.id, error = %e, "cannot record the attempt");
     }
     shared.wake.notify_one();
+}
+
+fn log_attempt(d: &ClaimedDelivery, n: u32, status: Option<u16>, duration: Duration, outcome: &Outcome) {
+    let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    match outcome {
+        Outcome::Dead { reason } => tracing::warn!(
+            delivery_id = %d.id, event_id = %d.event_id, route = %d.route, target = %d.target, attempt = n,
+            status, duration_ms = ms, outcome = "dead", error = %reason, "delivery attempt"
+        ),
+        Outcome::Retry { after, reason } => tracing::info!(
+            delivery_id = %d.id, event_id = %d.event_id, route = %d.route, target = %d.target, attempt = n,
+            status, duration_ms = ms, outcome = "retry", error = %reason,
+            retry_in_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX), "delivery attempt"
+        ),
+        Outcome::Delivered => tracing::info!(
+            delivery_id = %d.id, event_id = %d.event_id, route = %d.route, target = %d.target, attempt = n,
+            status, duration_ms = ms, outcome = "delivered", "delivery attempt"
+        ),
+    }
 }

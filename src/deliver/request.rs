@@ -27,8 +27,58 @@ pub enum RenderedStep {
         /// Body.
         body: Option<Value>,
     },
-    /// An action of a target type this build cannot send yet.
-    Unsupported(String),
+    /// Jira: create an issue.
+    JiraCreate {
+        /// Project key.
+        project: String,
+        /// Issue type name.
+        issue_type: String,
+        /// Summary.
+        summary: String,
+        /// Description text.
+        description: Option<String>,
+        /// Labels.
+        labels: Vec<String>,
+        /// Extra fields.
+        fields: Option<Value>,
+    },
+    /// Jira: comment.
+    JiraComment {
+        /// Issue key.
+        issue: String,
+        /// Text.
+        text: String,
+    },
+    /// Jira: transition to a status.
+    JiraTransition {
+        /// Issue key.
+        issue: String,
+        /// Target status name.
+        to: String,
+    },
+    /// ClickUp: update a task.
+    ClickUpUpdate {
+        /// Task id.
+        task_id: String,
+        /// status, name, priority.
+        fields: Map<String, Value>,
+        /// Custom field id -> value.
+        custom: Vec<(String, Value)>,
+    },
+    /// ClickUp: comment.
+    ClickUpComment {
+        /// Task id.
+        task_id: String,
+        /// Text.
+        text: String,
+    },
+    /// ClickUp: create a task.
+    ClickUpCreate {
+        /// List id.
+        list_id: String,
+        /// name, description, status.
+        fields: Map<String, Value>,
+    },
 }
 
 /// One HTTP request, ready to send.
@@ -105,13 +155,78 @@ pub fn render_step(
                 .collect::<Result<_, RenderError>>()?,
             body: body.as_ref().map(|b| render_body(t, b, ctx)).transpose()?,
         },
-        other => RenderedStep::Unsupported(
-            format!("{other:?}")
-                .split([' ', '{'])
-                .next()
-                .unwrap_or("action")
-                .to_owned(),
-        ),
+        Action::JiraCreateIssue {
+            project,
+            issue_type,
+            summary,
+            description,
+            labels,
+            fields,
+        } => RenderedStep::JiraCreate {
+            project: t.render_text(project, ctx)?,
+            issue_type: t.render_text(issue_type, ctx)?,
+            summary: t.render_text(summary, ctx)?,
+            description: description.as_ref().map(|d| t.render_text(d, ctx)).transpose()?,
+            labels: labels.iter().map(|l| t.render_text(l, ctx)).collect::<Result<_, _>>()?,
+            fields: fields.as_ref().map(|f| render_body_node(t, f, ctx)).transpose()?,
+        },
+        Action::JiraComment { issue, text } => RenderedStep::JiraComment {
+            issue: t.render_text(issue, ctx)?,
+            text: t.render_text(text, ctx)?,
+        },
+        Action::JiraTransition { issue, to } => RenderedStep::JiraTransition {
+            issue: t.render_text(issue, ctx)?,
+            to: t.render_text(to, ctx)?,
+        },
+        Action::ClickUpUpdateTask {
+            task_id,
+            status,
+            name,
+            priority,
+            fields,
+        } => {
+            let mut m = Map::new();
+            if let Some(s) = status {
+                m.insert("status".into(), Value::String(t.render_text(s, ctx)?));
+            }
+            if let Some(n) = name {
+                m.insert("name".into(), Value::String(t.render_text(n, ctx)?));
+            }
+            if let Some(p) = priority {
+                m.insert("priority".into(), render_body_node(t, p, ctx)?);
+            }
+            RenderedStep::ClickUpUpdate {
+                task_id: t.render_text(task_id, ctx)?,
+                fields: m,
+                custom: fields
+                    .iter()
+                    .map(|(k, v)| Ok((k.clone(), render_body_node(t, v, ctx)?)))
+                    .collect::<Result<_, RenderError>>()?,
+            }
+        }
+        Action::ClickUpComment { task_id, text } => RenderedStep::ClickUpComment {
+            task_id: t.render_text(task_id, ctx)?,
+            text: t.render_text(text, ctx)?,
+        },
+        Action::ClickUpCreateTask {
+            list_id,
+            name,
+            description,
+            status,
+        } => {
+            let mut m = Map::new();
+            m.insert("name".into(), Value::String(t.render_text(name, ctx)?));
+            if let Some(d) = description {
+                m.insert("description".into(), Value::String(t.render_text(d, ctx)?));
+            }
+            if let Some(s) = status {
+                m.insert("status".into(), Value::String(t.render_text(s, ctx)?));
+            }
+            RenderedStep::ClickUpCreate {
+                list_id: t.render_text(list_id, ctx)?,
+                fields: m,
+            }
+        }
     })
 }
 
@@ -128,8 +243,50 @@ fn json_headers() -> Vec<(String, String)> {
 
 /// Builds the request(s) of a rendered step for `target`. An error is a
 /// reason for a dead delivery (the request can never be valid).
-pub fn plan(target: &Target, rendered: &RenderedStep) -> Result<Vec<PlannedRequest>, String> {
+///
+/// For a Jira transition this is the first request only (the transitions
+/// are listed, then the one reaching the status is posted); a Jira create
+/// retried after an uncertain failure is preceded by a search. The delivery
+/// worker adds those steps; `delivery_id` goes into the Jira label.
+pub fn plan(target: &Target, rendered: &RenderedStep, delivery_id: &str) -> Result<Vec<PlannedRequest>, String> {
+    use super::targets::{clickup, jira};
     match (&target.kind, rendered) {
+        (TargetKind::ClickUp { token, base_url }, RenderedStep::ClickUpUpdate { task_id, fields, custom }) => {
+            clickup::update_task(base_url, token, task_id, fields, custom)
+        }
+        (TargetKind::ClickUp { token, base_url }, RenderedStep::ClickUpComment { task_id, text }) => {
+            Ok(vec![clickup::comment(base_url, token, task_id, text)?])
+        }
+        (TargetKind::ClickUp { token, base_url }, RenderedStep::ClickUpCreate { list_id, fields }) => {
+            Ok(vec![clickup::create_task(base_url, token, list_id, fields.clone())?])
+        }
+        (
+            TargetKind::Jira { base_url, auth },
+            RenderedStep::JiraCreate {
+                project,
+                issue_type,
+                summary,
+                description,
+                labels,
+                fields,
+            },
+        ) => {
+            let issue = jira::NewIssue {
+                project,
+                issue_type,
+                summary,
+                description: description.as_deref(),
+                labels,
+                fields: fields.as_ref(),
+            };
+            Ok(vec![jira::create_issue(base_url, auth, &issue, delivery_id)?])
+        }
+        (TargetKind::Jira { base_url, auth }, RenderedStep::JiraComment { issue, text }) => {
+            Ok(vec![jira::comment(base_url, auth, issue, text)?])
+        }
+        (TargetKind::Jira { base_url, auth }, RenderedStep::JiraTransition { issue, .. }) => {
+            Ok(vec![jira::transitions(base_url, auth, issue)?])
+        }
         (TargetKind::SlackWebhook { webhook_url }, RenderedStep::Slack { payload }) => {
             Ok(vec![PlannedRequest {
                 method: reqwest::Method::POST,
@@ -224,11 +381,6 @@ pub fn plan(target: &Target, rendered: &RenderedStep) -> Result<Vec<PlannedReque
                 body: body.clone(),
             }])
         }
-        (_, RenderedStep::Unsupported(what)) => Err(format!(
-            "{what} on {} target \"{}\" is not supported by this version",
-            target.kind.type_name(),
-            target.name
-        )),
         (kind, _) => Err(format!(
             "step does not fit {} target \"{}\"",
             kind.type_name(),

@@ -1,63 +1,98 @@
 //! Routing: which routes an event fires, and the deliveries they create.
 //!
 //! The matching is pure ([`matcher`]); [`Router`] is the worker that claims
-//! stored, unrouted events, matches them against the pipeline in force, and
+//! stored, unrouted events, matches them against the pipeline in force,
+//! fetches the ClickUp task for routes that ask for it ([`enrich`]), and
 //! stores one delivery per send step together with the event's "routed" mark
 //! (one transaction), then wakes the delivery workers.
 
+pub mod enrich;
 pub mod matcher;
 
+use crate::deliver::classify::backoff;
+use crate::deliver::task_id_of;
 use crate::ids::{DeliveryId, now_millis};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, Route};
 use crate::store::{EventToRoute, NewDelivery, RoutedEvent, Store, StoreError};
 use arc_swap::ArcSwap;
-use serde_json::Value;
+use enrich::{Enricher, FetchError};
+use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// Events claimed per step.
 const BATCH: u32 = 256;
-/// How long a claim on an event lasts before another router may take it.
-const LEASE_MS: i64 = 60_000;
+/// How long a claim on an event lasts before another router may take it
+/// (long enough for a task fetch that waits on ClickUp's rate limit).
+const LEASE_MS: i64 = 300_000;
+/// Enrichment batches in flight at most; the router waits beyond that.
+const MAX_ENRICHING: usize = 16;
 
-/// Routes one event (pure): the matched routes and their deliveries.
-pub fn route_event(pipeline: &Pipeline, event: &EventToRoute) -> RoutedEvent {
-    let payload: Value = serde_json::from_slice(&event.payload).unwrap_or(Value::Null);
-    let mut matched = Vec::new();
-    let mut deliveries = Vec::new();
-    for route in &pipeline.routes {
-        match matcher::matches_event(route, &event.source, &event.event_type, &payload) {
-            Ok(()) => {}
+/// A route whose event conditions hold, with its extracted values.
+pub struct Candidate {
+    /// Index in `pipeline.routes`.
+    pub route: usize,
+    /// Extracted values.
+    pub context: Map<String, Value>,
+}
+
+/// The routes whose source, event and `match`/`any` conditions hold (pure).
+pub fn candidates(pipeline: &Pipeline, event: &EventToRoute, payload: &Value) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    for (i, route) in pipeline.routes.iter().enumerate() {
+        match matcher::matches_event(route, &event.source, &event.event_type, payload) {
+            Ok(()) => out.push(Candidate {
+                route: i,
+                context: matcher::extract(route, payload),
+            }),
             Err(m) => {
                 if route.source == event.source {
                     tracing::debug!(event_id = %event.id, route = %route.name, reason = %m.reason, "route does not match");
                 }
-                continue;
             }
         }
-        let context = Value::Object(matcher::extract(route, &payload));
-        matched.push(route.name.clone());
-        for (i, step) in route.send.iter().enumerate() {
-            deliveries.push(NewDelivery {
-                id: DeliveryId::generate(),
-                route: route.name.clone(),
-                step: u32::try_from(i).unwrap_or(u32::MAX),
-                target: step.target.clone(),
-                context: context.clone(),
-            });
-        }
     }
-    RoutedEvent {
-        event_id: event.id.clone(),
-        matched_routes: matched,
-        deliveries,
-    }
+    out
 }
 
-/// The router worker.
-pub struct Router {
+/// One delivery per send step of `route`, pending or created dead.
+pub fn deliveries(route: &Route, context: &Map<String, Value>, dead: Option<&str>) -> Vec<NewDelivery> {
+    route
+        .send
+        .iter()
+        .enumerate()
+        .map(|(i, step)| NewDelivery {
+            id: DeliveryId::generate(),
+            route: route.name.clone(),
+            step: u32::try_from(i).unwrap_or(u32::MAX),
+            target: step.target.clone(),
+            context: Value::Object(context.clone()),
+            dead: dead.map(str::to_owned),
+        })
+        .collect()
+}
+
+/// Routes an event whose routes need no task (pure).
+pub fn route_event(pipeline: &Pipeline, event: &EventToRoute) -> RoutedEvent {
+    let payload: Value = serde_json::from_slice(&event.payload).unwrap_or(Value::Null);
+    let mut routed = RoutedEvent {
+        event_id: event.id.clone(),
+        matched_routes: Vec::new(),
+        deliveries: Vec::new(),
+    };
+    for c in candidates(pipeline, event, &payload) {
+        let route = &pipeline.routes[c.route];
+        routed.matched_routes.push(route.name.clone());
+        routed.deliveries.extend(deliveries(route, &c.context, None));
+    }
+    routed
+}
+
+/// What routers share with their enrichment tasks.
+pub struct RouterShared {
     /// The routes in force.
     pub pipeline: Arc<ArcSwap<Pipeline>>,
     /// The store.
@@ -66,44 +101,193 @@ pub struct Router {
     pub wake: Arc<Notify>,
     /// Notified when deliveries are created.
     pub wake_deliveries: Arc<Notify>,
+    /// Task fetches.
+    pub enricher: Enricher,
+}
+
+/// The router worker.
+pub struct Router {
+    shared: Arc<RouterShared>,
+    enriching: JoinSet<()>,
 }
 
 /// What one [`Router::step`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouterStep {
-    /// Routed this many events.
+    /// Claimed this many events.
     Routed(usize),
     /// Nothing to route.
     Idle,
 }
 
+fn log_routed(r: &RoutedEvent) {
+    if r.matched_routes.is_empty() {
+        tracing::info!(event_id = %r.event_id, "event matched no route");
+    } else {
+        tracing::info!(event_id = %r.event_id, routes = ?r.matched_routes, deliveries = r.deliveries.len(), "event routed");
+    }
+}
+
+async fn complete(shared: &RouterShared, routed: Vec<RoutedEvent>) -> Result<(), StoreError> {
+    if routed.is_empty() {
+        return Ok(());
+    }
+    routed.iter().for_each(log_routed);
+    let created = routed.iter().any(|r| !r.deliveries.is_empty());
+    shared.store.complete_routing(routed, now_millis()).await?;
+    if created {
+        shared.wake_deliveries.notify_one();
+    }
+    Ok(())
+}
+
+/// An event that waits for task fetches.
+struct Pending {
+    event: EventToRoute,
+    payload: Value,
+    candidates: Vec<Candidate>,
+}
+
+/// Fetches the tasks of one event's routes and routes it, or defers it when a
+/// fetch should be retried. `None` when deferred.
+async fn enrich_one(shared: &RouterShared, pipeline: &Pipeline, p: Pending) -> Option<RoutedEvent> {
+    let mut routed = RoutedEvent {
+        event_id: p.event.id.clone(),
+        matched_routes: Vec::new(),
+        deliveries: Vec::new(),
+    };
+    let mut retry: Option<(String, Option<Duration>, &Route)> = None;
+    let mut failed_retryable: Vec<(&Route, Map<String, Value>, String)> = Vec::new();
+    for c in p.candidates {
+        let route = &pipeline.routes[c.route];
+        if !route.enrich_task {
+            routed.matched_routes.push(route.name.clone());
+            routed.deliveries.extend(deliveries(route, &c.context, None));
+            continue;
+        }
+        let via = route.enrich_via.as_deref().and_then(|v| pipeline.targets.get(v));
+        let task_id = task_id_of(&Value::Object(c.context.clone()), &p.payload);
+        let (Some(via), Some(task_id)) = (via, task_id) else {
+            let why = "cannot fetch the task: the event has no task_id and the route extracts none";
+            routed.matched_routes.push(route.name.clone());
+            routed.deliveries.extend(deliveries(route, &c.context, Some(why)));
+            continue;
+        };
+        match shared.enricher.task(via, &task_id).await {
+            Ok(task) => match matcher::matches_task(route, &task) {
+                Ok(()) => {
+                    let mut ctx = c.context;
+                    ctx.insert("task".into(), task);
+                    routed.matched_routes.push(route.name.clone());
+                    routed.deliveries.extend(deliveries(route, &ctx, None));
+                }
+                Err(m) => {
+                    tracing::debug!(event_id = %p.event.id, route = %route.name, reason = %m.reason, "task condition does not hold");
+                }
+            },
+            Err(FetchError::Gone(reason)) => {
+                tracing::warn!(event_id = %p.event.id, route = %route.name, error = %reason, "task fetch failed for good");
+                routed.matched_routes.push(route.name.clone());
+                routed.deliveries.extend(deliveries(route, &c.context, Some(&reason)));
+            }
+            Err(FetchError::Retry { reason, after }) => {
+                retry.get_or_insert((reason.clone(), after, route));
+                failed_retryable.push((route, c.context, reason));
+            }
+        }
+    }
+    if let Some((reason, after, route)) = retry {
+        let policy = route
+            .enrich_via
+            .as_deref()
+            .and_then(|v| pipeline.targets.get(v))
+            .map(|t| t.retry)
+            .unwrap_or_default();
+        let n = p.event.route_attempts + 1;
+        if n < policy.attempts {
+            let wait = after.unwrap_or_else(|| backoff(n, &policy, fastrand::f64()));
+            let at = now_millis().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
+            tracing::warn!(event_id = %p.event.id, attempt = n, retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(0), error = %reason, "task fetch failed; routing deferred");
+            if let Err(e) = shared.store.defer_routing(&p.event.id, at, &reason).await {
+                tracing::error!(event_id = %p.event.id, error = %e, "cannot defer routing");
+            }
+            return None;
+        }
+        for (route, ctx, reason) in failed_retryable {
+            let why = format!("{reason}; gave up fetching the task after {n} attempts");
+            routed.matched_routes.push(route.name.clone());
+            routed.deliveries.extend(deliveries(route, &ctx, Some(&why)));
+        }
+    }
+    Some(routed)
+}
+
+async fn enrich_all(shared: Arc<RouterShared>, pipeline: Arc<Pipeline>, pending: Vec<Pending>) {
+    let futures = pending.into_iter().map(|p| enrich_one(&shared, &pipeline, p));
+    let routed: Vec<RoutedEvent> = futures_util::future::join_all(futures).await.into_iter().flatten().collect();
+    if let Err(e) = complete(&shared, routed).await {
+        // The events stay unrouted; their lease expires and they are routed again.
+        tracing::error!(error = %e, "cannot store routing results");
+    }
+}
+
 impl Router {
-    /// Claims and routes one batch of events.
-    pub async fn step(&self) -> Result<RouterStep, StoreError> {
-        let now = now_millis();
-        let events = self.store.claim_events(BATCH, now, LEASE_MS).await?;
+    /// A router over the shared state.
+    pub fn new(shared: Arc<RouterShared>) -> Self {
+        Router {
+            shared,
+            enriching: JoinSet::new(),
+        }
+    }
+
+    /// Claims and routes one batch of events. Events whose routes need the
+    /// ClickUp task are routed by a background task, so a slow ClickUp API
+    /// never holds other events.
+    pub async fn step(&mut self) -> Result<RouterStep, StoreError> {
+        while self.enriching.try_join_next().is_some() {}
+        if self.enriching.len() >= MAX_ENRICHING {
+            self.enriching.join_next().await;
+        }
+        let events = self.shared.store.claim_events(BATCH, now_millis(), LEASE_MS).await?;
         if events.is_empty() {
             return Ok(RouterStep::Idle);
         }
-        let pipeline = self.pipeline.load();
-        let routed: Vec<RoutedEvent> = events.iter().map(|e| route_event(&pipeline, e)).collect();
-        let created: usize = routed.iter().map(|r| r.deliveries.len()).sum();
-        for r in &routed {
-            if r.matched_routes.is_empty() {
-                tracing::info!(event_id = %r.event_id, "event matched no route");
+        let claimed = events.len();
+        let pipeline = self.shared.pipeline.load_full();
+        let mut ready = Vec::new();
+        let mut pending = Vec::new();
+        for event in events {
+            let payload: Value = serde_json::from_slice(&event.payload).unwrap_or(Value::Null);
+            let cands = candidates(&pipeline, &event, &payload);
+            if cands.iter().any(|c| pipeline.routes[c.route].enrich_task) {
+                pending.push(Pending {
+                    event,
+                    payload,
+                    candidates: cands,
+                });
             } else {
-                tracing::info!(event_id = %r.event_id, routes = ?r.matched_routes, deliveries = r.deliveries.len(), "event routed");
+                let mut routed = RoutedEvent {
+                    event_id: event.id.clone(),
+                    matched_routes: Vec::new(),
+                    deliveries: Vec::new(),
+                };
+                for c in cands {
+                    let route = &pipeline.routes[c.route];
+                    routed.matched_routes.push(route.name.clone());
+                    routed.deliveries.extend(deliveries(route, &c.context, None));
+                }
+                ready.push(routed);
             }
         }
-        self.store.complete_routing(routed, now_millis()).await?;
-        if created > 0 {
-            self.wake_deliveries.notify_one();
+        complete(&self.shared, ready).await?;
+        if !pending.is_empty() {
+            self.enriching.spawn(enrich_all(self.shared.clone(), pipeline, pending));
         }
-        Ok(RouterStep::Routed(events.len()))
+        Ok(RouterStep::Routed(claimed))
     }
 
     /// Runs until `cancel`: routes whenever woken, and every second anyway.
-    pub async fn run(self, cancel: CancellationToken) {
+    pub async fn run(mut self, cancel: CancellationToken) {
         loop {
             match self.step().await {
                 Ok(RouterStep::Routed(_)) => continue,
@@ -111,10 +295,13 @@ impl Router {
                 Err(e) => tracing::error!(error = %e, "routing failed; retrying"),
             }
             tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = self.wake.notified() => {}
+                _ = cancel.cancelled() => break,
+                _ = self.shared.wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
+        // Enrichment in flight is abandoned: those events are still unrouted
+        // and are routed again after the restart.
+        self.enriching.abort_all();
     }
 }

@@ -71,6 +71,8 @@ pub struct EventToRoute {
     pub payload: Vec<u8>,
     /// Acceptance time, Unix ms.
     pub received_at: i64,
+    /// Routing attempts made before (enrichment failures).
+    pub route_attempts: u32,
 }
 
 /// Where a delivery stands.
@@ -118,6 +120,8 @@ pub struct NewDelivery {
     pub target: String,
     /// Extracted values (and enrichment) used to render it.
     pub context: serde_json::Value,
+    /// Created dead with this reason (e.g. the ClickUp task does not exist).
+    pub dead: Option<String>,
 }
 
 /// The result of routing one event.
@@ -156,6 +160,17 @@ pub struct ClaimedDelivery {
     pub payload: Vec<u8>,
     /// The event's acceptance time, Unix ms.
     pub received_at: i64,
+}
+
+/// A link to remember: `name` = `value` for ClickUp task `task_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// The ClickUp task the event was about.
+    pub task_id: String,
+    /// The `remember:` name.
+    pub name: String,
+    /// What the target created (issue key, task id).
+    pub value: String,
 }
 
 /// What an attempt decided.
@@ -201,6 +216,8 @@ pub struct AttemptRecord {
     pub error: Option<String>,
     /// The decision.
     pub outcome: AttemptOutcome,
+    /// A link to store with a successful attempt.
+    pub link: Option<Link>,
 }
 
 /// A delivery as read back (admin, tests).
@@ -359,6 +376,20 @@ impl Store {
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
         match self.backend.as_ref() {
             Backend::Sqlite(s) => s.claim_deliveries(target, limit, now, lease_ms).await,
+        }
+    }
+
+    /// Leaves an event unrouted until `retry_at` (its enrichment failed).
+    pub async fn defer_routing(&self, event: &EventId, retry_at: i64, error: &str) -> Result<(), StoreError> {
+        match self.backend.as_ref() {
+            Backend::Sqlite(s) => s.defer_routing(event, retry_at, error).await,
+        }
+    }
+
+    /// The links remembered for a ClickUp task.
+    pub async fn links(&self, task_id: &str) -> Result<serde_json::Map<String, serde_json::Value>, StoreError> {
+        match self.backend.as_ref() {
+            Backend::Sqlite(s) => s.links(task_id).await,
         }
     }
 

@@ -58,6 +58,7 @@ enum Op {
         lease_ms: i64,
     },
     RecordAttempt(AttemptRecord),
+    DeferRouting { event: EventId, retry_at: i64, error: String },
 }
 
 enum Done {
@@ -226,6 +227,29 @@ impl SqliteStore {
             Done::Deliveries(d) => Ok(d),
             _ => Err(unexpected()),
         }
+    }
+
+    pub(super) async fn defer_routing(&self, event: &EventId, retry_at: i64, error: &str) -> Result<(), StoreError> {
+        let op = Op::DeferRouting {
+            event: event.clone(),
+            retry_at,
+            error: error.to_owned(),
+        };
+        self.run(op).await.map(|_| ())
+    }
+
+    pub(super) async fn links(&self, task_id: &str) -> Result<serde_json::Map<String, serde_json::Value>, StoreError> {
+        let rows = sqlx::query("SELECT name, value FROM links WHERE task_id = ?1")
+            .bind(task_id)
+            .fetch_all(&self.read)
+            .await?;
+        let mut out = serde_json::Map::new();
+        for r in rows {
+            let name: String = r.try_get("name")?;
+            let value: String = r.try_get("value")?;
+            out.insert(name, serde_json::Value::String(value));
+        }
+        Ok(out)
     }
 
     pub(super) async fn record_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
@@ -549,7 +573,7 @@ async fn run_op(tx: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error>
                 "UPDATE events SET lease_until = ?1 WHERE id IN ( \
                    SELECT id FROM events WHERE routed_at IS NULL AND (lease_until IS NULL OR lease_until < ?2) \
                    ORDER BY received_at LIMIT ?3) \
-                 RETURNING id, source, event_type, payload, received_at",
+                 RETURNING id, source, event_type, payload, received_at, route_attempts",
             )
             .bind(now + lease_ms)
             .bind(now)
@@ -565,6 +589,7 @@ async fn run_op(tx: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error>
                         event_type: r.try_get("event_type")?,
                         payload: r.try_get("payload")?,
                         received_at: r.try_get("received_at")?,
+                        route_attempts: u32::try_from(r.try_get::<i64, _>("route_attempts")?).unwrap_or(0),
                     })
                 })
                 .collect::<Result<Vec<_>, sqlx::Error>>()?;
@@ -576,9 +601,11 @@ async fn run_op(tx: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error>
         Op::CompleteRouting { routed, now } => {
             for ev in routed {
                 for d in &ev.deliveries {
+                    let status = if d.dead.is_some() { "dead" } else { "pending" };
                     sqlx::query(
                         "INSERT INTO deliveries (id, event_id, route, step, target, status, attempts, next_attempt_at, \
-                         context, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?7, ?6, ?6) \
+                         context, last_error, created_at, updated_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?8, 0, ?6, ?7, ?9, ?6, ?6) \
                          ON CONFLICT (event_id, route, step) DO NOTHING",
                     )
                     .bind(d.id.as_str())
@@ -588,6 +615,8 @@ async fn run_op(tx: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error>
                     .bind(&d.target)
                     .bind(*now)
                     .bind(d.context.to_string())
+                    .bind(status)
+                    .bind(d.dead.as_deref())
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -685,6 +714,29 @@ async fn run_op(tx: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error>
             .bind(a.at)
             .bind(delivered_at)
             .bind(a.delivery_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+            if let Some(link) = &a.link {
+                sqlx::query(
+                    "INSERT INTO links (task_id, name, value, updated_at) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (task_id, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                )
+                .bind(&link.task_id)
+                .bind(&link.name)
+                .bind(&link.value)
+                .bind(a.at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Ok(Done::Unit)
+        }
+        Op::DeferRouting { event, retry_at, error } => {
+            sqlx::query(
+                "UPDATE events SET lease_until = ?1, route_attempts = route_attempts + 1, route_error = ?2 WHERE id = ?3",
+            )
+            .bind(*retry_at)
+            .bind(error)
+            .bind(event.as_str())
             .execute(&mut *tx)
             .await?;
             Ok(Done::Unit)
