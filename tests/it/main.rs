@@ -10,4 +10,5 @@ mod lifecycle;
 mod recovery;
 mod store;
 mod support;
+mod targets;
 mod tidy;
