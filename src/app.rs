@@ -2,10 +2,10 @@
 
 use crate::admin::{self, AdminState};
 use crate::deliver::Deliverer;
+use crate::deliver::limits::Limits;
 use crate::inbound::{self, InboundState};
 use crate::lifecycle::InFlight;
 use crate::pipeline::{LoadError, LoadOptions, Pipeline, process_env};
-use crate::deliver::limits::Limits;
 use crate::route::enrich::Enricher;
 use crate::route::{Router, RouterShared};
 use crate::settings::Settings;

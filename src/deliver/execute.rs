@@ -1,9 +1,9 @@
 //! One attempt of one delivery: render, send the step's request(s) in order,
 //! and report what came back.
 
+use super::classify::Answer;
 use super::request::{PlannedRequest, RenderedStep, plan, render_step};
 use super::targets::{clickup, jira};
-use super::classify::Answer;
 use crate::pipeline::{Pipeline, Target, TargetKind};
 use crate::store::ClaimedDelivery;
 use handlebars::Context;
@@ -69,7 +69,11 @@ impl Reply {
 fn excerpt(bytes: &[u8]) -> String {
     let cut = &bytes[..bytes.len().min(EXCERPT_BYTES)];
     let s = String::from_utf8_lossy(cut).into_owned();
-    if bytes.len() > EXCERPT_BYTES { format!("{s}…") } else { s }
+    if bytes.len() > EXCERPT_BYTES {
+        format!("{s}…")
+    } else {
+        s
+    }
 }
 
 /// Describes a transport error without its URL (a Slack webhook URL is a
@@ -99,7 +103,9 @@ pub async fn send(
     key: Option<&str>,
     timeout: Duration,
 ) -> Result<Reply, AttemptResult> {
-    let mut builder = client.request(req.method.clone(), req.url.clone()).timeout(timeout);
+    let mut builder = client
+        .request(req.method.clone(), req.url.clone())
+        .timeout(timeout);
     if let Some(key) = key {
         builder = builder.header("Idempotency-Key", key);
     }
@@ -121,7 +127,12 @@ pub async fn send(
         detail: None,
         created: None,
     })?;
-    let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let retry_after = header("retry-after");
     let ratelimit_reset = header("x-ratelimit-reset");
     let status = resp.status().as_u16();
@@ -161,7 +172,12 @@ fn result_of(kind: &TargetKind, reply: &Reply, slack_api: bool) -> AttemptResult
         let v = reply.json();
         match v.get("ok") {
             Some(Value::Bool(true)) => None,
-            _ => Some(v.get("error").and_then(Value::as_str).unwrap_or("invalid answer").to_owned()),
+            _ => Some(
+                v.get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("invalid answer")
+                    .to_owned(),
+            ),
         }
     } else {
         None
@@ -175,7 +191,11 @@ fn result_of(kind: &TargetKind, reply: &Reply, slack_api: bool) -> AttemptResult
         },
         status: Some(reply.status),
         excerpt: Some(excerpt(&reply.body)),
-        detail: if reply.ok() { None } else { detail(kind, &reply.body) },
+        detail: if reply.ok() {
+            None
+        } else {
+            detail(kind, &reply.body)
+        },
         created: None,
     }
 }
@@ -204,9 +224,17 @@ fn id_text(v: Option<&Value>) -> Option<String> {
 }
 
 /// Renders the step of `d` and sends it to its target.
-pub async fn attempt(client: &reqwest::Client, pipeline: &Pipeline, d: &ClaimedDelivery, ctx: Value) -> AttemptResult {
+pub async fn attempt(
+    client: &reqwest::Client,
+    pipeline: &Pipeline,
+    d: &ClaimedDelivery,
+    ctx: Value,
+) -> AttemptResult {
     let Some(target) = pipeline.targets.get(&d.target) else {
-        return AttemptResult::invalid(format!("target \"{}\" is no longer in routes.yaml", d.target));
+        return AttemptResult::invalid(format!(
+            "target \"{}\" is no longer in routes.yaml",
+            d.target
+        ));
     };
     let Some(step) = pipeline
         .routes
@@ -214,7 +242,11 @@ pub async fn attempt(client: &reqwest::Client, pipeline: &Pipeline, d: &ClaimedD
         .find(|r| r.name == d.route)
         .and_then(|r| r.send.get(d.step as usize))
     else {
-        return AttemptResult::invalid(format!("route \"{}\" has no send step #{} any more", d.route, d.step + 1));
+        return AttemptResult::invalid(format!(
+            "route \"{}\" has no send step #{} any more",
+            d.route,
+            d.step + 1
+        ));
     };
     let ctx = match Context::wraps(ctx) {
         Ok(c) => c,
@@ -242,7 +274,8 @@ async fn send_step(
     let slack_api = matches!(target.kind, TargetKind::SlackApi { .. });
 
     // Jira create after an uncertain failure: the issue may exist already.
-    if let (TargetKind::Jira { base_url, auth }, RenderedStep::JiraCreate { .. }) = (&target.kind, rendered)
+    if let (TargetKind::Jira { base_url, auth }, RenderedStep::JiraCreate { .. }) =
+        (&target.kind, rendered)
         && d.attempts > 0
     {
         let search = jira::search_by_label(base_url, auth, key).map_err(AttemptResult::invalid)?;
@@ -256,14 +289,19 @@ async fn send_step(
     }
 
     // Jira transition: list the transitions, post the one reaching `to`.
-    if let (TargetKind::Jira { base_url, auth }, RenderedStep::JiraTransition { issue, to }) = (&target.kind, rendered) {
-        let list = requests.first().ok_or_else(|| AttemptResult::invalid("nothing to send".into()))?;
+    if let (TargetKind::Jira { base_url, auth }, RenderedStep::JiraTransition { issue, to }) =
+        (&target.kind, rendered)
+    {
+        let list = requests
+            .first()
+            .ok_or_else(|| AttemptResult::invalid("nothing to send".into()))?;
         let reply = send(client, list, Some(key), timeout).await?;
         if !reply.ok() {
             return Err(result_of(&target.kind, &reply, false));
         }
         let id = jira::pick_transition(&reply.json(), to).map_err(AttemptResult::invalid)?;
-        let post = jira::do_transition(base_url, auth, issue, &id).map_err(AttemptResult::invalid)?;
+        let post =
+            jira::do_transition(base_url, auth, issue, &id).map_err(AttemptResult::invalid)?;
         let reply = send(client, &post, Some(key), timeout).await?;
         return Ok(result_of(&target.kind, &reply, false));
     }
@@ -272,14 +310,23 @@ async fn send_step(
     for req in &requests {
         let reply = send(client, req, Some(key), timeout).await?;
         let result = result_of(&target.kind, &reply, slack_api);
-        let failed = !reply.ok() || matches!(&result.answer, Answer::Response { slack_error: Some(_), .. });
+        let failed = !reply.ok()
+            || matches!(
+                &result.answer,
+                Answer::Response {
+                    slack_error: Some(_),
+                    ..
+                }
+            );
         if failed {
             return Err(result);
         }
         last = Some((reply, result));
     }
     let Some((reply, mut result)) = last else {
-        return Err(AttemptResult::invalid("the step has nothing to send".into()));
+        return Err(AttemptResult::invalid(
+            "the step has nothing to send".into(),
+        ));
     };
     result.created = match rendered {
         RenderedStep::JiraCreate { .. } => id_text(reply.json().get("key")),
@@ -291,11 +338,19 @@ async fn send_step(
 }
 
 /// GET the ClickUp task (enrichment), through `target`.
-pub async fn fetch_task(client: &reqwest::Client, target: &Target, task_id: &str) -> Result<Reply, AttemptResult> {
+pub async fn fetch_task(
+    client: &reqwest::Client,
+    target: &Target,
+    task_id: &str,
+) -> Result<Reply, AttemptResult> {
     let TargetKind::ClickUp { token, base_url } = &target.kind else {
-        return Err(AttemptResult::invalid(format!("target \"{}\" is not a clickup target", target.name)));
+        return Err(AttemptResult::invalid(format!(
+            "target \"{}\" is not a clickup target",
+            target.name
+        )));
     };
     let mut req = clickup::get_task(base_url, token, task_id).map_err(AttemptResult::invalid)?;
-    req.headers.push(("Accept".to_owned(), "application/json".to_owned()));
+    req.headers
+        .push(("Accept".to_owned(), "application/json".to_owned()));
     send(client, &req, None, target.timeout).await
 }

@@ -103,7 +103,8 @@ impl Deliverer {
                     break;
                 };
                 started += 1;
-                self.tasks.spawn(run_one(self.shared.clone(), d, state.clone(), permit));
+                self.tasks
+                    .spawn(run_one(self.shared.clone(), d, state.clone(), permit));
             }
         }
         started
@@ -131,7 +132,10 @@ impl Deliverer {
         let in_flight = self.tasks.len();
         if in_flight > 0 {
             tracing::info!(in_flight, "waiting for deliveries in flight");
-            let drained = tokio::time::timeout(grace, async { while self.tasks.join_next().await.is_some() {} }).await;
+            let drained = tokio::time::timeout(grace, async {
+                while self.tasks.join_next().await.is_some() {}
+            })
+            .await;
             if drained.is_err() {
                 tracing::warn!(
                     left = self.tasks.len(),
@@ -162,10 +166,14 @@ pub fn render_context(d: &ClaimedDelivery, links: serde_json::Map<String, Value>
         _ => serde_json::Map::new(),
     };
     let event: Value = serde_json::from_slice(&d.payload).unwrap_or(Value::Null);
-    let received_at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(d.received_at) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_default();
+    let received_at =
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(d.received_at) * 1_000_000)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default();
     ctx.insert("event".into(), event);
     ctx.insert(
         "meta".into(),
@@ -181,7 +189,12 @@ pub fn render_context(d: &ClaimedDelivery, links: serde_json::Map<String, Value>
     Value::Object(ctx)
 }
 
-async fn run_one(shared: Arc<Shared>, d: ClaimedDelivery, limits: Arc<TargetLimits>, _slot: OwnedSemaphorePermit) {
+async fn run_one(
+    shared: Arc<Shared>,
+    d: ClaimedDelivery,
+    limits: Arc<TargetLimits>,
+    _slot: OwnedSemaphorePermit,
+) {
     let pipeline = shared.pipeline.load_full();
     let n = d.attempts + 1;
     let event: Value = serde_json::from_slice(&d.payload).unwrap_or(Value::Null);
@@ -194,9 +207,21 @@ async fn run_one(shared: Arc<Shared>, d: ClaimedDelivery, limits: Arc<TargetLimi
     let started = Instant::now();
     let result = execute::attempt(&shared.client, &pipeline, &d, render_context(&d, links)).await;
     let duration = started.elapsed();
-    let policy = pipeline.targets.get(&d.target).map(|t| t.retry).unwrap_or_default();
-    let mut outcome = classify(&result.answer, n, &policy, SystemTime::now(), fastrand::f64());
-    if let (Some(detail), Outcome::Retry { reason, .. } | Outcome::Dead { reason }) = (&result.detail, &mut outcome) {
+    let policy = pipeline
+        .targets
+        .get(&d.target)
+        .map(|t| t.retry)
+        .unwrap_or_default();
+    let mut outcome = classify(
+        &result.answer,
+        n,
+        &policy,
+        SystemTime::now(),
+        fastrand::f64(),
+    );
+    if let (Some(detail), Outcome::Retry { reason, .. } | Outcome::Dead { reason }) =
+        (&result.detail, &mut outcome)
+    {
         reason.push_str(": ");
         reason.push_str(detail);
     }
@@ -208,7 +233,11 @@ async fn run_one(shared: Arc<Shared>, d: ClaimedDelivery, limits: Arc<TargetLimi
         .and_then(|r| r.send.get(d.step as usize))
         .and_then(|s| s.remember.clone());
     let link = match (&outcome, remember, result.created.clone(), task_id) {
-        (Outcome::Delivered, Some(name), Some(value), Some(task_id)) => Some(Link { task_id, name, value }),
+        (Outcome::Delivered, Some(name), Some(value), Some(task_id)) => Some(Link {
+            task_id,
+            name,
+            value,
+        }),
         (Outcome::Delivered, Some(name), _, _) => {
             tracing::warn!(delivery_id = %d.id, name, "nothing to remember: the answer had no id, or the event no task_id");
             None
@@ -244,7 +273,13 @@ async fn run_one(shared: Arc<Shared>, d: ClaimedDelivery, limits: Arc<TargetLimi
     shared.wake.notify_one();
 }
 
-fn log_attempt(d: &ClaimedDelivery, n: u32, status: Option<u16>, duration: Duration, outcome: &Outcome) {
+fn log_attempt(
+    d: &ClaimedDelivery,
+    n: u32,
+    status: Option<u16>,
+    duration: Duration,
+    outcome: &Outcome,
+) {
     let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
     match outcome {
         Outcome::Dead { reason } => tracing::warn!(

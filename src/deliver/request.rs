@@ -166,9 +166,18 @@ pub fn render_step(
             project: t.render_text(project, ctx)?,
             issue_type: t.render_text(issue_type, ctx)?,
             summary: t.render_text(summary, ctx)?,
-            description: description.as_ref().map(|d| t.render_text(d, ctx)).transpose()?,
-            labels: labels.iter().map(|l| t.render_text(l, ctx)).collect::<Result<_, _>>()?,
-            fields: fields.as_ref().map(|f| render_body_node(t, f, ctx)).transpose()?,
+            description: description
+                .as_ref()
+                .map(|d| t.render_text(d, ctx))
+                .transpose()?,
+            labels: labels
+                .iter()
+                .map(|l| t.render_text(l, ctx))
+                .collect::<Result<_, _>>()?,
+            fields: fields
+                .as_ref()
+                .map(|f| render_body_node(t, f, ctx))
+                .transpose()?,
         },
         Action::JiraComment { issue, text } => RenderedStep::JiraComment {
             issue: t.render_text(issue, ctx)?,
@@ -248,18 +257,34 @@ fn json_headers() -> Vec<(String, String)> {
 /// are listed, then the one reaching the status is posted); a Jira create
 /// retried after an uncertain failure is preceded by a search. The delivery
 /// worker adds those steps; `delivery_id` goes into the Jira label.
-pub fn plan(target: &Target, rendered: &RenderedStep, delivery_id: &str) -> Result<Vec<PlannedRequest>, String> {
+pub fn plan(
+    target: &Target,
+    rendered: &RenderedStep,
+    delivery_id: &str,
+) -> Result<Vec<PlannedRequest>, String> {
     use super::targets::{clickup, jira};
     match (&target.kind, rendered) {
-        (TargetKind::ClickUp { token, base_url }, RenderedStep::ClickUpUpdate { task_id, fields, custom }) => {
-            clickup::update_task(base_url, token, task_id, fields, custom)
-        }
-        (TargetKind::ClickUp { token, base_url }, RenderedStep::ClickUpComment { task_id, text }) => {
-            Ok(vec![clickup::comment(base_url, token, task_id, text)?])
-        }
-        (TargetKind::ClickUp { token, base_url }, RenderedStep::ClickUpCreate { list_id, fields }) => {
-            Ok(vec![clickup::create_task(base_url, token, list_id, fields.clone())?])
-        }
+        (
+            TargetKind::ClickUp { token, base_url },
+            RenderedStep::ClickUpUpdate {
+                task_id,
+                fields,
+                custom,
+            },
+        ) => clickup::update_task(base_url, token, task_id, fields, custom),
+        (
+            TargetKind::ClickUp { token, base_url },
+            RenderedStep::ClickUpComment { task_id, text },
+        ) => Ok(vec![clickup::comment(base_url, token, task_id, text)?]),
+        (
+            TargetKind::ClickUp { token, base_url },
+            RenderedStep::ClickUpCreate { list_id, fields },
+        ) => Ok(vec![clickup::create_task(
+            base_url,
+            token,
+            list_id,
+            fields.clone(),
+        )?]),
         (
             TargetKind::Jira { base_url, auth },
             RenderedStep::JiraCreate {
@@ -279,7 +304,12 @@ pub fn plan(target: &Target, rendered: &RenderedStep, delivery_id: &str) -> Resu
                 labels,
                 fields: fields.as_ref(),
             };
-            Ok(vec![jira::create_issue(base_url, auth, &issue, delivery_id)?])
+            Ok(vec![jira::create_issue(
+                base_url,
+                auth,
+                &issue,
+                delivery_id,
+            )?])
         }
         (TargetKind::Jira { base_url, auth }, RenderedStep::JiraComment { issue, text }) => {
             Ok(vec![jira::comment(base_url, auth, issue, text)?])

@@ -5,7 +5,7 @@
 //! about one task costs one GET. Each fetch waits for the ClickUp target's
 //! rate limit like a delivery does.
 
-use crate::deliver::classify::{parse_retry_after, MAX_TARGET_WAIT};
+use crate::deliver::classify::{MAX_TARGET_WAIT, parse_retry_after};
 use crate::deliver::execute::fetch_task;
 use crate::deliver::limits::Limits;
 use crate::pipeline::Target;
@@ -51,10 +51,18 @@ pub struct Enricher {
 fn reset_wait(v: &str) -> Option<Duration> {
     let secs: u64 = v.trim().parse().ok()?;
     let at = std::time::UNIX_EPOCH + Duration::from_secs(secs);
-    Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
-async fn fetch(client: reqwest::Client, limits: Arc<Limits>, target: Target, task_id: String) -> Result<Value, FetchError> {
+async fn fetch(
+    client: reqwest::Client,
+    limits: Arc<Limits>,
+    target: Target,
+    task_id: String,
+) -> Result<Value, FetchError> {
     limits.of(&target).ready().await;
     let reply = match fetch_task(&client, &target, &task_id).await {
         Ok(r) => r,
@@ -75,9 +83,14 @@ async fn fetch(client: reqwest::Client, limits: Arc<Limits>, target: Target, tas
         .map(|e| format!(": {e}"))
         .unwrap_or_default();
     match status {
-        200..=299 => serde_json::from_slice(&reply.body)
-            .map_err(|e| FetchError::Gone(format!("task {task_id}: ClickUp answered with invalid JSON: {e}"))),
-        404 => Err(FetchError::Gone(format!("task {task_id} not found: ClickUp answered 404{clickup_err}"))),
+        200..=299 => serde_json::from_slice(&reply.body).map_err(|e| {
+            FetchError::Gone(format!(
+                "task {task_id}: ClickUp answered with invalid JSON: {e}"
+            ))
+        }),
+        404 => Err(FetchError::Gone(format!(
+            "task {task_id} not found: ClickUp answered 404{clickup_err}"
+        ))),
         408 | 425 | 429 | 500..=599 => Err(FetchError::Retry {
             reason: format!("task {task_id}: ClickUp answered {status}{clickup_err}"),
             after: reply
@@ -87,7 +100,9 @@ async fn fetch(client: reqwest::Client, limits: Arc<Limits>, target: Target, tas
                 .or_else(|| reply.ratelimit_reset.as_deref().and_then(reset_wait))
                 .map(|d| d.min(MAX_TARGET_WAIT)),
         }),
-        _ => Err(FetchError::Gone(format!("task {task_id}: ClickUp answered {status}{clickup_err}"))),
+        _ => Err(FetchError::Gone(format!(
+            "task {task_id}: ClickUp answered {status}{clickup_err}"
+        ))),
     }
 }
 
@@ -120,9 +135,14 @@ impl Enricher {
                     if cache.len() > 10_000 {
                         cache.retain(|_, e| matches!(e, Entry::Ready(_, at) if at.elapsed() < TTL));
                     }
-                    let f = fetch(self.client.clone(), self.limits.clone(), via.clone(), task_id.to_owned())
-                        .boxed()
-                        .shared();
+                    let f = fetch(
+                        self.client.clone(),
+                        self.limits.clone(),
+                        via.clone(),
+                        task_id.to_owned(),
+                    )
+                    .boxed()
+                    .shared();
                     cache.insert(key.clone(), Entry::Pending(f.clone()));
                     f
                 }

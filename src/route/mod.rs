@@ -59,7 +59,11 @@ pub fn candidates(pipeline: &Pipeline, event: &EventToRoute, payload: &Value) ->
 }
 
 /// One delivery per send step of `route`, pending or created dead.
-pub fn deliveries(route: &Route, context: &Map<String, Value>, dead: Option<&str>) -> Vec<NewDelivery> {
+pub fn deliveries(
+    route: &Route,
+    context: &Map<String, Value>,
+    dead: Option<&str>,
+) -> Vec<NewDelivery> {
     route
         .send
         .iter()
@@ -86,7 +90,9 @@ pub fn route_event(pipeline: &Pipeline, event: &EventToRoute) -> RoutedEvent {
     for c in candidates(pipeline, event, &payload) {
         let route = &pipeline.routes[c.route];
         routed.matched_routes.push(route.name.clone());
-        routed.deliveries.extend(deliveries(route, &c.context, None));
+        routed
+            .deliveries
+            .extend(deliveries(route, &c.context, None));
     }
     routed
 }
@@ -162,15 +168,22 @@ async fn enrich_one(shared: &RouterShared, pipeline: &Pipeline, p: Pending) -> O
         let route = &pipeline.routes[c.route];
         if !route.enrich_task {
             routed.matched_routes.push(route.name.clone());
-            routed.deliveries.extend(deliveries(route, &c.context, None));
+            routed
+                .deliveries
+                .extend(deliveries(route, &c.context, None));
             continue;
         }
-        let via = route.enrich_via.as_deref().and_then(|v| pipeline.targets.get(v));
+        let via = route
+            .enrich_via
+            .as_deref()
+            .and_then(|v| pipeline.targets.get(v));
         let task_id = task_id_of(&Value::Object(c.context.clone()), &p.payload);
         let (Some(via), Some(task_id)) = (via, task_id) else {
             let why = "cannot fetch the task: the event has no task_id and the route extracts none";
             routed.matched_routes.push(route.name.clone());
-            routed.deliveries.extend(deliveries(route, &c.context, Some(why)));
+            routed
+                .deliveries
+                .extend(deliveries(route, &c.context, Some(why)));
             continue;
         };
         match shared.enricher.task(via, &task_id).await {
@@ -188,7 +201,9 @@ async fn enrich_one(shared: &RouterShared, pipeline: &Pipeline, p: Pending) -> O
             Err(FetchError::Gone(reason)) => {
                 tracing::warn!(event_id = %p.event.id, route = %route.name, error = %reason, "task fetch failed for good");
                 routed.matched_routes.push(route.name.clone());
-                routed.deliveries.extend(deliveries(route, &c.context, Some(&reason)));
+                routed
+                    .deliveries
+                    .extend(deliveries(route, &c.context, Some(&reason)));
             }
             Err(FetchError::Retry { reason, after }) => {
                 retry.get_or_insert((reason.clone(), after, route));
@@ -206,7 +221,8 @@ async fn enrich_one(shared: &RouterShared, pipeline: &Pipeline, p: Pending) -> O
         let n = p.event.route_attempts + 1;
         if n < policy.attempts {
             let wait = after.unwrap_or_else(|| backoff(n, &policy, fastrand::f64()));
-            let at = now_millis().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
+            let at =
+                now_millis().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
             tracing::warn!(event_id = %p.event.id, attempt = n, retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(0), error = %reason, "task fetch failed; routing deferred");
             if let Err(e) = shared.store.defer_routing(&p.event.id, at, &reason).await {
                 tracing::error!(event_id = %p.event.id, error = %e, "cannot defer routing");
@@ -216,15 +232,23 @@ async fn enrich_one(shared: &RouterShared, pipeline: &Pipeline, p: Pending) -> O
         for (route, ctx, reason) in failed_retryable {
             let why = format!("{reason}; gave up fetching the task after {n} attempts");
             routed.matched_routes.push(route.name.clone());
-            routed.deliveries.extend(deliveries(route, &ctx, Some(&why)));
+            routed
+                .deliveries
+                .extend(deliveries(route, &ctx, Some(&why)));
         }
     }
     Some(routed)
 }
 
 async fn enrich_all(shared: Arc<RouterShared>, pipeline: Arc<Pipeline>, pending: Vec<Pending>) {
-    let futures = pending.into_iter().map(|p| enrich_one(&shared, &pipeline, p));
-    let routed: Vec<RoutedEvent> = futures_util::future::join_all(futures).await.into_iter().flatten().collect();
+    let futures = pending
+        .into_iter()
+        .map(|p| enrich_one(&shared, &pipeline, p));
+    let routed: Vec<RoutedEvent> = futures_util::future::join_all(futures)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     if let Err(e) = complete(&shared, routed).await {
         // The events stay unrouted; their lease expires and they are routed again.
         tracing::error!(error = %e, "cannot store routing results");
@@ -248,7 +272,11 @@ impl Router {
         if self.enriching.len() >= MAX_ENRICHING {
             self.enriching.join_next().await;
         }
-        let events = self.shared.store.claim_events(BATCH, now_millis(), LEASE_MS).await?;
+        let events = self
+            .shared
+            .store
+            .claim_events(BATCH, now_millis(), LEASE_MS)
+            .await?;
         if events.is_empty() {
             return Ok(RouterStep::Idle);
         }
@@ -274,14 +302,17 @@ impl Router {
                 for c in cands {
                     let route = &pipeline.routes[c.route];
                     routed.matched_routes.push(route.name.clone());
-                    routed.deliveries.extend(deliveries(route, &c.context, None));
+                    routed
+                        .deliveries
+                        .extend(deliveries(route, &c.context, None));
                 }
                 ready.push(routed);
             }
         }
         complete(&self.shared, ready).await?;
         if !pending.is_empty() {
-            self.enriching.spawn(enrich_all(self.shared.clone(), pipeline, pending));
+            self.enriching
+                .spawn(enrich_all(self.shared.clone(), pipeline, pending));
         }
         Ok(RouterStep::Routed(claimed))
     }

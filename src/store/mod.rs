@@ -380,14 +380,22 @@ impl Store {
     }
 
     /// Leaves an event unrouted until `retry_at` (its enrichment failed).
-    pub async fn defer_routing(&self, event: &EventId, retry_at: i64, error: &str) -> Result<(), StoreError> {
+    pub async fn defer_routing(
+        &self,
+        event: &EventId,
+        retry_at: i64,
+        error: &str,
+    ) -> Result<(), StoreError> {
         match self.backend.as_ref() {
             Backend::Sqlite(s) => s.defer_routing(event, retry_at, error).await,
         }
     }
 
     /// The links remembered for a ClickUp task.
-    pub async fn links(&self, task_id: &str) -> Result<serde_json::Map<String, serde_json::Value>, StoreError> {
+    pub async fn links(
+        &self,
+        task_id: &str,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, StoreError> {
         match self.backend.as_ref() {
             Backend::Sqlite(s) => s.links(task_id).await,
         }

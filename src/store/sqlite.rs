@@ -58,7 +58,11 @@ enum Op {
         lease_ms: i64,
     },
     RecordAttempt(AttemptRecord),
-    DeferRouting { event: EventId, retry_at: i64, error: String },
+    DeferRouting {
+        event: EventId,
+        retry_at: i64,
+        error: String,
+    },
 }
 
 enum Done {
@@ -229,7 +233,12 @@ impl SqliteStore {
         }
     }
 
-    pub(super) async fn defer_routing(&self, event: &EventId, retry_at: i64, error: &str) -> Result<(), StoreError> {
+    pub(super) async fn defer_routing(
+        &self,
+        event: &EventId,
+        retry_at: i64,
+        error: &str,
+    ) -> Result<(), StoreError> {
         let op = Op::DeferRouting {
             event: event.clone(),
             retry_at,
@@ -238,7 +247,10 @@ impl SqliteStore {
         self.run(op).await.map(|_| ())
     }
 
-    pub(super) async fn links(&self, task_id: &str) -> Result<serde_json::Map<String, serde_json::Value>, StoreError> {
+    pub(super) async fn links(
+        &self,
+        task_id: &str,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, StoreError> {
         let rows = sqlx::query("SELECT name, value FROM links WHERE task_id = ?1")
             .bind(task_id)
             .fetch_all(&self.read)
@@ -589,7 +601,8 @@ async fn run_op(tx: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error>
                         event_type: r.try_get("event_type")?,
                         payload: r.try_get("payload")?,
                         received_at: r.try_get("received_at")?,
-                        route_attempts: u32::try_from(r.try_get::<i64, _>("route_attempts")?).unwrap_or(0),
+                        route_attempts: u32::try_from(r.try_get::<i64, _>("route_attempts")?)
+                            .unwrap_or(0),
                     })
                 })
                 .collect::<Result<Vec<_>, sqlx::Error>>()?;
@@ -730,7 +743,11 @@ async fn run_op(tx: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error>
             }
             Ok(Done::Unit)
         }
-        Op::DeferRouting { event, retry_at, error } => {
+        Op::DeferRouting {
+            event,
+            retry_at,
+            error,
+        } => {
             sqlx::query(
                 "UPDATE events SET lease_until = ?1, route_attempts = route_attempts + 1, route_error = ?2 WHERE id = ?3",
             )

@@ -16,7 +16,12 @@ pub fn authorization(token: &Secret) -> String {
     }
 }
 
-fn request(method: reqwest::Method, url: &str, token: &Secret, body: Option<Value>) -> Result<PlannedRequest, String> {
+fn request(
+    method: reqwest::Method,
+    url: &str,
+    token: &Secret,
+    body: Option<Value>,
+) -> Result<PlannedRequest, String> {
     let url = reqwest::Url::parse(url).map_err(|e| format!("invalid URL: {e}"))?;
     let mut headers = vec![("Authorization".to_owned(), authorization(token))];
     if body.is_some() {
@@ -40,13 +45,22 @@ fn id(kind: &str, v: &str) -> Result<String, String> {
 
 /// GET the task (enrichment).
 pub fn get_task(base: &str, token: &Secret, task_id: &str) -> Result<PlannedRequest, String> {
-    request(reqwest::Method::GET, &format!("{base}/task/{}", id("task_id", task_id)?), token, None)
+    request(
+        reqwest::Method::GET,
+        &format!("{base}/task/{}", id("task_id", task_id)?),
+        token,
+        None,
+    )
 }
 
 /// A priority as ClickUp wants it: 1 (urgent) to 4 (low), or null.
 fn priority(v: &Value) -> Value {
     match v {
-        Value::String(s) => s.trim().parse::<i64>().map(Value::from).unwrap_or(Value::Null),
+        Value::String(s) => s
+            .trim()
+            .parse::<i64>()
+            .map(Value::from)
+            .unwrap_or(Value::Null),
         other => other.clone(),
     }
 }
@@ -67,12 +81,20 @@ pub fn update_task(
         if let Some(p) = body.get("priority").map(priority) {
             body.insert("priority".into(), p);
         }
-        out.push(request(reqwest::Method::PUT, &format!("{base}/task/{task}"), token, Some(Value::Object(body)))?);
+        out.push(request(
+            reqwest::Method::PUT,
+            &format!("{base}/task/{task}"),
+            token,
+            Some(Value::Object(body)),
+        )?);
     }
     for (field_id, value) in custom {
         out.push(request(
             reqwest::Method::POST,
-            &format!("{base}/task/{task}/field/{}", id("custom field id", field_id)?),
+            &format!(
+                "{base}/task/{task}/field/{}",
+                id("custom field id", field_id)?
+            ),
             token,
             Some(json!({ "value": value })),
         )?);
@@ -81,7 +103,12 @@ pub fn update_task(
 }
 
 /// `comment`: POST /task/{id}/comment.
-pub fn comment(base: &str, token: &Secret, task_id: &str, text: &str) -> Result<PlannedRequest, String> {
+pub fn comment(
+    base: &str,
+    token: &Secret,
+    task_id: &str,
+    text: &str,
+) -> Result<PlannedRequest, String> {
     request(
         reqwest::Method::POST,
         &format!("{base}/task/{}/comment", id("task_id", task_id)?),
@@ -91,7 +118,12 @@ pub fn comment(base: &str, token: &Secret, task_id: &str, text: &str) -> Result<
 }
 
 /// `create_task`: POST /list/{id}/task.
-pub fn create_task(base: &str, token: &Secret, list_id: &str, fields: Map<String, Value>) -> Result<PlannedRequest, String> {
+pub fn create_task(
+    base: &str,
+    token: &Secret,
+    list_id: &str,
+    fields: Map<String, Value>,
+) -> Result<PlannedRequest, String> {
     request(
         reqwest::Method::POST,
         &format!("{base}/list/{}/task", id("list_id", list_id)?),

@@ -12,7 +12,10 @@ pub fn authorization(auth: &JiraAuth) -> String {
     match auth {
         JiraAuth::Basic { email, api_token } => {
             let raw = format!("{email}:{}", api_token.expose());
-            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(raw)
+            )
         }
         JiraAuth::Bearer(t) => format!("Bearer {}", t.expose()),
     }
@@ -48,7 +51,12 @@ pub fn delivery_label(delivery_id: &str) -> String {
     format!("clickup-bridge-{delivery_id}")
 }
 
-fn request(method: reqwest::Method, url: String, auth: &JiraAuth, body: Option<Value>) -> Result<PlannedRequest, String> {
+fn request(
+    method: reqwest::Method,
+    url: String,
+    auth: &JiraAuth,
+    body: Option<Value>,
+) -> Result<PlannedRequest, String> {
     let url = reqwest::Url::parse(&url).map_err(|e| format!("invalid URL: {e}"))?;
     let mut headers = vec![
         ("Authorization".to_owned(), authorization(auth)),
@@ -90,7 +98,12 @@ pub struct NewIssue<'a> {
 }
 
 /// POST /rest/api/3/issue.
-pub fn create_issue(base: &str, auth: &JiraAuth, issue: &NewIssue<'_>, delivery_id: &str) -> Result<PlannedRequest, String> {
+pub fn create_issue(
+    base: &str,
+    auth: &JiraAuth,
+    issue: &NewIssue<'_>,
+    delivery_id: &str,
+) -> Result<PlannedRequest, String> {
     let mut fields = Map::new();
     fields.insert("project".into(), json!({ "key": issue.project }));
     fields.insert("issuetype".into(), json!({ "name": issue.issue_type }));
@@ -120,18 +133,35 @@ pub fn create_issue(base: &str, auth: &JiraAuth, issue: &NewIssue<'_>, delivery_
 }
 
 /// GET /rest/api/3/search/jql for the issue a delivery created.
-pub fn search_by_label(base: &str, auth: &JiraAuth, delivery_id: &str) -> Result<PlannedRequest, String> {
-    let mut r = request(reqwest::Method::GET, format!("{base}/rest/api/3/search/jql"), auth, None)?;
+pub fn search_by_label(
+    base: &str,
+    auth: &JiraAuth,
+    delivery_id: &str,
+) -> Result<PlannedRequest, String> {
+    let mut r = request(
+        reqwest::Method::GET,
+        format!("{base}/rest/api/3/search/jql"),
+        auth,
+        None,
+    )?;
     r.url
         .query_pairs_mut()
-        .append_pair("jql", &format!("labels = \"{}\"", delivery_label(delivery_id)))
+        .append_pair(
+            "jql",
+            &format!("labels = \"{}\"", delivery_label(delivery_id)),
+        )
         .append_pair("fields", "key")
         .append_pair("maxResults", "1");
     Ok(r)
 }
 
 /// POST /rest/api/3/issue/{issue}/comment.
-pub fn comment(base: &str, auth: &JiraAuth, issue: &str, text: &str) -> Result<PlannedRequest, String> {
+pub fn comment(
+    base: &str,
+    auth: &JiraAuth,
+    issue: &str,
+    text: &str,
+) -> Result<PlannedRequest, String> {
     request(
         reqwest::Method::POST,
         format!("{base}/rest/api/3/issue/{}/comment", key("issue", issue)?),
@@ -144,17 +174,28 @@ pub fn comment(base: &str, auth: &JiraAuth, issue: &str, text: &str) -> Result<P
 pub fn transitions(base: &str, auth: &JiraAuth, issue: &str) -> Result<PlannedRequest, String> {
     request(
         reqwest::Method::GET,
-        format!("{base}/rest/api/3/issue/{}/transitions", key("issue", issue)?),
+        format!(
+            "{base}/rest/api/3/issue/{}/transitions",
+            key("issue", issue)?
+        ),
         auth,
         None,
     )
 }
 
 /// POST /rest/api/3/issue/{issue}/transitions with the chosen id.
-pub fn do_transition(base: &str, auth: &JiraAuth, issue: &str, transition_id: &str) -> Result<PlannedRequest, String> {
+pub fn do_transition(
+    base: &str,
+    auth: &JiraAuth,
+    issue: &str,
+    transition_id: &str,
+) -> Result<PlannedRequest, String> {
     request(
         reqwest::Method::POST,
-        format!("{base}/rest/api/3/issue/{}/transitions", key("issue", issue)?),
+        format!(
+            "{base}/rest/api/3/issue/{}/transitions",
+            key("issue", issue)?
+        ),
         auth,
         Some(json!({ "transition": { "id": transition_id } })),
     )
@@ -163,12 +204,23 @@ pub fn do_transition(base: &str, auth: &JiraAuth, issue: &str, transition_id: &s
 /// Picks the transition whose target status is named `to` (case-insensitive),
 /// or says which statuses can be reached.
 pub fn pick_transition(answer: &Value, to: &str) -> Result<String, String> {
-    let list = answer.get("transitions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let list = answer
+        .get("transitions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let wanted = to.trim().to_lowercase();
     for t in &list {
-        let status = t.pointer("/to/name").and_then(Value::as_str).unwrap_or_default();
+        let status = t
+            .pointer("/to/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if status.to_lowercase() == wanted
-            && let Some(id) = t.get("id").and_then(|v| v.as_str().map(str::to_owned).or_else(|| v.as_i64().map(|i| i.to_string())))
+            && let Some(id) = t.get("id").and_then(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .or_else(|| v.as_i64().map(|i| i.to_string()))
+            })
         {
             return Ok(id);
         }
@@ -183,7 +235,11 @@ pub fn pick_transition(answer: &Value, to: &str) -> Result<String, String> {
         .collect();
     Err(format!(
         "no transition leads to status \"{to}\"; available: {}",
-        if available.is_empty() { "none".to_owned() } else { available.join(", ") }
+        if available.is_empty() {
+            "none".to_owned()
+        } else {
+            available.join(", ")
+        }
     ))
 }
 
@@ -193,10 +249,19 @@ pub fn error_summary(body: &[u8]) -> Option<String> {
     let mut parts: Vec<String> = v
         .get("errorMessages")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default();
     if let Some(Value::Object(errors)) = v.get("errors") {
-        parts.extend(errors.iter().map(|(k, e)| format!("{k}: {}", e.as_str().unwrap_or(&e.to_string()))));
+        parts.extend(
+            errors
+                .iter()
+                .map(|(k, e)| format!("{k}: {}", e.as_str().unwrap_or(&e.to_string()))),
+        );
     }
     (!parts.is_empty()).then(|| parts.join("; "))
 }
@@ -209,7 +274,10 @@ mod tests {
     fn adf_has_one_paragraph_per_block_and_hard_breaks_inside() {
         assert_eq!(
             adf("Hello world"),
-            serde_json::from_str::<Value>(include_str!("../../../tests/fixtures/jira/adf_minimal_doc.json")).unwrap()
+            serde_json::from_str::<Value>(include_str!(
+                "../../../tests/fixtures/jira/adf_minimal_doc.json"
+            ))
+            .unwrap()
         );
         assert_eq!(
             adf("line one\nline two\n\nsecond\n\n\n"),
@@ -223,8 +291,10 @@ mod tests {
 
     #[test]
     fn transitions_are_picked_by_target_status_name() {
-        let answer: Value =
-            serde_json::from_str(include_str!("../../../tests/fixtures/jira/get_transitions_response_200.json")).unwrap();
+        let answer: Value = serde_json::from_str(include_str!(
+            "../../../tests/fixtures/jira/get_transitions_response_200.json"
+        ))
+        .unwrap();
         assert_eq!(pick_transition(&answer, "in progress"), Ok("2".into()));
         let e = pick_transition(&answer, "Done").unwrap_err();
         assert!(e.starts_with("no transition leads to status \"Done\"; available: \"In Progress\" (via \"Close Issue\")"), "{e}");
@@ -233,7 +303,10 @@ mod tests {
     #[test]
     fn jira_errors_are_summarised() {
         let body = include_bytes!("../../../tests/fixtures/jira/create_issue_response_400.json");
-        assert_eq!(error_summary(body).as_deref(), Some("Field 'priority' is required"));
+        assert_eq!(
+            error_summary(body).as_deref(),
+            Some("Field 'priority' is required")
+        );
     }
 
     #[test]
