@@ -1,5 +1,6 @@
 //! Wiring: settings -> pipeline, store, listeners; run until a shutdown signal.
 
+use crate::admin::metrics::Metrics;
 use crate::admin::{self, AdminState};
 use crate::deliver::Deliverer;
 use crate::deliver::limits::Limits;
@@ -63,6 +64,8 @@ pub struct Application {
     wake_deliveries: Arc<Notify>,
     deliverer: Deliverer,
     enricher: Enricher,
+    metrics: Arc<Metrics>,
+    retention_days: u32,
 }
 
 /// Loads routes.yaml again and swaps it in; an invalid file leaves the
@@ -72,6 +75,7 @@ pub fn reload(
     pipeline: &ArcSwap<Pipeline>,
     routes: &std::path::Path,
     templates: &std::path::Path,
+    metrics: &Metrics,
 ) -> Result<(), LoadError> {
     let fresh = Pipeline::load(&LoadOptions {
         routes,
@@ -90,6 +94,7 @@ pub fn reload(
                 "routes reloaded"
             );
             pipeline.store(Arc::new(p));
+            metrics.reload(true);
             Ok(())
         }
         Err(e) => {
@@ -100,6 +105,7 @@ pub fn reload(
                 errors = e.diagnostics.len(),
                 "reload rejected; the running routes stay in force"
             );
+            metrics.reload(false);
             Err(e)
         }
     }
@@ -150,6 +156,7 @@ impl Application {
         let shutdown_timeout = Duration::from_secs(settings.shutdown_timeout);
 
         let in_flight = InFlight::new();
+        let metrics = Metrics::new();
         let wake_router = Arc::new(Notify::new());
         let wake_deliveries = Arc::new(Notify::new());
         let client = crate::deliver::http_client()?;
@@ -160,6 +167,7 @@ impl Application {
             client.clone(),
             limits.clone(),
             wake_deliveries.clone(),
+            metrics.clone(),
         );
         let enricher = Enricher::new(client, limits);
         let inbound_state = web::Data::new(InboundState {
@@ -168,6 +176,7 @@ impl Application {
             max_body: settings.max_body,
             in_flight: in_flight.clone(),
             wake_router: wake_router.clone(),
+            metrics: metrics.clone(),
         });
         let server = HttpServer::new(move || {
             App::new()
@@ -185,6 +194,12 @@ impl Application {
 
         let admin_state = web::Data::new(AdminState {
             store: store.clone(),
+            metrics: metrics.clone(),
+            token: settings.admin_token.clone(),
+            pipeline: pipeline.clone(),
+            routes: settings.routes.clone(),
+            templates: settings.templates.clone(),
+            wake_deliveries: wake_deliveries.clone(),
         });
         let admin_server = HttpServer::new(move || {
             App::new()
@@ -216,6 +231,8 @@ impl Application {
             wake_deliveries,
             deliverer,
             enricher,
+            metrics,
+            retention_days: settings.retention_days,
         })
     }
 
@@ -262,15 +279,21 @@ impl Application {
             .run(cancel.clone()),
         );
         let deliverer = tokio::spawn(self.deliverer.run(cancel.clone(), self.shutdown_timeout));
+        let retention = tokio::spawn(crate::retention::run(
+            self.store.clone(),
+            self.retention_days,
+            cancel.clone(),
+        ));
         crate::lifecycle::systemd::ready();
         let watchdog = crate::lifecycle::systemd::spawn_watchdog();
-        let (pipeline, routes, templates) = (
+        let (pipeline, routes, templates, metrics) = (
             self.pipeline.clone(),
             self.routes_path.clone(),
             self.templates_path.clone(),
+            self.metrics.clone(),
         );
         let reloader = crate::lifecycle::spawn_reload_on_sighup(move || {
-            let _ = reload(&pipeline, &routes, &templates);
+            let _ = reload(&pipeline, &routes, &templates, &metrics);
         });
         shutdown.await;
         crate::lifecycle::systemd::stopping();
@@ -296,6 +319,7 @@ impl Application {
         cancel.cancel();
         let _ = router.await;
         let _ = deliverer.await;
+        let _ = retention.await;
         let _ = server.await;
         let _ = admin.await;
         self.store.close().await;

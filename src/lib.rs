@@ -29,6 +29,7 @@ pub mod ids;
 pub mod inbound;
 pub mod lifecycle;
 pub mod pipeline;
+pub mod retention;
 pub mod route;
 pub mod routes_file;
 pub mod settings;

@@ -1,30 +1,137 @@
-//! The admin listener: health and readiness (the admin API comes with the
-//! operations work).
+//! The admin listener: health, readiness, metrics and `/api/v1`.
+//!
+//! When `admin_token` is set, `/api/v1` and `/metrics` need
+//! `Authorization: Bearer <token>` (401 otherwise); `/healthz` and `/readyz`
+//! stay open for probes.
 
+pub mod api;
+pub mod metrics;
+
+use crate::pipeline::Pipeline;
 use crate::store::Store;
-use actix_web::{HttpResponse, web};
+use actix_web::dev::Payload;
+use actix_web::http::StatusCode;
+use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, web};
+use arc_swap::ArcSwap;
+use metrics::Metrics;
+use std::future::{Ready, ready};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::Notify;
 
 /// What the admin handlers share.
 pub struct AdminState {
-    /// The store, pinged by `/readyz`.
+    /// The store.
     pub store: Store,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Bearer token required by `/api/v1` and `/metrics`, when set.
+    pub token: Option<String>,
+    /// The routes in force (reload swaps it).
+    pub pipeline: Arc<ArcSwap<Pipeline>>,
+    /// routes.yaml.
+    pub routes: PathBuf,
+    /// The templates folder.
+    pub templates: PathBuf,
+    /// Wakes the delivery worker after a replay.
+    pub wake_deliveries: Arc<Notify>,
 }
 
 /// Registers the admin routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz));
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics_text))
+        .service(web::scope("/api/v1").configure(api::configure));
 }
 
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
-/// 200 when the store answers (routes are loaded before the listener starts).
+/// 200 when the store answers and routes are loaded (they are loaded before
+/// the listener starts, and a failed reload keeps the old ones).
 async fn readyz(state: web::Data<AdminState>) -> HttpResponse {
     match state.store.ping().await {
-        Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
+        Ok(()) => HttpResponse::Ok().json(serde_json::json!({
+            "status": "ready",
+            "routes": state.pipeline.load().routes.len(),
+        })),
         Err(e) => HttpResponse::ServiceUnavailable()
             .json(serde_json::json!({"status": "unavailable", "error": e.to_string()})),
+    }
+}
+
+async fn metrics_text(_auth: Authorized, state: web::Data<AdminState>) -> HttpResponse {
+    if let Ok(q) = state.store.queue_stats().await {
+        let set = |name: &str, v: u64| {
+            state
+                .metrics
+                .queue_depth
+                .get_or_create(&metrics::StateLabel {
+                    state: name.to_owned(),
+                })
+                .set(i64::try_from(v).unwrap_or(i64::MAX));
+        };
+        set("unrouted", q.unrouted);
+        set("pending", q.pending);
+        set("dead", q.dead);
+        let age = q
+            .oldest_pending_received_at
+            .map(|t| (crate::ids::now_millis() - t).max(0) as f64 / 1000.0)
+            .unwrap_or(0.0);
+        state.metrics.oldest_pending_age.set(age);
+    }
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(state.metrics.render())
+}
+
+/// Proof that the request carried the admin token (or that none is needed).
+pub struct Authorized;
+
+/// A missing or wrong admin token.
+#[derive(Debug, thiserror::Error)]
+#[error("missing or wrong bearer token")]
+pub struct Unauthorized;
+
+impl ResponseError for Unauthorized {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::UNAUTHORIZED
+    }
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::Unauthorized()
+            .insert_header(("WWW-Authenticate", "Bearer"))
+            .json(serde_json::json!({"error": self.to_string()}))
+    }
+}
+
+fn check(req: &HttpRequest) -> Result<Authorized, Unauthorized> {
+    let Some(state) = req.app_data::<web::Data<AdminState>>() else {
+        return Err(Unauthorized);
+    };
+    let Some(token) = &state.token else {
+        return Ok(Authorized);
+    };
+    let given = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    use subtle::ConstantTimeEq;
+    if given.len() == token.len() && bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+        Ok(Authorized)
+    } else {
+        Err(Unauthorized)
+    }
+}
+
+impl FromRequest for Authorized {
+    type Error = Unauthorized;
+    type Future = Ready<Result<Authorized, Unauthorized>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(check(req))
     }
 }

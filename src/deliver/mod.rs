@@ -12,6 +12,7 @@ pub mod limits;
 pub mod request;
 pub mod targets;
 
+use crate::admin::metrics::Metrics;
 use crate::ids::now_millis;
 use crate::pipeline::Pipeline;
 use crate::store::{AttemptOutcome, AttemptRecord, ClaimedDelivery, Link, Store};
@@ -31,6 +32,7 @@ struct Shared {
     store: Store,
     client: reqwest::Client,
     wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
 }
 
 /// The HTTP client of the workers: no redirects (a target's host comes from
@@ -58,6 +60,7 @@ impl Deliverer {
         client: reqwest::Client,
         limits: Arc<Limits>,
         wake: Arc<Notify>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Deliverer {
             shared: Arc::new(Shared {
@@ -65,6 +68,7 @@ impl Deliverer {
                 store,
                 client,
                 wake,
+                metrics,
             }),
             limits,
             tasks: JoinSet::new(),
@@ -255,6 +259,16 @@ async fn run_one(
         Outcome::Dead { reason } => (AttemptOutcome::Dead, Some(reason.clone())),
     };
     log_attempt(&d, n, result.status, duration, &outcome);
+    let outcome_name = match &outcome {
+        Outcome::Delivered => {
+            let latency = (at - d.received_at).max(0) as f64 / 1000.0;
+            shared.metrics.latency.observe(latency);
+            "delivered"
+        }
+        Outcome::Retry { .. } => "retry",
+        Outcome::Dead { .. } => "dead",
+    };
+    shared.metrics.attempt(&d.target, outcome_name);
     let record = AttemptRecord {
         delivery_id: d.id.clone(),
         n,

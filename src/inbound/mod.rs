@@ -27,6 +27,8 @@ pub struct InboundState {
     pub in_flight: Arc<crate::lifecycle::InFlight>,
     /// Wakes the router after a new event is stored.
     pub wake_router: Arc<tokio::sync::Notify>,
+    /// Metrics.
+    pub metrics: Arc<crate::admin::metrics::Metrics>,
 }
 
 /// Why an inbound request was refused.
@@ -138,9 +140,19 @@ async fn receive(
     match &result {
         Ok((id, event_type, duplicate)) => {
             tracing::info!(source = %source, event_id = %id, event_type = %event_type, duplicate, "event accepted");
+            let outcome = if *duplicate { "duplicate" } else { "accepted" };
+            state.metrics.event(&source, outcome, "");
         }
         Err(e) => {
             tracing::warn!(source = %source, reason = e.reason(), error = %e, "event rejected");
+            // Unknown names are not label values: a scanner must not grow the
+            // metrics without bound.
+            let known = !matches!(e, InboundError::UnknownSource(_));
+            state.metrics.event(
+                if known { &source } else { "_unknown" },
+                "rejected",
+                e.reason(),
+            );
         }
     }
     let (id, _, duplicate) = result?;

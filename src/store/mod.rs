@@ -150,6 +150,8 @@ pub struct ClaimedDelivery {
     pub target: String,
     /// Attempts made before this one.
     pub attempts: u32,
+    /// Attempts made before the last replay (the retry budget starts there).
+    pub attempts_base: u32,
     /// Extracted values.
     pub context: serde_json::Value,
     /// The event's source.
@@ -264,6 +266,28 @@ pub struct AttemptRow {
     pub outcome: String,
 }
 
+/// Counts for the queue-depth metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Events not yet routed.
+    pub unrouted: u64,
+    /// Deliveries waiting for an attempt.
+    pub pending: u64,
+    /// Deliveries given up.
+    pub dead: u64,
+    /// Acceptance time of the oldest pending delivery's event, Unix ms.
+    pub oldest_pending_received_at: Option<i64>,
+}
+
+/// What a retention pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Delivered or dead deliveries (with their attempts).
+    pub deliveries: u64,
+    /// Events with no delivery left to make.
+    pub events: u64,
+}
+
 /// Filters for listing deliveries.
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryFilter {
@@ -277,6 +301,24 @@ pub struct DeliveryFilter {
     pub event_id: Option<EventId>,
     /// At most this many (newest first).
     pub limit: u32,
+    /// Only ids older than this one (the cursor of the previous page).
+    pub before: Option<String>,
+}
+
+/// Which deliveries to replay.
+#[derive(Debug, Clone)]
+pub enum ReplayFilter {
+    /// One delivery (dead or delivered).
+    One(DeliveryId),
+    /// Every delivery in this state, optionally of one target and route.
+    All {
+        /// dead (or delivered).
+        status: DeliveryStatus,
+        /// Only this target.
+        target: Option<String>,
+        /// Only this route.
+        route: Option<String>,
+    },
 }
 
 enum Backend {
@@ -436,6 +478,57 @@ impl Store {
     pub async fn matched_routes(&self, event: &EventId) -> Result<Option<Vec<String>>, StoreError> {
         match self.backend.as_ref() {
             Backend::Sqlite(s) => s.matched_routes(event).await,
+        }
+    }
+
+    /// Events, newest first, at most `limit`, older than `before` (a cursor).
+    pub async fn events_page(
+        &self,
+        source: Option<&str>,
+        limit: u32,
+        before: Option<&str>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        match self.backend.as_ref() {
+            Backend::Sqlite(s) => s.events_page(source, limit, before).await,
+        }
+    }
+
+    /// One event.
+    pub async fn event(&self, id: &EventId) -> Result<Option<StoredEvent>, StoreError> {
+        match self.backend.as_ref() {
+            Backend::Sqlite(s) => s.event(id).await,
+        }
+    }
+
+    /// One delivery.
+    pub async fn delivery(&self, id: &DeliveryId) -> Result<Option<DeliveryRow>, StoreError> {
+        match self.backend.as_ref() {
+            Backend::Sqlite(s) => s.delivery(id).await,
+        }
+    }
+
+    /// Queues deliveries again (dead or delivered ones matching `filter`, or
+    /// the one named): pending, due now, with a fresh retry budget. Returns
+    /// how many.
+    pub async fn replay(&self, filter: ReplayFilter, now: i64) -> Result<u64, StoreError> {
+        match self.backend.as_ref() {
+            Backend::Sqlite(s) => s.replay(filter, now).await,
+        }
+    }
+
+    /// Counts for metrics.
+    pub async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
+        match self.backend.as_ref() {
+            Backend::Sqlite(s) => s.queue_stats().await,
+        }
+    }
+
+    /// Deletes up to `batch` delivered or dead deliveries last updated before
+    /// `cutoff` (Unix ms), then events older than `cutoff` with nothing left
+    /// to deliver. Pending work is never pruned.
+    pub async fn prune(&self, cutoff: i64, batch: u32) -> Result<Pruned, StoreError> {
+        match self.backend.as_ref() {
+            Backend::Sqlite(s) => s.prune(cutoff, batch).await,
         }
     }
 

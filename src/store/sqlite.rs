@@ -15,7 +15,8 @@
 
 use super::{
     AttemptOutcome, AttemptRecord, AttemptRow, ClaimedDelivery, DeliveryFilter, DeliveryRow,
-    DeliveryStatus, EventToRoute, Inserted, RoutedEvent, StoreError, StoredEvent,
+    DeliveryStatus, EventToRoute, Inserted, Pruned, QueueStats, ReplayFilter, RoutedEvent,
+    StoreError, StoredEvent,
 };
 use crate::ids::{DeliveryId, EventId};
 use crate::verify::VerifiedEvent;
@@ -58,6 +59,14 @@ enum Op {
         lease_ms: i64,
     },
     RecordAttempt(AttemptRecord),
+    Replay {
+        filter: ReplayFilter,
+        now: i64,
+    },
+    Prune {
+        cutoff: i64,
+        batch: u32,
+    },
     DeferRouting {
         event: EventId,
         retry_at: i64,
@@ -66,6 +75,8 @@ enum Op {
 }
 
 enum Done {
+    Count(u64),
+    Pruned(Pruned),
     Inserted(Inserted),
     Events(Vec<EventToRoute>),
     Deliveries(Vec<ClaimedDelivery>),
@@ -305,6 +316,96 @@ impl SqliteStore {
             .map_err(StoreError::from)
     }
 
+    pub(super) async fn events_page(
+        &self,
+        source: Option<&str>,
+        limit: u32,
+        before: Option<&str>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, source, event_type, dedupe_key, payload, received_at, routed_at FROM events \
+             WHERE (?1 IS NULL OR source = ?1) AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3",
+        )
+        .bind(source)
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(stored_event)
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    pub(super) async fn event(&self, id: &EventId) -> Result<Option<StoredEvent>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, source, event_type, dedupe_key, payload, received_at, routed_at FROM events WHERE id = ?1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref()
+            .map(stored_event)
+            .transpose()
+            .map_err(StoreError::from)
+    }
+
+    pub(super) async fn delivery(
+        &self,
+        id: &DeliveryId,
+    ) -> Result<Option<DeliveryRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, event_id, route, step, target, status, attempts, last_error, created_at, delivered_at \
+             FROM deliveries WHERE id = ?1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref()
+            .map(delivery_row)
+            .transpose()
+            .map_err(StoreError::from)
+    }
+
+    pub(super) async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
+        let unrouted: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE routed_at IS NULL")
+                .fetch_one(&self.read)
+                .await?;
+        let pending: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'")
+                .fetch_one(&self.read)
+                .await?;
+        let dead: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE status = 'dead'")
+            .fetch_one(&self.read)
+            .await?;
+        let oldest: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(e.received_at) FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.status = 'pending'",
+        )
+        .fetch_one(&self.read)
+        .await?;
+        Ok(QueueStats {
+            unrouted: u64::try_from(unrouted).unwrap_or(0),
+            pending: u64::try_from(pending).unwrap_or(0),
+            dead: u64::try_from(dead).unwrap_or(0),
+            oldest_pending_received_at: oldest,
+        })
+    }
+
+    pub(super) async fn replay(&self, filter: ReplayFilter, now: i64) -> Result<u64, StoreError> {
+        match self.run(Op::Replay { filter, now }).await? {
+            Done::Count(n) => Ok(n),
+            _ => Err(unexpected()),
+        }
+    }
+
+    pub(super) async fn prune(&self, cutoff: i64, batch: u32) -> Result<Pruned, StoreError> {
+        match self.run(Op::Prune { cutoff, batch }).await? {
+            Done::Pruned(p) => Ok(p),
+            _ => Err(unexpected()),
+        }
+    }
+
     pub(super) async fn count_events(&self) -> Result<u64, StoreError> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
             .fetch_one(&self.read)
@@ -328,14 +429,15 @@ impl SqliteStore {
         let rows = sqlx::query(
             "SELECT id, event_id, route, step, target, status, attempts, last_error, created_at, delivered_at \
              FROM deliveries WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR target = ?2) \
-             AND (?3 IS NULL OR route = ?3) AND (?4 IS NULL OR event_id = ?4) \
-             ORDER BY created_at DESC, id DESC LIMIT ?5",
+             AND (?3 IS NULL OR route = ?3) AND (?4 IS NULL OR event_id = ?4) AND (?6 IS NULL OR id < ?6) \
+             ORDER BY id DESC LIMIT ?5",
         )
         .bind(f.status.map(DeliveryStatus::as_str))
         .bind(f.target.as_deref())
         .bind(f.route.as_deref())
         .bind(f.event_id.as_ref().map(EventId::as_str))
         .bind(i64::from(if f.limit == 0 { 100 } else { f.limit }))
+        .bind(f.before.as_deref())
         .fetch_all(&self.read)
         .await?;
         rows.iter()
@@ -394,6 +496,18 @@ impl SqliteStore {
         }
         self.read.close().await;
     }
+}
+
+fn stored_event(r: &SqliteRow) -> Result<StoredEvent, sqlx::Error> {
+    Ok(StoredEvent {
+        id: EventId::from_stored(r.try_get("id")?),
+        source: r.try_get("source")?,
+        event_type: r.try_get("event_type")?,
+        dedupe_key: r.try_get("dedupe_key")?,
+        payload: r.try_get("payload")?,
+        received_at: r.try_get("received_at")?,
+        routed_at: r.try_get("routed_at")?,
+    })
 }
 
 fn delivery_row(r: &SqliteRow) -> Result<DeliveryRow, sqlx::Error> {
@@ -467,7 +581,30 @@ async fn writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Msg>) {
     }
 }
 
+/// Whether an operation must be on disk before it is answered.
+///
+/// An acknowledged event must survive a power loss (FULL: the WAL is
+/// fsynced at commit), and so must routing results: if they were lost, the
+/// event would be routed again into deliveries with new ids, and a target
+/// that had seen the old ones could not recognise the repeat. Claims, attempt
+/// records, replays and pruning are written with NORMAL: they survive a crash
+/// of the process (the WAL is written before the answer), and a power loss
+/// loses at most the last moments of them, until the next FULL commit or the
+/// checkpoint a second later fsyncs the WAL. Losing an attempt record sends
+/// that delivery again with the same Idempotency-Key: at least once, as
+/// promised.
+fn needs_fsync(op: &Op) -> bool {
+    matches!(op, Op::InsertEvent(_) | Op::CompleteRouting { .. })
+}
+
 async fn run_batch(conn: &mut SqliteConnection, ops: &[&Op]) -> Result<Vec<Done>, sqlx::Error> {
+    let full = ops.iter().any(|op| needs_fsync(op));
+    let mode = if full {
+        "PRAGMA synchronous = FULL"
+    } else {
+        "PRAGMA synchronous = NORMAL"
+    };
+    sqlx::query(mode).execute(&mut *conn).await?;
     let mut tx = conn.begin().await?;
     let mut out = Vec::with_capacity(ops.len());
     let mut i = 0;
@@ -651,7 +788,7 @@ async fn run_op(tx: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error>
             lease_ms,
         } => {
             let rows = sqlx::query(
-                "SELECT d.id, d.event_id, d.route, d.step, d.target, d.attempts, d.context, \
+                "SELECT d.id, d.event_id, d.route, d.step, d.target, d.attempts, d.attempts_base, d.context, \
                         e.source, e.event_type, e.payload, e.received_at \
                  FROM deliveries d JOIN events e ON e.id = d.event_id \
                  WHERE d.status = 'pending' AND d.target = ?1 AND d.next_attempt_at <= ?2 \
@@ -674,6 +811,8 @@ async fn run_op(tx: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error>
                         step: u32::try_from(r.try_get::<i64, _>("step")?).unwrap_or(0),
                         target: r.try_get("target")?,
                         attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
+                        attempts_base: u32::try_from(r.try_get::<i64, _>("attempts_base")?)
+                            .unwrap_or(0),
                         context: serde_json::from_str(&context).unwrap_or(serde_json::Value::Null),
                         source: r.try_get("source")?,
                         event_type: r.try_get("event_type")?,
@@ -742,6 +881,73 @@ async fn run_op(tx: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error>
                 .await?;
             }
             Ok(Done::Unit)
+        }
+        Op::Replay { filter, now } => {
+            let done = match filter {
+                ReplayFilter::One(id) => {
+                    sqlx::query(
+                        "UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, lease_until = NULL, \
+                         attempts_base = attempts, updated_at = ?1 WHERE id = ?2 AND status IN ('dead', 'delivered')",
+                    )
+                    .bind(*now)
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
+                    .await?
+                }
+                ReplayFilter::All { status, target, route } => {
+                    sqlx::query(
+                        "UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, lease_until = NULL, \
+                         attempts_base = attempts, updated_at = ?1 \
+                         WHERE status = ?2 AND status != 'pending' AND (?3 IS NULL OR target = ?3) AND (?4 IS NULL OR route = ?4)",
+                    )
+                    .bind(*now)
+                    .bind(status.as_str())
+                    .bind(target.as_deref())
+                    .bind(route.as_deref())
+                    .execute(&mut *tx)
+                    .await?
+                }
+            };
+            Ok(Done::Count(done.rows_affected()))
+        }
+        Op::Prune { cutoff, batch } => {
+            let ids: Vec<String> = sqlx::query_scalar(
+                "SELECT id FROM deliveries WHERE status IN ('delivered', 'dead') AND updated_at < ?1 LIMIT ?2",
+            )
+            .bind(*cutoff)
+            .bind(i64::from(*batch))
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut pruned = Pruned::default();
+            if !ids.is_empty() {
+                let list = placeholders(1, ids.len());
+                // Only placeholders are formatted in; the ids are bound.
+                let mut del_attempts = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM attempts WHERE delivery_id IN ({list})"
+                )));
+                let mut del_deliveries = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM deliveries WHERE id IN ({list})"
+                )));
+                for id in &ids {
+                    del_attempts = del_attempts.bind(id.as_str());
+                    del_deliveries = del_deliveries.bind(id.as_str());
+                }
+                del_attempts.execute(&mut *tx).await?;
+                pruned.deliveries = del_deliveries.execute(&mut *tx).await?.rows_affected();
+            }
+            // An event goes when it is old, routed, and has no delivery left
+            // (pending ones are never pruned, so it has none pending).
+            pruned.events = sqlx::query(
+                "DELETE FROM events WHERE id IN (SELECT e.id FROM events e WHERE e.received_at < ?1 \
+                 AND e.routed_at IS NOT NULL \
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id) LIMIT ?2)",
+            )
+            .bind(*cutoff)
+            .bind(i64::from(*batch))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            Ok(Done::Pruned(pruned))
         }
         Op::DeferRouting {
             event,

@@ -2,6 +2,7 @@
 //! Integration tests: the real daemon, real SQLite files, real HTTP.
 //! One binary so the crate links once.
 
+mod admin;
 mod check;
 mod deliver;
 mod deploy;

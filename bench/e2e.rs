@@ -1,0 +1,2294 @@
+//! End-to-end load run: signed ClickUp events in, Slack-shaped messages out,
+//! against a hand-written forwarder measured in the same run.
+//!
+//! A sink (in-process actix-web) plays the Slack incoming webhook: it answers
+//! 200 "ok", counts messages and keeps each one's arrival time, `#N` and
+//! `Idempotency-Key`.
+//!
+//! Phase 1 "naive forwarder": an in-process actix-web server that verifies the
+//! signature, parses the JSON, POSTs the message to the sink and answers only
+//! after the sink did. Nothing is stored; what the sink does not take is lost.
+//! Phase 2 "clickup-bridge": the real daemon, answering after the event is
+//! committed and delivering it from its own queue.
+//! Phase 3 "backlog" (`--backlog N`, 0 skips it): the sink answers 503 while N
+//! events are pushed in; RSS is sampled; then the sink recovers and the backlog
+//! drains.
+//!
+//! Run with `cargo bench --bench e2e` (see bench/README.md for the options).
+
+use actix_web::dev::ServerHandle;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use hmac::{KeyInit, Mac};
+use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use std::collections::{BTreeMap, HashSet};
+use std::error::Error;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+type HmacSha256 = hmac::Hmac<Sha256>;
+type BoxError = Box<dyn Error + Send + Sync>;
+type Res<T> = Result<T, BoxError>;
+
+const SECRET: &str = "bench-secret";
+const SIGNATURE: HeaderName = HeaderName::from_static("x-signature");
+/// What the naive forwarder answers: the daemon's answer's shape and size.
+const BASELINE_ANSWER: &str =
+    r#"{"event_id":"evt_0196a3b2c4d57e8f9a0b1c2d3e4f5a6b","duplicate":false}"#;
+/// `history_items[0].id` of pool entry `i` is `ID_BASE + i`; the message
+/// carries it as `#N`, so the sink knows which event a message is.
+const ID_BASE: u64 = 2_800_787_326_392_370_170;
+const SINK_MARK: &str = "@@SINK@@";
+const ROUTES_TEMPLATE: &str = r#"version: 1
+sources:
+  clickup:
+    verify: clickup
+    secret: bench-secret
+targets:
+  sink:
+    type: slack
+    webhook_url: @@SINK@@
+    rate_limit: 100000/s
+    concurrency: 32
+    timeout: 10
+    retry: { attempts: 1000000, initial: 0.2, max: 2 }
+routes:
+  - name: to-sink
+    source: clickup
+    when:
+      event: taskStatusUpdated
+    extract:
+      by: $.history_items[0].user.username
+      n: $.history_items[0].id
+    send:
+      - target: sink
+        text: "{{by}} moved task {{event.task_id}} (#{{n}})"
+"#;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+// ---------------------------------------------------------------- options
+
+#[derive(Debug, Clone)]
+struct Options {
+    duration: Duration,
+    warmup: Duration,
+    connections: usize,
+    settle: Duration,
+    backlog: usize,
+    backlog_connections: usize,
+    drain_timeout: Duration,
+    requests: usize,
+    client_threads: usize,
+    server_workers: usize,
+    sink_workers: usize,
+    out: PathBuf,
+}
+
+const USAGE: &str = "\
+usage: cargo bench --bench e2e -- [options]
+  --duration SECS            measured time of phases 1 and 2 (default 10)
+  --warmup SECS              unmeasured warm-up of phases 1 and 2 (default 1)
+  --connections N            concurrent keep-alive clients, phases 1 and 2 (default 16)
+  --settle SECS              phase 2: how long to wait after the load for the last messages (default 60)
+  --backlog N                phase 3: events pushed while the sink answers 503; 0 skips it (default 100000)
+  --backlog-connections N    phase 3: concurrent clients (default 32)
+  --drain-timeout SECS       phase 3: longest wait for the backlog to drain (default 900)
+  --requests N               distinct signed requests built up front (default 400000, at least the backlog)
+  --client-threads N         load generator runtime threads (default 2)
+  --server-workers N         actix workers of the naive forwarder (default 2)
+  --sink-workers N           actix workers of the sink (default 2)
+  --out FILE                 JSON report (default bench/results/e2e-latest.json)";
+
+fn parse_options() -> Res<Options> {
+    let mut o = Options {
+        duration: Duration::from_secs(10),
+        warmup: Duration::from_secs(1),
+        connections: 16,
+        settle: Duration::from_secs(60),
+        backlog: 100_000,
+        backlog_connections: 32,
+        drain_timeout: Duration::from_secs(900),
+        requests: 400_000,
+        client_threads: 2,
+        server_workers: 2,
+        sink_workers: 2,
+        out: Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results/e2e-latest.json"),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| {
+            args.next()
+                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
+        };
+        let secs = |v: String| -> Res<Duration> { Ok(Duration::from_secs_f64(v.parse()?)) };
+        match arg.as_str() {
+            // `cargo bench` passes --bench to harness=false targets.
+            "--bench" => {}
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            "--duration" => o.duration = secs(value("--duration")?)?,
+            "--warmup" => o.warmup = secs(value("--warmup")?)?,
+            "--connections" => o.connections = value("--connections")?.parse()?,
+            "--settle" => o.settle = secs(value("--settle")?)?,
+            "--backlog" => o.backlog = value("--backlog")?.parse()?,
+            "--backlog-connections" => {
+                o.backlog_connections = value("--backlog-connections")?.parse()?;
+            }
+            "--drain-timeout" => o.drain_timeout = secs(value("--drain-timeout")?)?,
+            "--requests" => o.requests = value("--requests")?.parse()?,
+            "--client-threads" => o.client_threads = value("--client-threads")?.parse()?,
+            "--server-workers" => o.server_workers = value("--server-workers")?.parse()?,
+            "--sink-workers" => o.sink_workers = value("--sink-workers")?.parse()?,
+            "--out" => o.out = PathBuf::from(value("--out")?),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}").into()),
+        }
+    }
+    if o.connections == 0
+        || o.backlog_connections == 0
+        || o.requests == 0
+        || o.client_threads == 0
+        || o.server_workers == 0
+        || o.sink_workers == 0
+    {
+        return Err(format!("counts must be at least 1\n{USAGE}").into());
+    }
+    if o.duration.is_zero() {
+        return Err("--duration must be positive".into());
+    }
+    Ok(o)
+}
+
+// ---------------------------------------------------------------- requests
+
+/// One pre-built request: exact body bytes and their signature.
+struct Prebuilt {
+    body: &'static [u8],
+    signature: HeaderValue,
+}
+
+/// Builds `n` distinct compact bodies shaped like ClickUp's taskStatusUpdated
+/// (entry `i` has `history_items[0].id` = `ID_BASE + i`, so each has its own
+/// dedupe key and its own `#N` in the message) and signs each. All bodies live
+/// in one leaked buffer so that sending one is zero-copy.
+fn prebuild(n: usize) -> Res<Vec<Prebuilt>> {
+    const MARK: &str = "@@ID@@";
+    let template = json!({
+        "event": "taskStatusUpdated",
+        "history_items": [{
+            "id": MARK,
+            "type": 1,
+            "date": "1642736073330",
+            "field": "status",
+            "parent_id": "162641062",
+            "data": {"status_type": "custom"},
+            "source": null,
+            "user": {
+                "id": 183,
+                "username": "John",
+                "email": "john@company.com",
+                "color": "#7b68ee",
+                "initials": "J",
+                "profilePicture": null
+            },
+            "before": {"status": "to do", "color": "#f9d900", "orderindex": 0, "type": "open"},
+            "after": {"status": "in progress", "color": "#7C4DFF", "orderindex": 1, "type": "custom"}
+        }],
+        "task_id": "1vj38vv",
+        "webhook_id": "7fa3ec74-69a8-4530-a251-8a13730bd204"
+    })
+    .to_string();
+    let (prefix, suffix) = template
+        .split_once(MARK)
+        .ok_or("template lacks its marker")?;
+    let mut buf = Vec::with_capacity(n * (template.len() + 8));
+    let mut spans = Vec::with_capacity(n);
+    for i in 0..n {
+        let start = buf.len();
+        buf.extend_from_slice(prefix.as_bytes());
+        buf.extend_from_slice((ID_BASE + i as u64).to_string().as_bytes());
+        buf.extend_from_slice(suffix.as_bytes());
+        spans.push(start..buf.len());
+    }
+    let all: &'static [u8] = Box::leak(buf.into_boxed_slice());
+    let key =
+        <HmacSha256 as KeyInit>::new_from_slice(SECRET.as_bytes()).map_err(|e| e.to_string())?;
+    spans
+        .into_iter()
+        .map(|span| {
+            let body = &all[span];
+            let mut mac = key.clone();
+            mac.update(body);
+            let signature = HeaderValue::from_str(&hex::encode(mac.finalize().into_bytes()))?;
+            Ok(Prebuilt { body, signature })
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------- in-process servers
+
+type Configure = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
+
+/// An in-process actix-web server on its own `System` in its own thread.
+struct Server {
+    addr: SocketAddr,
+    handle: ServerHandle,
+    thread: std::thread::JoinHandle<std::io::Result<()>>,
+}
+
+fn start_server(name: &str, workers: usize, configure: Configure) -> Res<Server> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let server = HttpServer::new(move || {
+                    let configure = configure.clone();
+                    App::new().configure(move |c| configure(c))
+                })
+                .workers(workers)
+                .disable_signals()
+                .shutdown_timeout(5)
+                .listen(listener)?
+                .run();
+                let _ = tx.send(server.handle());
+                server.await
+            })
+        })?;
+    let handle = rx
+        .recv_timeout(Duration::from_secs(10))
+        .map_err(|e| format!("server {name} did not start: {e}"))?;
+    Ok(Server {
+        addr,
+        handle,
+        thread,
+    })
+}
+
+impl Server {
+    async fn stop(self) -> Res<()> {
+        self.handle.stop(true).await;
+        self.thread.join().map_err(|_| "server thread panicked")??;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- sink
+
+#[derive(Default)]
+struct SinkInner {
+    /// (pool index, arrival) of every message answered 200, in arrival order.
+    arrivals: Vec<(u32, Instant)>,
+    /// Pool indices seen (answered 200).
+    seen: HashSet<u32>,
+    /// Idempotency-Key values seen (answered 200).
+    keys: HashSet<String>,
+}
+
+/// The Slack stand-in.
+#[derive(Default)]
+struct Sink {
+    /// Answer 503 instead of 200.
+    fail: AtomicBool,
+    /// Messages answered 503.
+    refused: AtomicU64,
+    /// Messages answered 200.
+    ok: AtomicU64,
+    /// 200 messages whose Idempotency-Key was seen before.
+    dup_keys: AtomicU64,
+    /// 200 messages whose `#N` was seen before.
+    dup_events: AtomicU64,
+    /// 200 messages without an Idempotency-Key.
+    no_key: AtomicU64,
+    /// Messages that are not `{"text": "... (#N)"}` with a known N.
+    unparsable: AtomicU64,
+    inner: Mutex<SinkInner>,
+}
+
+impl Sink {
+    fn reset(&self) {
+        for c in [
+            &self.refused,
+            &self.ok,
+            &self.dup_keys,
+            &self.dup_events,
+            &self.no_key,
+            &self.unparsable,
+        ] {
+            c.store(0, Ordering::SeqCst);
+        }
+        *lock(&self.inner) = SinkInner::default();
+    }
+
+    fn distinct(&self) -> usize {
+        lock(&self.inner).seen.len()
+    }
+
+    /// How many of `accepted` the sink has not received yet.
+    fn missing(&self, accepted: &[(u32, Instant)]) -> usize {
+        let inner = lock(&self.inner);
+        accepted
+            .iter()
+            .filter(|(i, _)| !inner.seen.contains(i))
+            .count()
+    }
+
+    fn arrivals(&self) -> Vec<(u32, Instant)> {
+        lock(&self.inner).arrivals.clone()
+    }
+
+    fn counts(&self) -> SinkCounts {
+        let inner = lock(&self.inner);
+        SinkCounts {
+            ok: self.ok.load(Ordering::SeqCst),
+            refused: self.refused.load(Ordering::SeqCst),
+            distinct_events: inner.seen.len() as u64,
+            distinct_keys: inner.keys.len() as u64,
+            dup_keys: self.dup_keys.load(Ordering::SeqCst),
+            dup_events: self.dup_events.load(Ordering::SeqCst),
+            no_key: self.no_key.load(Ordering::SeqCst),
+            unparsable: self.unparsable.load(Ordering::SeqCst),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct SinkCounts {
+    ok: u64,
+    refused: u64,
+    distinct_events: u64,
+    distinct_keys: u64,
+    dup_keys: u64,
+    dup_events: u64,
+    no_key: u64,
+    unparsable: u64,
+}
+
+impl SinkCounts {
+    fn json(&self) -> Value {
+        json!({
+            "answered_200": self.ok,
+            "answered_503": self.refused,
+            "distinct_events": self.distinct_events,
+            "distinct_idempotency_keys": self.distinct_keys,
+            "duplicate_idempotency_keys": self.dup_keys,
+            "duplicate_events": self.dup_events,
+            "without_idempotency_key": self.no_key,
+            "unparsable": self.unparsable,
+        })
+    }
+}
+
+/// The pool index in `{"text": "... (#N)"}`.
+fn message_index(body: &[u8]) -> Option<u32> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let text = v.get("text")?.as_str()?;
+    let rest = &text[text.rfind("(#")? + 2..];
+    let n: u64 = rest[..rest.find(')')?].parse().ok()?;
+    u32::try_from(n.checked_sub(ID_BASE)?).ok()
+}
+
+async fn sink_slack(sink: web::Data<Sink>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let at = Instant::now();
+    if sink.fail.load(Ordering::Relaxed) {
+        sink.refused.fetch_add(1, Ordering::Relaxed);
+        return HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("unavailable");
+    }
+    sink.ok.fetch_add(1, Ordering::Relaxed);
+    let key = req
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok());
+    let index = message_index(&body);
+    {
+        let mut inner = lock(&sink.inner);
+        match key {
+            Some(k) => {
+                if !inner.keys.insert(k.to_owned()) {
+                    sink.dup_keys.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            None => {
+                sink.no_key.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        match index {
+            Some(i) => {
+                if !inner.seen.insert(i) {
+                    sink.dup_events.fetch_add(1, Ordering::Relaxed);
+                }
+                inner.arrivals.push((i, at));
+            }
+            None => {
+                sink.unparsable.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    HttpResponse::Ok().content_type("text/plain").body("ok")
+}
+
+fn sink_config(sink: Arc<Sink>) -> Configure {
+    Arc::new(move |c: &mut web::ServiceConfig| {
+        c.app_data(web::Data::from(sink.clone()))
+            .route("/slack", web::post().to(sink_slack));
+    })
+}
+
+// ---------------------------------------------------------------- naive forwarder
+
+struct Naive {
+    client: reqwest::Client,
+    url: reqwest::Url,
+}
+
+/// Verify, parse, POST the message to the sink, wait for its answer, answer.
+async fn naive_forward(
+    naive: web::Data<Naive>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
+    let mut sig = [0u8; 32];
+    let decoded = req
+        .headers()
+        .get("x-signature")
+        .map(|v| hex::decode_to_slice(v.as_bytes(), &mut sig).is_ok())
+        .unwrap_or(false);
+    if !decoded {
+        return HttpResponse::Forbidden().finish();
+    }
+    let Ok(mut mac) = <HmacSha256 as KeyInit>::new_from_slice(SECRET.as_bytes()) else {
+        return HttpResponse::InternalServerError().finish();
+    };
+    mac.update(&body);
+    if mac.verify_slice(&sig).is_err() {
+        return HttpResponse::Forbidden().finish();
+    }
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return HttpResponse::BadRequest().finish();
+    };
+    let item = &v["history_items"][0];
+    let n = match &item["id"] {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let text = format!(
+        "{} moved task {} (#{n})",
+        item["user"]["username"].as_str().unwrap_or(""),
+        v["task_id"].as_str().unwrap_or("")
+    );
+    let sent = naive
+        .client
+        .post(naive.url.clone())
+        .json(&json!({ "text": text }))
+        .send()
+        .await;
+    match sent {
+        Ok(resp) if resp.status().is_success() => match resp.bytes().await {
+            Ok(_) => HttpResponse::Ok()
+                .content_type("application/json")
+                .body(BASELINE_ANSWER),
+            Err(_) => HttpResponse::BadGateway().finish(),
+        },
+        _ => HttpResponse::BadGateway().finish(),
+    }
+}
+
+fn naive_config(sink_url: &str, connections: usize) -> Res<Configure> {
+    let naive = Arc::new(Naive {
+        client: reqwest::Client::builder()
+            .no_proxy()
+            .http1_only()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(connections * 2)
+            .timeout(Duration::from_secs(10))
+            .build()?,
+        url: reqwest::Url::parse(sink_url)?,
+    });
+    Ok(Arc::new(move |c: &mut web::ServiceConfig| {
+        c.app_data(web::Data::from(naive.clone()))
+            .route("/hooks/clickup", web::post().to(naive_forward));
+    }))
+}
+
+// ---------------------------------------------------------------- daemon
+
+struct Daemon {
+    child: Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+fn free_port() -> Res<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn start_daemon(sink_url: &str) -> Res<Daemon> {
+    let dir = tempfile::Builder::new()
+        .prefix("clickup-bridge-e2e-")
+        .tempdir()?;
+    let addr = free_port()?;
+    let admin = free_port()?;
+    std::fs::create_dir_all(dir.path().join("templates"))?;
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        ROUTES_TEMPLATE.replace(SINK_MARK, sink_url),
+    )?;
+    let settings = dir.path().join("settings.toml");
+    std::fs::write(
+        &settings,
+        format!(
+            "listen = \"{addr}\"\nadmin_listen = \"{admin}\"\nroutes = \"routes.yaml\"\ntemplates = \"templates\"\n\
+             store = \"sqlite://{}\"\nlog_format = \"json\"\n",
+            dir.path().join("bench.db").display()
+        ),
+    )?;
+    let log = std::fs::File::create(dir.path().join("daemon.log"))?;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clickup-bridge"));
+    cmd.arg("serve")
+        .arg("-c")
+        .arg(&settings)
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // Settings and proxies from the caller's environment must not leak into
+    // the run (the sink is on loopback).
+    for (k, _) in std::env::vars_os() {
+        let name = k.to_string_lossy().to_ascii_uppercase();
+        if name.starts_with("CLICKUP_BRIDGE_") || name.ends_with("_PROXY") {
+            cmd.env_remove(k);
+        }
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", env!("CARGO_BIN_EXE_clickup-bridge")))?;
+    Ok(Daemon { child, addr, dir })
+}
+
+impl Daemon {
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    fn log_lines(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("daemon.log"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    }
+
+    async fn wait_healthy(&mut self) -> Res<()> {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        let url = format!("http://{}/healthz", self.addr);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Err(format!(
+                    "daemon exited before it was healthy ({status}):\n{}",
+                    self.log_tail()
+                )
+                .into());
+            }
+            if let Ok(r) = client.get(&url).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("daemon not healthy after 30 s:\n{}", self.log_tail()).into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, then wait (the daemon's shutdown_timeout is 30 s by default).
+    async fn stop(&mut self) -> Res<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        let kill = Command::new("kill").args(["-TERM", &pid]).status()?;
+        if !kill.success() {
+            return Err(format!("kill -TERM {pid} failed: {kill}").into());
+        }
+        let deadline = Instant::now() + Duration::from_secs(45);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return Err(format!(
+                    "daemon did not exit within 45 s of SIGTERM:\n{}",
+                    self.log_tail()
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn kill_now(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn db_path(&self) -> PathBuf {
+        self.dir.path().join("bench.db")
+    }
+}
+
+/// What the daemon's SQLite file says.
+#[derive(Clone, Copy, Debug, Default)]
+struct DbCounts {
+    events: i64,
+    unrouted: i64,
+    pending: i64,
+    delivered: i64,
+    dead: i64,
+    attempts: i64,
+}
+
+impl DbCounts {
+    fn json(&self) -> Value {
+        json!({
+            "events": self.events,
+            "unrouted_events": self.unrouted,
+            "deliveries_pending": self.pending,
+            "deliveries_delivered": self.delivered,
+            "deliveries_dead": self.dead,
+            "attempts": self.attempts,
+        })
+    }
+}
+
+async fn open_db(db: &Path) -> Res<sqlx::SqliteConnection> {
+    use sqlx::ConnectOptions;
+    Ok(sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(db)
+        .create_if_missing(false)
+        .busy_timeout(Duration::from_secs(10))
+        .connect()
+        .await?)
+}
+
+/// Unrouted events and pending deliveries (cheap enough to poll while the
+/// daemon runs; WAL readers do not block its writer).
+async fn db_backlog(conn: &mut sqlx::SqliteConnection) -> Res<(i64, i64)> {
+    let unrouted: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE routed_at IS NULL")
+        .fetch_one(&mut *conn)
+        .await?;
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status = 'pending'")
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok((unrouted, pending))
+}
+
+async fn db_counts(db: &Path) -> Res<DbCounts> {
+    let mut conn = open_db(db).await?;
+    let mut c = DbCounts {
+        events: sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&mut conn)
+            .await?,
+        attempts: sqlx::query_scalar("SELECT count(*) FROM attempts")
+            .fetch_one(&mut conn)
+            .await?,
+        ..DbCounts::default()
+    };
+    (c.unrouted, c.pending) = db_backlog(&mut conn).await?;
+    c.delivered = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status = 'delivered'")
+        .fetch_one(&mut conn)
+        .await?;
+    c.dead = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status = 'dead'")
+        .fetch_one(&mut conn)
+        .await?;
+    sqlx::Connection::close(conn).await?;
+    Ok(c)
+}
+
+// ---------------------------------------------------------------- /proc
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// utime + stime in ticks from a /proc/.../stat file.
+fn stat_ticks(path: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After "pid (comm) ", field 3 (state) is index 0; utime is field 14.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The ids of this process's threads.
+fn own_tids() -> HashSet<u32> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// CPU ticks of this process's threads: (load generator, sink, all).
+fn self_ticks(sink_tids: &HashSet<u32>) -> (u64, u64, u64) {
+    let (mut loadgen, mut sink, mut all) = (0, 0, 0);
+    if let Ok(entries) = std::fs::read_dir("/proc/self/task") {
+        for e in entries.flatten() {
+            let Some(t) = stat_ticks(&e.path().join("stat")) else {
+                continue;
+            };
+            all += t;
+            let tid: Option<u32> = e.file_name().to_str().and_then(|s| s.parse().ok());
+            if tid.is_some_and(|tid| sink_tids.contains(&tid)) {
+                sink += t;
+                continue;
+            }
+            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            if comm.starts_with("loadgen") {
+                loadgen += t;
+            }
+        }
+    }
+    (loadgen, sink, all)
+}
+
+/// The number of CPUs that /proc/stat accounts for.
+fn proc_cpus() -> usize {
+    std::fs::read_to_string("/proc/stat")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .count()
+        .max(1)
+}
+
+/// (busy, total) jiffies of the whole machine (iowait counts as idle).
+fn machine_ticks() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let nums: Vec<u64> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = nums.iter().take(8).sum();
+    let idle = nums.get(3).copied().unwrap_or(0) + nums.get(4).copied().unwrap_or(0);
+    (total - idle.min(total), total)
+}
+
+fn status_kb(pid: u32, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line[key.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn rss_mb(pid: u32, key: &str) -> Option<f64> {
+    status_kb(pid, key).map(|kb| kb as f64 / 1024.0)
+}
+
+/// What the bench needs to account CPU.
+#[derive(Clone)]
+struct Meter {
+    hz: f64,
+    cpus: usize,
+    sink_tids: Arc<HashSet<u32>>,
+}
+
+struct CpuSnap {
+    at: Instant,
+    loadgen: u64,
+    sink: u64,
+    own: u64,
+    child: Option<u64>,
+    /// The child's threads: tid → (name, ticks).
+    child_threads: BTreeMap<u32, (String, u64)>,
+    machine: (u64, u64),
+}
+
+/// CPU ticks of every thread of `pid`, by tid, with the thread's name
+/// (trailing digits trimmed, so a pool's threads share one name).
+fn thread_ticks(pid: u32) -> BTreeMap<u32, (String, u64)> {
+    let mut out = BTreeMap::new();
+    if let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for e in entries.flatten() {
+            let Some(tid) = e.file_name().to_str().and_then(|s| s.parse().ok()) else {
+                continue;
+            };
+            let Some(t) = stat_ticks(&e.path().join("stat")) else {
+                continue;
+            };
+            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            let name = comm
+                .trim()
+                .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-' || c == ' ')
+                .to_owned();
+            out.insert(tid, (name, t));
+        }
+    }
+    out
+}
+
+/// Cores used between two snapshots.
+#[derive(Clone, Debug, Default)]
+struct CpuUse {
+    /// The load generator's threads.
+    client: f64,
+    /// The daemon (phases 2, 3) or the naive forwarder (the rest of this process).
+    server: f64,
+    /// The sink's threads.
+    sink: f64,
+    /// Everything else on the machine.
+    other: f64,
+    /// Busy share of the whole machine.
+    machine_busy: f64,
+    /// The daemon's cores by thread name, busiest first.
+    server_threads: Vec<(String, f64)>,
+}
+
+impl CpuUse {
+    fn json(&self) -> Value {
+        json!({
+            "client_cores": self.client,
+            "server_cores": self.server,
+            "sink_cores": self.sink,
+            "other_cores": self.other,
+            "machine_busy": self.machine_busy,
+            "server_threads_cores": self.server_threads.iter().map(|(n, c)| json!({"thread": n, "cores": c})).collect::<Vec<_>>(),
+        })
+    }
+
+    /// "name 0.42, name 0.10" (threads above 0.01 cores).
+    fn threads_line(&self) -> String {
+        self.server_threads
+            .iter()
+            .filter(|(_, c)| *c >= 0.01)
+            .map(|(n, c)| format!("{n} {c:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl Meter {
+    fn snap(&self, child: Option<u32>) -> CpuSnap {
+        let (loadgen, sink, own) = self_ticks(&self.sink_tids);
+        CpuSnap {
+            at: Instant::now(),
+            loadgen,
+            sink,
+            own,
+            child: child.and_then(|pid| stat_ticks(Path::new(&format!("/proc/{pid}/stat")))),
+            child_threads: child.map(thread_ticks).unwrap_or_default(),
+            machine: machine_ticks(),
+        }
+    }
+
+    fn between(&self, before: &CpuSnap, after: &CpuSnap) -> CpuUse {
+        let ticks = after.at.duration_since(before.at).as_secs_f64() * self.hz;
+        if ticks <= 0.0 {
+            return CpuUse::default();
+        }
+        let loadgen = after.loadgen.saturating_sub(before.loadgen);
+        let sink = after.sink.saturating_sub(before.sink);
+        let server = match (before.child, after.child) {
+            (Some(b), Some(a)) => a.saturating_sub(b),
+            // In-process forwarder: everything of this process but the load
+            // generator and the sink.
+            _ => after
+                .own
+                .saturating_sub(before.own)
+                .saturating_sub(loadgen + sink),
+        };
+        let (busy, total) = (
+            after.machine.0.saturating_sub(before.machine.0),
+            after.machine.1.saturating_sub(before.machine.1),
+        );
+        let machine_busy = if total > 0 {
+            busy as f64 / total as f64
+        } else {
+            0.0
+        };
+        let mut u = CpuUse {
+            client: loadgen as f64 / ticks,
+            server: server as f64 / ticks,
+            sink: sink as f64 / ticks,
+            other: 0.0,
+            machine_busy,
+            server_threads: Vec::new(),
+        };
+        let mut by_name: BTreeMap<&str, u64> = BTreeMap::new();
+        for (tid, (name, t)) in &after.child_threads {
+            let b = before.child_threads.get(tid).map(|(_, t)| *t).unwrap_or(0);
+            *by_name.entry(name.as_str()).or_default() += t.saturating_sub(b);
+        }
+        u.server_threads = by_name
+            .into_iter()
+            .map(|(n, t)| (n.to_owned(), t as f64 / ticks))
+            .collect();
+        u.server_threads.sort_by(|a, b| b.1.total_cmp(&a.1));
+        // With a child process the rest of this process (its main thread) is
+        // counted as other; it is idle but for polling.
+        u.other = (machine_busy * self.cpus as f64 - u.client - u.server - u.sink).max(0.0);
+        u
+    }
+}
+
+// ---------------------------------------------------------------- load
+
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    /// Warm-up, then a measured window.
+    Timed {
+        warmup: Duration,
+        duration: Duration,
+    },
+    /// Until this many events were answered 200 (each failure is replaced by
+    /// a fresh event); everything is measured.
+    Accepted(u64),
+}
+
+struct LoadSpec {
+    url: String,
+    connections: usize,
+    stop: Stop,
+    /// Cycle through the pool (only where events need not be distinct).
+    wrap: bool,
+    server_pid: Option<u32>,
+    /// Incremented on every 200, for progress reports.
+    progress: Arc<AtomicU64>,
+}
+
+#[derive(Default)]
+struct WorkerOut {
+    /// Latencies (µs) of 200s sent and answered inside the measured window.
+    latencies: Vec<u32>,
+    /// Non-200 answers and transport failures inside the measured window.
+    errors: u64,
+    /// Non-200 answers and failures over the whole phase, by kind.
+    error_kinds: BTreeMap<String, u64>,
+    /// (pool index, when its 200 was read) of every 200 of the phase.
+    accepted: Vec<(u32, Instant)>,
+    gave_up: bool,
+}
+
+struct LoadOut {
+    /// When the measured window began.
+    window_start: Instant,
+    /// When it ended.
+    window_end: Instant,
+    latencies: Vec<u32>,
+    errors: u64,
+    error_kinds: BTreeMap<String, u64>,
+    accepted: Vec<(u32, Instant)>,
+    pool_exhausted: bool,
+    gave_up: bool,
+    cpu: CpuUse,
+}
+
+impl LoadOut {
+    fn window(&self) -> Duration {
+        self.window_end.duration_since(self.window_start)
+    }
+
+    /// 200s sent and answered in the window, per second.
+    fn rps(&self) -> f64 {
+        self.latencies.len() as f64 / self.window().as_secs_f64()
+    }
+}
+
+/// Consecutive failures after which a client gives up in `Stop::Accepted`.
+const GIVE_UP_AFTER: u32 = 1000;
+
+async fn run_load(spec: LoadSpec, pool: Arc<Vec<Prebuilt>>, meter: &Meter) -> Res<LoadOut> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .http1_only()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(spec.connections)
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let url = reqwest::Url::parse(&spec.url)?;
+    let start = Instant::now();
+    let (warm_end, end) = match spec.stop {
+        Stop::Timed { warmup, duration } => (start + warmup, Some(start + warmup + duration)),
+        Stop::Accepted(_) => (start, None),
+    };
+    let next = Arc::new(AtomicUsize::new(0));
+    let claimed = Arc::new(AtomicU64::new(0));
+    let exhausted = Arc::new(AtomicBool::new(false));
+    let before = if end.is_some() {
+        None
+    } else {
+        Some(meter.snap(spec.server_pid))
+    };
+    let mut tasks = Vec::with_capacity(spec.connections);
+    for _ in 0..spec.connections {
+        let (client, url, pool, next, claimed, exhausted, progress) = (
+            client.clone(),
+            url.clone(),
+            pool.clone(),
+            next.clone(),
+            claimed.clone(),
+            exhausted.clone(),
+            spec.progress.clone(),
+        );
+        let (stop, wrap) = (spec.stop, spec.wrap);
+        tasks.push(tokio::spawn(async move {
+            let mut out = WorkerOut::default();
+            'events: loop {
+                match (stop, end) {
+                    (Stop::Timed { .. }, Some(end)) if Instant::now() >= end => break,
+                    (Stop::Accepted(target), _)
+                        if claimed.fetch_add(1, Ordering::Relaxed) >= target =>
+                    {
+                        break;
+                    }
+                    _ => {}
+                }
+                // Send fresh events until one is accepted (timed: just one).
+                let mut failures = 0u32;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let idx = if wrap { i % pool.len() } else { i };
+                    let Some(req) = pool.get(idx) else {
+                        exhausted.store(true, Ordering::Relaxed);
+                        break 'events;
+                    };
+                    let t0 = Instant::now();
+                    let sent = client
+                        .post(url.clone())
+                        .header(CONTENT_TYPE, "application/json")
+                        .header(SIGNATURE, req.signature.clone())
+                        .body(req.body)
+                        .send()
+                        .await;
+                    let result = match sent {
+                        Ok(resp) => {
+                            let status = resp.status();
+                            match resp.bytes().await {
+                                Ok(_) if status == reqwest::StatusCode::OK => Ok(()),
+                                Ok(_) => Err(format!("http {}", status.as_u16())),
+                                Err(e) => Err(format!("read: {}", kind_of(&e))),
+                            }
+                        }
+                        Err(e) => Err(format!("send: {}", kind_of(&e))),
+                    };
+                    let t1 = Instant::now();
+                    let in_window = t0 >= warm_end && end.is_none_or(|end| t1 <= end);
+                    match result {
+                        Ok(()) => {
+                            if in_window {
+                                let us = t1.duration_since(t0).as_micros();
+                                out.latencies.push(u32::try_from(us).unwrap_or(u32::MAX));
+                            }
+                            out.accepted
+                                .push((u32::try_from(idx).unwrap_or(u32::MAX), t1));
+                            progress.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        Err(kind) => {
+                            if in_window {
+                                out.errors += 1;
+                            }
+                            *out.error_kinds.entry(kind).or_default() += 1;
+                            failures += 1;
+                            if end.is_some() {
+                                break;
+                            }
+                            if failures >= GIVE_UP_AFTER {
+                                out.gave_up = true;
+                                break 'events;
+                            }
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                }
+            }
+            out
+        }));
+    }
+    let (before, after) = match (before, end) {
+        (Some(before), _) => {
+            // Measured as a whole: wait for the clients.
+            let mut outs = Vec::with_capacity(tasks.len());
+            for t in tasks.drain(..) {
+                outs.push(t.await);
+            }
+            let after = meter.snap(spec.server_pid);
+            return Ok(collect(
+                outs, start, after.at, &exhausted, meter, &before, &after,
+            ));
+        }
+        (None, Some(end)) => {
+            tokio::time::sleep_until(warm_end.into()).await;
+            let before = meter.snap(spec.server_pid);
+            tokio::time::sleep_until(end.into()).await;
+            (before, meter.snap(spec.server_pid))
+        }
+        (None, None) => return Err("no way to end the load".into()),
+    };
+    let mut outs = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        outs.push(t.await);
+    }
+    let window_end = end.unwrap_or(after.at);
+    Ok(collect(
+        outs, warm_end, window_end, &exhausted, meter, &before, &after,
+    ))
+}
+
+fn collect(
+    outs: Vec<Result<WorkerOut, tokio::task::JoinError>>,
+    window_start: Instant,
+    window_end: Instant,
+    exhausted: &AtomicBool,
+    meter: &Meter,
+    before: &CpuSnap,
+    after: &CpuSnap,
+) -> LoadOut {
+    let mut out = LoadOut {
+        window_start,
+        window_end,
+        latencies: Vec::new(),
+        errors: 0,
+        error_kinds: BTreeMap::new(),
+        accepted: Vec::new(),
+        pool_exhausted: exhausted.load(Ordering::Relaxed),
+        gave_up: false,
+        cpu: meter.between(before, after),
+    };
+    for w in outs {
+        match w {
+            Ok(w) => {
+                out.latencies.extend(w.latencies);
+                out.errors += w.errors;
+                for (k, v) in w.error_kinds {
+                    *out.error_kinds.entry(k).or_default() += v;
+                }
+                out.accepted.extend(w.accepted);
+                out.gave_up |= w.gave_up;
+            }
+            Err(e) => {
+                out.errors += 1;
+                *out.error_kinds.entry(format!("worker: {e}")).or_default() += 1;
+            }
+        }
+    }
+    out.latencies.sort_unstable();
+    out.accepted.sort_unstable_by_key(|(_, t)| *t);
+    out
+}
+
+fn kind_of(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else if e.is_body() || e.is_decode() {
+        "body"
+    } else if e.is_request() {
+        "request"
+    } else {
+        "other"
+    }
+}
+
+// ---------------------------------------------------------------- figures
+
+fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted_us.len() as f64).ceil() as usize;
+    f64::from(sorted_us[rank.clamp(1, sorted_us.len()) - 1]) / 1000.0
+}
+
+fn percentile_signed_ms(sorted_us: &[i64], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted_us.len() as f64).ceil() as usize;
+    sorted_us[rank.clamp(1, sorted_us.len()) - 1] as f64 / 1000.0
+}
+
+fn signed_us(from: Instant, to: Instant) -> i64 {
+    if to >= from {
+        i64::try_from(to.duration_since(from).as_micros()).unwrap_or(i64::MAX)
+    } else {
+        -i64::try_from(from.duration_since(to).as_micros()).unwrap_or(i64::MAX)
+    }
+}
+
+/// What the sink got compared with what the clients had accepted.
+#[derive(Clone, Debug, Default)]
+struct Delivery {
+    /// Distinct accepted events.
+    accepted: u64,
+    /// Accepted events the sink never got (answered 200).
+    missing: u64,
+    /// Messages for events no client saw accepted (stored, then the answer failed).
+    extra: u64,
+    first_acceptance: Option<Instant>,
+    first_arrival: Option<Instant>,
+    last_arrival: Option<Instant>,
+    /// Acceptance→arrival (µs, signed) of the events accepted in the window.
+    e2e_us: Vec<i64>,
+    /// Of those, how many arrived before their client had read the 200.
+    arrived_before_answer: u64,
+}
+
+fn compare(
+    accepted: &[(u32, Instant)],
+    arrivals: &[(u32, Instant)],
+    window: (Instant, Instant),
+) -> Delivery {
+    let len = accepted
+        .iter()
+        .chain(arrivals)
+        .map(|(i, _)| *i as usize + 1)
+        .max()
+        .unwrap_or(0);
+    let mut first_arrival: Vec<Option<Instant>> = vec![None; len];
+    for (i, at) in arrivals {
+        let slot = &mut first_arrival[*i as usize];
+        if slot.is_none() {
+            *slot = Some(*at);
+        }
+    }
+    let mut is_accepted = vec![false; len];
+    let mut d = Delivery {
+        first_acceptance: accepted.iter().map(|(_, t)| *t).min(),
+        first_arrival: arrivals.iter().map(|(_, t)| *t).min(),
+        last_arrival: arrivals.iter().map(|(_, t)| *t).max(),
+        ..Delivery::default()
+    };
+    for (i, acc) in accepted {
+        let i = *i as usize;
+        if is_accepted[i] {
+            continue;
+        }
+        is_accepted[i] = true;
+        d.accepted += 1;
+        match first_arrival[i] {
+            None => d.missing += 1,
+            Some(arr) => {
+                if *acc >= window.0 && *acc <= window.1 {
+                    let us = signed_us(*acc, arr);
+                    if us < 0 {
+                        d.arrived_before_answer += 1;
+                    }
+                    d.e2e_us.push(us);
+                }
+            }
+        }
+    }
+    d.extra = first_arrival
+        .iter()
+        .zip(&is_accepted)
+        .filter(|(arr, acc)| arr.is_some() && !**acc)
+        .count() as u64;
+    d.e2e_us.sort_unstable();
+    d
+}
+
+/// Waits until the sink has every accepted event (true) or the deadline passed.
+async fn wait_all_arrived(sink: &Sink, accepted: &[(u32, Instant)], deadline: Instant) -> bool {
+    let want = accepted
+        .iter()
+        .map(|(i, _)| *i)
+        .collect::<HashSet<u32>>()
+        .len();
+    loop {
+        if sink.distinct() >= want && sink.missing(accepted) == 0 {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.filter(|x| x.is_finite())
+        .map(|x| format!("{x:.digits$}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { f64::NAN }
+}
+
+fn secs_between(a: Option<Instant>, b: Option<Instant>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b >= a => Some(b.duration_since(a).as_secs_f64()),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------- phases
+
+struct Ctx {
+    opts: Options,
+    pool: Arc<Vec<Prebuilt>>,
+    sink: Arc<Sink>,
+    sink_url: String,
+    meter: Meter,
+}
+
+/// One row of the main table.
+#[derive(Clone, Debug, Default)]
+struct FlowResult {
+    accepted_rps: f64,
+    delivered_rps: Option<f64>,
+    client_p50_ms: f64,
+    client_p99_ms: f64,
+    e2e_p50_ms: Option<f64>,
+    e2e_p99_ms: Option<f64>,
+    errors: u64,
+    error_kinds: BTreeMap<String, u64>,
+    accepted_total: u64,
+    missing: u64,
+    extra: u64,
+    duplicates: u64,
+    cpu: CpuUse,
+    /// clickup-bridge: from the end of the load until the last message.
+    tail_s: Option<f64>,
+    tail_cpu: Option<CpuUse>,
+    idle_rss_mb: Option<f64>,
+    peak_rss_mb: Option<f64>,
+    sink: SinkCounts,
+    db: Option<DbCounts>,
+    problems: Vec<String>,
+    notes: Vec<String>,
+}
+
+impl FlowResult {
+    fn json(&self) -> Value {
+        json!({
+            "accepted_per_sec": self.accepted_rps,
+            "delivered_per_sec": self.delivered_rps,
+            "client_p50_ms": self.client_p50_ms,
+            "client_p99_ms": self.client_p99_ms,
+            "accept_to_arrival_p50_ms": self.e2e_p50_ms,
+            "accept_to_arrival_p99_ms": self.e2e_p99_ms,
+            "errors_in_window": self.errors,
+            "error_kinds": self.error_kinds,
+            "accepted_events": self.accepted_total,
+            "missing_at_sink": self.missing,
+            "extra_at_sink": self.extra,
+            "duplicates_at_sink": self.duplicates,
+            "cpu_window": self.cpu.json(),
+            "tail_s": self.tail_s,
+            "cpu_tail": self.tail_cpu.as_ref().map(CpuUse::json),
+            "idle_rss_mb": self.idle_rss_mb,
+            "peak_rss_mb": self.peak_rss_mb,
+            "sink": self.sink.json(),
+            "db_after_exit": self.db.map(|d| d.json()),
+            "problems": self.problems,
+            "notes": self.notes,
+        })
+    }
+}
+
+fn load_problems(load: &LoadOut, r: &mut FlowResult) {
+    if load.pool_exhausted {
+        r.problems
+            .push("ran out of pre-built requests: raise --requests".into());
+    }
+    if load.gave_up {
+        r.problems.push(format!(
+            "a client gave up after {GIVE_UP_AFTER} consecutive failures"
+        ));
+    }
+    if !load.error_kinds.is_empty() {
+        r.problems
+            .push(format!("client errors: {:?}", load.error_kinds));
+    }
+}
+
+async fn run_naive(ctx: &Ctx) -> Res<FlowResult> {
+    ctx.sink.reset();
+    ctx.sink.fail.store(false, Ordering::SeqCst);
+    let server = start_server(
+        "naive-forwarder",
+        ctx.opts.server_workers,
+        naive_config(&ctx.sink_url, ctx.opts.connections)?,
+    )?;
+    let spec = LoadSpec {
+        url: format!("http://{}/hooks/clickup", server.addr),
+        connections: ctx.opts.connections,
+        stop: Stop::Timed {
+            warmup: ctx.opts.warmup,
+            duration: ctx.opts.duration,
+        },
+        wrap: true,
+        server_pid: None,
+        progress: Arc::new(AtomicU64::new(0)),
+    };
+    let load = run_load(spec, ctx.pool.clone(), &ctx.meter).await;
+    server.stop().await?;
+    let load = load?;
+    let d = compare(
+        &load.accepted,
+        &ctx.sink.arrivals(),
+        (load.window_start, load.window_end),
+    );
+    let sink = ctx.sink.counts();
+    let mut r = FlowResult {
+        accepted_rps: load.rps(),
+        delivered_rps: None,
+        client_p50_ms: percentile_ms(&load.latencies, 50.0),
+        client_p99_ms: percentile_ms(&load.latencies, 99.0),
+        errors: load.errors,
+        error_kinds: load.error_kinds.clone(),
+        accepted_total: d.accepted,
+        missing: d.missing,
+        extra: d.extra,
+        // Cycling through the pool repeats #N; the forwarder sends no key.
+        duplicates: 0,
+        cpu: load.cpu.clone(),
+        sink,
+        ..FlowResult::default()
+    };
+    // The forwarder answers after the sink did: the rate it answers at is
+    // the rate it delivers at.
+    r.delivered_rps = Some(r.accepted_rps);
+    load_problems(&load, &mut r);
+    if d.missing > 0 {
+        r.problems.push(format!(
+            "{} events answered 200 but not at the sink",
+            d.missing
+        ));
+    }
+    r.notes.push(format!(
+        "clients got {} 200s (warm-up included), the sink {} messages",
+        load.accepted.len(),
+        sink.ok
+    ));
+    Ok(r)
+}
+
+async fn run_bridge(ctx: &Ctx) -> Res<FlowResult> {
+    ctx.sink.reset();
+    ctx.sink.fail.store(false, Ordering::SeqCst);
+    let mut daemon = start_daemon(&ctx.sink_url)?;
+    if let Err(e) = daemon.wait_healthy().await {
+        daemon.kill_now();
+        return Err(e);
+    }
+    let pid = daemon.child.id();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle = rss_mb(pid, "VmRSS:");
+    let spec = LoadSpec {
+        url: format!("http://{}/hooks/clickup", daemon.addr),
+        connections: ctx.opts.connections,
+        stop: Stop::Timed {
+            warmup: ctx.opts.warmup,
+            duration: ctx.opts.duration,
+        },
+        wrap: false,
+        server_pid: Some(pid),
+        progress: Arc::new(AtomicU64::new(0)),
+    };
+    let load = run_load(spec, ctx.pool.clone(), &ctx.meter).await;
+    let load = match load {
+        Ok(l) => l,
+        Err(e) => {
+            daemon.kill_now();
+            return Err(e);
+        }
+    };
+    let tail_start = ctx.meter.snap(Some(pid));
+    let all = wait_all_arrived(&ctx.sink, &load.accepted, Instant::now() + ctx.opts.settle).await;
+    let tail_end = ctx.meter.snap(Some(pid));
+    // Late duplicates would show up now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let peak = rss_mb(pid, "VmHWM:");
+    let exit = daemon.stop().await;
+    let arrivals = ctx.sink.arrivals();
+    let sink = ctx.sink.counts();
+    let d = compare(
+        &load.accepted,
+        &arrivals,
+        (load.window_start, load.window_end),
+    );
+    let delivered_rps =
+        secs_between(d.first_acceptance, d.last_arrival).map(|s| arrivals.len() as f64 / s);
+    let mut r = FlowResult {
+        accepted_rps: load.rps(),
+        delivered_rps,
+        client_p50_ms: percentile_ms(&load.latencies, 50.0),
+        client_p99_ms: percentile_ms(&load.latencies, 99.0),
+        e2e_p50_ms: Some(percentile_signed_ms(&d.e2e_us, 50.0)),
+        e2e_p99_ms: Some(percentile_signed_ms(&d.e2e_us, 99.0)),
+        errors: load.errors,
+        error_kinds: load.error_kinds.clone(),
+        accepted_total: d.accepted,
+        missing: d.missing,
+        extra: d.extra,
+        duplicates: sink.dup_keys.max(sink.dup_events),
+        cpu: load.cpu.clone(),
+        tail_s: secs_between(Some(load.window_end), d.last_arrival),
+        tail_cpu: Some(ctx.meter.between(&tail_start, &tail_end)),
+        idle_rss_mb: idle,
+        peak_rss_mb: peak,
+        sink,
+        ..FlowResult::default()
+    };
+    load_problems(&load, &mut r);
+    if !all {
+        r.problems.push(format!(
+            "{} accepted events had not reached the sink {} s after the load",
+            d.missing,
+            ctx.opts.settle.as_secs_f64()
+        ));
+    }
+    if sink.dup_keys > 0 || sink.dup_events > 0 {
+        r.problems.push(format!(
+            "duplicates at the sink: {} repeated Idempotency-Keys, {} repeated events",
+            sink.dup_keys, sink.dup_events
+        ));
+    }
+    if sink.no_key > 0 || sink.unparsable > 0 {
+        r.problems.push(format!(
+            "{} messages without Idempotency-Key, {} unparsable",
+            sink.no_key, sink.unparsable
+        ));
+    }
+    if d.arrived_before_answer > 0 {
+        r.notes.push(format!(
+            "{} messages arrived before their client had read the 200 (negative latency)",
+            d.arrived_before_answer
+        ));
+    }
+    match exit {
+        Ok(s) if s.success() => {}
+        Ok(s) => r.problems.push(format!(
+            "daemon exit after SIGTERM: {s}\n{}",
+            daemon.log_tail()
+        )),
+        Err(e) => r.problems.push(e.to_string()),
+    }
+    match db_counts(&daemon.db_path()).await {
+        Ok(c) => {
+            if c.delivered != i64::try_from(d.accepted + d.extra).unwrap_or(i64::MAX) {
+                r.notes.push(format!(
+                    "SQLite after exit: {} deliveries delivered for {} events at the sink",
+                    c.delivered,
+                    d.accepted + d.extra
+                ));
+            }
+            r.db = Some(c);
+        }
+        Err(e) => r
+            .notes
+            .push(format!("could not read the SQLite file after exit: {e}")),
+    }
+    let warnings = daemon.log_lines();
+    if warnings > 0 {
+        r.notes.push(format!(
+            "daemon logged {warnings} line(s) at warn or above; last:\n{}",
+            daemon.log_tail()
+        ));
+    }
+    Ok(r)
+}
+
+/// Phase 3.
+#[derive(Clone, Debug, Default)]
+struct BacklogResult {
+    events: u64,
+    fill_s: f64,
+    fill_rps: f64,
+    fill_p50_ms: f64,
+    fill_p99_ms: f64,
+    fill_cpu: CpuUse,
+    /// From the last acceptance until every event had its pending delivery.
+    router_lag_s: Option<f64>,
+    pending_at_full: Option<i64>,
+    refused_attempts: u64,
+    refused_per_s: f64,
+    idle_rss_mb: Option<f64>,
+    peak_fill_rss_mb: Option<f64>,
+    rss_at_full_mb: Option<f64>,
+    peak_drain_rss_mb: Option<f64>,
+    hwm_mb: Option<f64>,
+    after_drain_rss_mb: Option<f64>,
+    drain_s: Option<f64>,
+    drain_rps: Option<f64>,
+    first_arrival_after_switch_s: Option<f64>,
+    drain_cpu: CpuUse,
+    missing: u64,
+    extra: u64,
+    sink: SinkCounts,
+    db: Option<DbCounts>,
+    exit: String,
+    rss_samples: Vec<(f64, u8, f64)>,
+    errors: BTreeMap<String, u64>,
+    problems: Vec<String>,
+    notes: Vec<String>,
+}
+
+impl BacklogResult {
+    fn json(&self) -> Value {
+        json!({
+            "events": self.events,
+            "fill_s": self.fill_s,
+            "fill_accepted_per_sec": self.fill_rps,
+            "fill_client_p50_ms": self.fill_p50_ms,
+            "fill_client_p99_ms": self.fill_p99_ms,
+            "cpu_fill": self.fill_cpu.json(),
+            "router_lag_s": self.router_lag_s,
+            "pending_deliveries_at_full": self.pending_at_full,
+            "refused_attempts": self.refused_attempts,
+            "refused_attempts_per_sec": self.refused_per_s,
+            "idle_rss_mb": self.idle_rss_mb,
+            "peak_rss_during_backlog_mb": self.peak_fill_rss_mb,
+            "rss_at_full_backlog_mb": self.rss_at_full_mb,
+            "peak_rss_during_drain_mb": self.peak_drain_rss_mb,
+            "rss_after_drain_mb": self.after_drain_rss_mb,
+            "vm_hwm_mb": self.hwm_mb,
+            "drain_s": self.drain_s,
+            "drain_per_sec": self.drain_rps,
+            "first_arrival_after_switch_s": self.first_arrival_after_switch_s,
+            "cpu_drain": self.drain_cpu.json(),
+            "missing_at_sink": self.missing,
+            "extra_at_sink": self.extra,
+            "sink": self.sink.json(),
+            "db_after_exit": self.db.map(|d| d.json()),
+            "daemon_exit": self.exit,
+            "rss_samples": self.rss_samples.iter().map(|(t, stage, mb)| json!({
+                "t_s": t, "stage": stage_name(*stage), "rss_mb": mb,
+            })).collect::<Vec<_>>(),
+            "client_errors": self.errors,
+            "problems": self.problems,
+            "notes": self.notes,
+        })
+    }
+}
+
+const STAGE_FILL: u8 = 0;
+const STAGE_ROUTING: u8 = 1;
+const STAGE_DRAIN: u8 = 2;
+
+fn stage_name(stage: u8) -> &'static str {
+    match stage {
+        STAGE_FILL => "fill",
+        STAGE_ROUTING => "routing",
+        STAGE_DRAIN => "drain",
+        _ => "?",
+    }
+}
+
+/// Samples the daemon's VmRSS every second and prints progress every 5 s.
+fn spawn_sampler(
+    pid: u32,
+    start: Instant,
+    stage: Arc<AtomicU8>,
+    stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicU64>,
+    sink: Arc<Sink>,
+) -> tokio::task::JoinHandle<Vec<(f64, u8, f64)>> {
+    tokio::spawn(async move {
+        let mut samples = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut n = 0u64;
+        loop {
+            tick.tick().await;
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let t = start.elapsed().as_secs_f64();
+            let s = stage.load(Ordering::SeqCst);
+            let Some(mb) = rss_mb(pid, "VmRSS:") else {
+                break;
+            };
+            samples.push((t, s, mb));
+            n += 1;
+            if n % 5 == 0 {
+                let c = sink.counts();
+                println!(
+                    "  backlog +{t:>5.0} s  {:<7}  accepted {:>7}  sink 503 {:>8}  sink 200 {:>7}  RSS {mb:.1} MB",
+                    stage_name(s),
+                    accepted.load(Ordering::Relaxed),
+                    c.refused,
+                    c.distinct_events,
+                );
+            }
+        }
+        samples
+    })
+}
+
+fn max_rss(samples: &[(f64, u8, f64)], stages: &[u8]) -> Option<f64> {
+    samples
+        .iter()
+        .filter(|(_, s, _)| stages.contains(s))
+        .map(|(_, _, mb)| *mb)
+        .reduce(f64::max)
+}
+
+async fn run_backlog(ctx: &Ctx) -> Res<BacklogResult> {
+    let n = ctx.opts.backlog as u64;
+    ctx.sink.reset();
+    ctx.sink.fail.store(true, Ordering::SeqCst);
+    let mut daemon = start_daemon(&ctx.sink_url)?;
+    if let Err(e) = daemon.wait_healthy().await {
+        daemon.kill_now();
+        return Err(e);
+    }
+    let pid = daemon.child.id();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut r = BacklogResult {
+        events: n,
+        idle_rss_mb: rss_mb(pid, "VmRSS:"),
+        ..BacklogResult::default()
+    };
+    let start = Instant::now();
+    let stage = Arc::new(AtomicU8::new(STAGE_FILL));
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(AtomicU64::new(0));
+    let sampler = spawn_sampler(
+        pid,
+        start,
+        stage.clone(),
+        stop.clone(),
+        progress.clone(),
+        ctx.sink.clone(),
+    );
+    let outcome = backlog_steps(ctx, &mut daemon, &mut r, &stage, progress).await;
+    stop.store(true, Ordering::SeqCst);
+    r.rss_samples = sampler.await.unwrap_or_default();
+    r.peak_fill_rss_mb = [
+        max_rss(&r.rss_samples, &[STAGE_FILL, STAGE_ROUTING]),
+        r.rss_at_full_mb,
+    ]
+    .into_iter()
+    .flatten()
+    .reduce(f64::max);
+    r.peak_drain_rss_mb = max_rss(&r.rss_samples, &[STAGE_DRAIN]);
+    r.hwm_mb = rss_mb(pid, "VmHWM:");
+    r.after_drain_rss_mb = rss_mb(pid, "VmRSS:");
+    if let Err(e) = outcome {
+        daemon.kill_now();
+        return Err(e);
+    }
+    match daemon.stop().await {
+        Ok(s) => {
+            r.exit = s.to_string();
+            if !s.success() {
+                r.problems.push(format!(
+                    "daemon exit after SIGTERM: {s}\n{}",
+                    daemon.log_tail()
+                ));
+            }
+        }
+        Err(e) => {
+            r.exit = "no exit".into();
+            r.problems.push(e.to_string());
+        }
+    }
+    match db_counts(&daemon.db_path()).await {
+        Ok(c) => r.db = Some(c),
+        Err(e) => r
+            .notes
+            .push(format!("could not read the SQLite file after exit: {e}")),
+    }
+    let warnings = daemon.log_lines();
+    if warnings > 0 {
+        r.notes.push(format!(
+            "daemon logged {warnings} line(s) at warn or above; last:\n{}",
+            daemon.log_tail()
+        ));
+    }
+    Ok(r)
+}
+
+async fn backlog_steps(
+    ctx: &Ctx,
+    daemon: &mut Daemon,
+    r: &mut BacklogResult,
+    stage: &AtomicU8,
+    progress: Arc<AtomicU64>,
+) -> Res<()> {
+    let pid = daemon.child.id();
+    // Fill: the sink refuses everything.
+    let spec = LoadSpec {
+        url: format!("http://{}/hooks/clickup", daemon.addr),
+        connections: ctx.opts.backlog_connections,
+        stop: Stop::Accepted(r.events),
+        wrap: false,
+        server_pid: Some(pid),
+        progress,
+    };
+    let load = run_load(spec, ctx.pool.clone(), &ctx.meter).await?;
+    r.fill_s = load.window().as_secs_f64();
+    r.fill_rps = load.accepted.len() as f64 / r.fill_s;
+    r.fill_p50_ms = percentile_ms(&load.latencies, 50.0);
+    r.fill_p99_ms = percentile_ms(&load.latencies, 99.0);
+    r.fill_cpu = load.cpu.clone();
+    r.errors = load.error_kinds.clone();
+    if load.pool_exhausted {
+        r.problems
+            .push("ran out of pre-built requests: raise --requests".into());
+    }
+    if load.gave_up {
+        r.problems.push(format!(
+            "a client gave up after {GIVE_UP_AFTER} consecutive failures"
+        ));
+    }
+    let accepted = load.accepted.len() as i64;
+    let last_acceptance = load.accepted.last().map(|(_, t)| *t);
+
+    // Wait until the router has made a pending delivery of every event.
+    stage.store(STAGE_ROUTING, Ordering::SeqCst);
+    let mut conn = open_db(&daemon.db_path()).await?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (unrouted, pending) = db_backlog(&mut conn).await?;
+        if unrouted == 0 && pending >= accepted {
+            r.pending_at_full = Some(pending);
+            r.router_lag_s = secs_between(last_acceptance, Some(Instant::now()));
+            r.rss_at_full_mb = rss_mb(pid, "VmRSS:");
+            break;
+        }
+        if Instant::now() >= deadline {
+            r.pending_at_full = Some(pending);
+            r.problems.push(format!(
+                "router had not caught up 300 s after the fill: {unrouted} unrouted events, {pending} pending deliveries"
+            ));
+            r.rss_at_full_mb = rss_mb(pid, "VmRSS:");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sqlx::Connection::close(conn).await?;
+    let sink_before = ctx.sink.counts();
+    r.refused_attempts = sink_before.refused;
+    r.refused_per_s = sink_before.refused as f64 / load.window_start.elapsed().as_secs_f64();
+    if sink_before.ok > 0 {
+        r.problems.push(format!(
+            "the sink answered 200 {} times while failing",
+            sink_before.ok
+        ));
+    }
+
+    // Drain: the sink recovers.
+    stage.store(STAGE_DRAIN, Ordering::SeqCst);
+    let before = ctx.meter.snap(Some(pid));
+    let switch = Instant::now();
+    ctx.sink.fail.store(false, Ordering::SeqCst);
+    let all = wait_all_arrived(&ctx.sink, &load.accepted, switch + ctx.opts.drain_timeout).await;
+    let after = ctx.meter.snap(Some(pid));
+    r.drain_cpu = ctx.meter.between(&before, &after);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let arrivals = ctx.sink.arrivals();
+    let d = compare(&load.accepted, &arrivals, (switch, switch));
+    r.missing = d.missing;
+    r.extra = d.extra;
+    r.sink = ctx.sink.counts();
+    r.first_arrival_after_switch_s = secs_between(Some(switch), d.first_arrival);
+    r.drain_s = secs_between(Some(switch), d.last_arrival);
+    r.drain_rps = r.drain_s.map(|s| arrivals.len() as f64 / s);
+    if !all {
+        r.problems.push(format!(
+            "{} events had not reached the sink {} s after it recovered",
+            d.missing,
+            ctx.opts.drain_timeout.as_secs_f64()
+        ));
+    }
+    if r.sink.dup_keys > 0 || r.sink.dup_events > 0 {
+        r.problems.push(format!(
+            "duplicates at the sink: {} repeated Idempotency-Keys, {} repeated events",
+            r.sink.dup_keys, r.sink.dup_events
+        ));
+    }
+    if r.sink.no_key > 0 || r.sink.unparsable > 0 {
+        r.problems.push(format!(
+            "{} messages without Idempotency-Key, {} unparsable",
+            r.sink.no_key, r.sink.unparsable
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- main
+
+fn cpu_cols(c: &CpuUse) -> String {
+    format!(
+        "{:>7.2} {:>7.2} {:>7.2} {:>7.2}",
+        c.client, c.server, c.sink, c.other
+    )
+}
+
+fn main() -> Result<(), BoxError> {
+    let opts = parse_options()?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!(
+        "e2e bench: {} connections, {} client threads, {} forwarder workers, {} sink workers, {} s warm-up + {} s per phase, backlog {}, {} cores",
+        opts.connections,
+        opts.client_threads,
+        opts.server_workers,
+        opts.sink_workers,
+        opts.warmup.as_secs_f64(),
+        opts.duration.as_secs_f64(),
+        opts.backlog,
+        cores
+    );
+    let t = Instant::now();
+    // Phase 3 replaces refused requests with fresh ones: leave some room.
+    let pool_len = opts.requests.max(opts.backlog + opts.backlog / 10 + 1000);
+    let pool = Arc::new(prebuild(pool_len)?);
+    let body_len = pool.first().map(|p| p.body.len()).unwrap_or(0);
+    println!(
+        "pre-built {} distinct signed requests (~{} bytes each) in {:.2} s",
+        pool.len(),
+        body_len,
+        t.elapsed().as_secs_f64()
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(opts.client_threads)
+        .thread_name("loadgen")
+        // Threads that come and go would make the CPU accounting jump.
+        .thread_keep_alive(Duration::from_secs(3600))
+        .enable_all()
+        .build()?;
+
+    // The sink runs for the whole bench; its threads are the ones that
+    // appear when it starts.
+    let sink = Arc::new(Sink::default());
+    let tids_before = own_tids();
+    let sink_server = start_server("sink", opts.sink_workers, sink_config(sink.clone()))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let sink_tids: HashSet<u32> = own_tids().difference(&tids_before).copied().collect();
+    let ctx = Ctx {
+        sink_url: format!("http://{}/slack", sink_server.addr),
+        opts: opts.clone(),
+        pool,
+        sink,
+        meter: Meter {
+            hz: clock_ticks(),
+            cpus: proc_cpus(),
+            sink_tids: Arc::new(sink_tids),
+        },
+    };
+
+    let (naive, bridge, backlog) = rt.block_on(async {
+        let naive = run_naive(&ctx)
+            .await
+            .map_err(|e| format!("phase 1 (naive forwarder): {e}"))?;
+        println!(
+            "phase 1 naive forwarder: {:.0} events/s, client p50 {:.2} ms, p99 {:.2} ms, errors {}",
+            naive.accepted_rps, naive.client_p50_ms, naive.client_p99_ms, naive.errors
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let bridge = run_bridge(&ctx)
+            .await
+            .map_err(|e| format!("phase 2 (clickup-bridge): {e}"))?;
+        println!(
+            "phase 2 clickup-bridge: {:.0} accepted/s, {} delivered/s, e2e p50 {} ms, p99 {} ms, errors {}",
+            bridge.accepted_rps,
+            fmt_opt(bridge.delivered_rps, 0),
+            fmt_opt(bridge.e2e_p50_ms, 2),
+            fmt_opt(bridge.e2e_p99_ms, 2),
+            bridge.errors
+        );
+        let backlog = if ctx.opts.backlog > 0 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            println!(
+                "phase 3 backlog: {} events while the sink answers 503 ({} clients)",
+                ctx.opts.backlog, ctx.opts.backlog_connections
+            );
+            Some(
+                run_backlog(&ctx)
+                    .await
+                    .map_err(|e| format!("phase 3 (backlog): {e}"))?,
+            )
+        } else {
+            None
+        };
+        sink_server.stop().await?;
+        Ok::<_, BoxError>((naive, bridge, backlog))
+    })?;
+
+    println!();
+    println!("== e2e: signed ClickUp events to a Slack-shaped sink, 1 round ==");
+    println!(
+        "{:<30} {:>10} {:>11} {:>8} {:>8} {:>8} {:>8} {:>5} {:>7} {:>6}   {:>7} {:>7} {:>7} {:>7}",
+        "phase",
+        "accepted/s",
+        "delivered/s",
+        "cli p50",
+        "cli p99",
+        "e2e p50",
+        "e2e p99",
+        "dups",
+        "missing",
+        "errors",
+        "client",
+        "server",
+        "sink",
+        "other"
+    );
+    let row = |name: &str, r: &FlowResult| {
+        println!(
+            "{:<30} {:>10.0} {:>11} {:>8.2} {:>8.2} {:>8} {:>8} {:>5} {:>7} {:>6}   {}",
+            name,
+            r.accepted_rps,
+            fmt_opt(r.delivered_rps, 0),
+            r.client_p50_ms,
+            r.client_p99_ms,
+            fmt_opt(r.e2e_p50_ms, 2),
+            fmt_opt(r.e2e_p99_ms, 2),
+            r.duplicates,
+            r.missing,
+            r.errors,
+            cpu_cols(&r.cpu)
+        );
+    };
+    row("1 naive forwarder (sync)", &naive);
+    row("2 clickup-bridge (durable)", &bridge);
+    if let Some(tail) = &bridge.tail_cpu {
+        println!(
+            "{:<30} {:>10} {:>11} {:>8} {:>8} {:>8} {:>8} {:>5} {:>7} {:>6}   {}",
+            "  2 after the load (tail)",
+            "",
+            format!("{} s", fmt_opt(bridge.tail_s, 1)),
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            cpu_cols(tail)
+        );
+    }
+    println!(
+        "(ms; e2e = from the client reading the 200 to the sink receiving the message; cpu in cores during the window: client = load generator, server = forwarder or daemon)"
+    );
+    let naive_rps = naive.delivered_rps.unwrap_or(naive.accepted_rps);
+    let bridge_delivered = bridge.delivered_rps.unwrap_or(f64::NAN);
+    let ratios = [
+        (
+            "bridge delivered/s / naive/s",
+            ratio(bridge_delivered, naive_rps),
+        ),
+        (
+            "bridge accepted/s / naive/s",
+            ratio(bridge.accepted_rps, naive_rps),
+        ),
+        (
+            "bridge client p99 / naive client p99",
+            ratio(bridge.client_p99_ms, naive.client_p99_ms),
+        ),
+        (
+            "bridge e2e p99 / naive client p99",
+            ratio(bridge.e2e_p99_ms.unwrap_or(f64::NAN), naive.client_p99_ms),
+        ),
+    ];
+    println!();
+    println!("{:<40} {:>8}", "ratio", "value");
+    for (name, v) in &ratios {
+        println!("{name:<40} {v:>8.3}");
+    }
+    println!();
+    println!(
+        "clickup-bridge: {} events accepted (warm-up included), {} at the sink, RSS idle {} MB, peak {} MB",
+        bridge.accepted_total,
+        bridge.sink.distinct_events,
+        fmt_opt(bridge.idle_rss_mb, 1),
+        fmt_opt(bridge.peak_rss_mb, 1)
+    );
+    println!(
+        "clickup-bridge threads, cores during the window: {}",
+        bridge.cpu.threads_line()
+    );
+    if let Some(tail) = &bridge.tail_cpu {
+        println!(
+            "clickup-bridge threads, cores after the load: {}",
+            tail.threads_line()
+        );
+    }
+    if let Some(db) = &bridge.db {
+        println!(
+            "clickup-bridge SQLite after exit: {} events, {} delivered, {} pending, {} dead, {} attempts",
+            db.events, db.delivered, db.pending, db.dead, db.attempts
+        );
+    }
+
+    if let Some(b) = &backlog {
+        println!();
+        println!(
+            "== backlog: {} events while the sink answers 503, then drained ==",
+            b.events
+        );
+        println!(
+            "fill      {:>8.1} s  {:>7.0} accepted/s  client p50 {:.2} ms  p99 {:.2} ms  cpu client {:.2} daemon {:.2} sink {:.2} other {:.2}",
+            b.fill_s,
+            b.fill_rps,
+            b.fill_p50_ms,
+            b.fill_p99_ms,
+            b.fill_cpu.client,
+            b.fill_cpu.server,
+            b.fill_cpu.sink,
+            b.fill_cpu.other
+        );
+        println!(
+            "routing   {:>8} s after the last acceptance: {} deliveries pending; {} refused attempts so far ({:.0}/s)",
+            fmt_opt(b.router_lag_s, 1),
+            b.pending_at_full
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
+            b.refused_attempts,
+            b.refused_per_s
+        );
+        println!(
+            "drain     {:>8} s  {:>7} delivered/s  first message {} s after the switch  cpu daemon {:.2} sink {:.2} other {:.2}",
+            fmt_opt(b.drain_s, 1),
+            fmt_opt(b.drain_rps, 0),
+            fmt_opt(b.first_arrival_after_switch_s, 2),
+            b.drain_cpu.server,
+            b.drain_cpu.sink,
+            b.drain_cpu.other
+        );
+        println!("threads   fill: {}", b.fill_cpu.threads_line());
+        println!("          drain: {}", b.drain_cpu.threads_line());
+        println!(
+            "RSS       idle {} MB, peak during backlog {} MB, at {} pending {} MB, peak during drain {} MB, after drain {} MB (VmHWM {} MB)",
+            fmt_opt(b.idle_rss_mb, 1),
+            fmt_opt(b.peak_fill_rss_mb, 1),
+            b.events,
+            fmt_opt(b.rss_at_full_mb, 1),
+            fmt_opt(b.peak_drain_rss_mb, 1),
+            fmt_opt(b.after_drain_rss_mb, 1),
+            fmt_opt(b.hwm_mb, 1)
+        );
+        println!(
+            "sink      {} distinct events, {} duplicates (keys {}, events {}), {} missing, {} extra; daemon exit: {}",
+            b.sink.distinct_events,
+            b.sink.dup_keys.max(b.sink.dup_events),
+            b.sink.dup_keys,
+            b.sink.dup_events,
+            b.missing,
+            b.extra,
+            b.exit
+        );
+        if let Some(db) = &b.db {
+            println!(
+                "SQLite    after exit: {} events, {} delivered, {} pending, {} dead, {} attempts",
+                db.events, db.delivered, db.pending, db.dead, db.attempts
+            );
+        }
+    }
+
+    let mut problems: Vec<String> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    for (key, r) in [("naive", &naive), ("clickup_bridge", &bridge)] {
+        problems.extend(r.problems.iter().map(|p| format!("{key}: {p}")));
+        notes.extend(r.notes.iter().map(|p| format!("{key}: {p}")));
+    }
+    if let Some(b) = &backlog {
+        problems.extend(b.problems.iter().map(|p| format!("backlog: {p}")));
+        notes.extend(b.notes.iter().map(|p| format!("backlog: {p}")));
+        if !b.errors.is_empty() {
+            notes.push(format!(
+                "backlog: client errors (each replaced by a fresh event): {:?}",
+                b.errors
+            ));
+        }
+    }
+    println!();
+    for n in &notes {
+        println!("note: {n}");
+    }
+    if problems.is_empty() {
+        println!(
+            "checks: no client errors; every accepted event reached the sink exactly once; the daemon exited 0"
+        );
+    } else {
+        for p in &problems {
+            println!("PROBLEM: {p}");
+        }
+    }
+
+    let report = json!({
+        "bench": "e2e",
+        "unix_time": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "machine": {"cores": cores},
+        "options": {
+            "duration_s": opts.duration.as_secs_f64(),
+            "warmup_s": opts.warmup.as_secs_f64(),
+            "connections": opts.connections,
+            "settle_s": opts.settle.as_secs_f64(),
+            "backlog": opts.backlog,
+            "backlog_connections": opts.backlog_connections,
+            "drain_timeout_s": opts.drain_timeout.as_secs_f64(),
+            "requests_prebuilt": pool_len,
+            "client_threads": opts.client_threads,
+            "server_workers": opts.server_workers,
+            "sink_workers": opts.sink_workers,
+            "body_bytes": body_len,
+        },
+        "phases": {
+            "naive_forwarder": naive.json(),
+            "clickup_bridge": bridge.json(),
+            "backlog": backlog.as_ref().map(BacklogResult::json),
+        },
+        "ratios": {
+            "bridge_delivered_over_naive": ratios[0].1,
+            "bridge_accepted_over_naive": ratios[1].1,
+            "bridge_client_p99_over_naive_client_p99": ratios[2].1,
+            "bridge_e2e_p99_over_naive_client_p99": ratios[3].1,
+        },
+        "problems": problems,
+        "notes": notes,
+    });
+    if let Some(dir) = opts.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&opts.out, serde_json::to_string_pretty(&report)? + "\n")?;
+    println!("wrote {}", opts.out.display());
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} problem(s), see above", problems.len()).into())
+    }
+}
