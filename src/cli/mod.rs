@@ -1,6 +1,8 @@
-//! The command line: `serve`, `check`, `sign`.
+//! The command line: `serve`, `check`, `sign`, and the admin API client.
 //!
 //! Exit codes: 0 success, 1 a failed check, 2 usage or runtime error.
+
+pub mod client;
 
 use crate::app::Application;
 use crate::pipeline::{LoadOptions, Pipeline, process_env};
@@ -20,6 +22,23 @@ pub struct Cli {
     /// Routes file [default: from settings, else routes.yaml].
     #[arg(long, global = true, value_name = "FILE")]
     pub routes: Option<PathBuf>,
+    /// Admin API address for the client commands [default: from settings'
+    /// admin_listen].
+    #[arg(long, global = true, value_name = "URL")]
+    pub admin: Option<String>,
+    /// Admin API token for the client commands [default: settings'
+    /// admin_token].
+    #[arg(
+        long,
+        global = true,
+        value_name = "TOKEN",
+        env = "CLICKUP_BRIDGE_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Print JSON instead of tables (client commands).
+    #[arg(long, global = true)]
+    pub json: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -42,6 +61,12 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         event: PathBuf,
     },
+    /// Stored events (through the admin API).
+    #[command(subcommand)]
+    Events(client::EventsCommand),
+    /// Deliveries: list, show, replay (through the admin API).
+    #[command(subcommand)]
+    Deliveries(client::DeliveriesCommand),
 }
 
 fn settings(cli: &Cli) -> anyhow::Result<Settings> {
@@ -59,7 +84,49 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Serve => serve(settings),
         Command::Check => Ok(check(&settings.routes, &settings.templates)),
         Command::Sign { source, event } => sign(&settings, &source, &event),
+        Command::Events(cmd) => {
+            with_admin(&settings, cli.admin, cli.token, cli.json, |a| async move {
+                client::events(&a, cmd).await
+            })
+        }
+        Command::Deliveries(cmd) => {
+            with_admin(&settings, cli.admin, cli.token, cli.json, |a| async move {
+                client::deliveries(&a, cmd).await
+            })
+        }
     }
+}
+
+/// Runs an admin client command on a small runtime. The address defaults to
+/// the settings' admin_listen (a wildcard address becomes 127.0.0.1).
+fn with_admin<F, Fut>(
+    settings: &Settings,
+    url: Option<String>,
+    token: Option<String>,
+    json: bool,
+    f: F,
+) -> anyhow::Result<i32>
+where
+    F: FnOnce(client::Admin) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<i32>>,
+{
+    let url = url.unwrap_or_else(|| {
+        let addr = settings
+            .admin_listen
+            .replace("0.0.0.0:", "127.0.0.1:")
+            .replace("[::]:", "[::1]:");
+        format!("http://{addr}")
+    });
+    let admin = client::Admin {
+        url,
+        token: token.or_else(|| settings.admin_token.clone()),
+        json,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(f(admin))
 }
 
 fn serve(settings: Settings) -> anyhow::Result<i32> {

@@ -90,6 +90,28 @@ impl Daemon {
         );
     }
 
+    /// Waits (with a deadline) until every needle appears in a log line seen
+    /// so far or later, in any order.
+    pub fn wait_for_all(&mut self, needles: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if needles
+                .iter()
+                .all(|n| self.seen.iter().any(|l| l.contains(n)))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not all of {needles:?} in:\n{}",
+                self.seen.join("\n")
+            );
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                self.seen.push(line);
+            }
+        }
+    }
+
     /// Sends a signal (`-TERM`, `-HUP`, `-KILL`).
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")

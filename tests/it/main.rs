@@ -4,6 +4,7 @@
 
 mod admin;
 mod check;
+mod cli;
 mod deliver;
 mod deploy;
 mod inbound;

@@ -1,0 +1,357 @@
+//! `events` and `deliveries`: the admin API from the shell.
+
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+use serde_json::Value;
+
+/// `clickup-bridge events ...`
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Recent events, newest first.
+    List {
+        /// Only this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// One event: payload, matched routes, deliveries.
+    Show {
+        /// The event id (evt_...).
+        id: String,
+    },
+}
+
+/// `clickup-bridge deliveries ...`
+#[derive(Debug, Subcommand)]
+pub enum DeliveriesCommand {
+    /// Deliveries, newest first.
+    List {
+        /// pending, delivered or dead.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
+        /// Only this route.
+        #[arg(long)]
+        route: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// One delivery with its attempts.
+    Show {
+        /// The delivery id (dlv_...).
+        id: String,
+    },
+    /// Queue deliveries again: one by id, or every dead one (optionally of a
+    /// target and route) with --all-dead.
+    Replay {
+        /// The delivery id (dlv_...).
+        id: Option<String>,
+        /// Replay every dead delivery matching --target and --route.
+        #[arg(long)]
+        all_dead: bool,
+        /// With --all-dead: only this target.
+        #[arg(long)]
+        target: Option<String>,
+        /// With --all-dead: only this route.
+        #[arg(long)]
+        route: Option<String>,
+    },
+}
+
+/// Where the admin API is and how to authenticate.
+pub struct Admin {
+    /// Base URL, e.g. `http://127.0.0.1:9090`.
+    pub url: String,
+    /// Bearer token.
+    pub token: Option<String>,
+    /// Print JSON instead of tables.
+    pub json: bool,
+}
+
+impl Admin {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<Value> {
+        let client = reqwest::Client::new();
+        let mut url = reqwest::Url::parse(&format!("{}{path}", self.url.trim_end_matches('/')))
+            .with_context(|| format!("invalid admin URL {}", self.url))?;
+        if !query.is_empty() {
+            let mut pairs = url.query_pairs_mut();
+            for (k, v) in query {
+                pairs.append_pair(k, v);
+            }
+        }
+        let mut req = client.request(method, url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the admin API at {}", self.url))?;
+        let status = resp.status();
+        let text = resp
+            .text()
+            .await
+            .context("cannot read the admin API's answer")?;
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status.as_u16() == 401 {
+            bail!("the admin API refused the token (401): pass --token or set admin_token");
+        }
+        if !status.is_success() {
+            let msg = body
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("no details");
+            bail!("admin API answered {status}: {msg}");
+        }
+        Ok(body)
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Prints rows as aligned columns.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn delivery_rows(items: &[Value]) -> Vec<Vec<String>> {
+    items
+        .iter()
+        .map(|d| {
+            vec![
+                s(&d["id"]),
+                s(&d["status"]),
+                s(&d["target"]),
+                s(&d["route"]),
+                s(&d["attempts"]),
+                s(&d["created_at"]),
+                crate::transform::helpers::truncate_chars(&s(&d["last_error"]), 60),
+            ]
+        })
+        .collect()
+}
+
+const DELIVERY_HEADERS: &[&str] = &[
+    "ID",
+    "STATUS",
+    "TARGET",
+    "ROUTE",
+    "ATTEMPTS",
+    "CREATED",
+    "LAST ERROR",
+];
+
+/// Runs an `events` command.
+pub async fn events(admin: &Admin, cmd: EventsCommand) -> anyhow::Result<i32> {
+    match cmd {
+        EventsCommand::List { source, limit } => {
+            let mut q = vec![("limit", limit.to_string())];
+            if let Some(src) = source {
+                q.push(("source", src));
+            }
+            let v = admin
+                .call(reqwest::Method::GET, "/api/v1/events", &q)
+                .await?;
+            if admin.json {
+                print_json(&v);
+                return Ok(0);
+            }
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            table(
+                &["ID", "SOURCE", "TYPE", "RECEIVED", "ROUTED"],
+                items
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            s(&e["id"]),
+                            s(&e["source"]),
+                            s(&e["event_type"]),
+                            s(&e["received_at"]),
+                            s(&e["routed_at"]),
+                        ]
+                    })
+                    .collect(),
+            );
+        }
+        EventsCommand::Show { id } => {
+            let v = admin
+                .call(reqwest::Method::GET, &format!("/api/v1/events/{id}"), &[])
+                .await?;
+            if admin.json {
+                print_json(&v);
+                return Ok(0);
+            }
+            println!("event     {}", s(&v["id"]));
+            println!("source    {}", s(&v["source"]));
+            println!("type      {}", s(&v["event_type"]));
+            println!("received  {}", s(&v["received_at"]));
+            println!("routed    {}", s(&v["routed_at"]));
+            let routes: Vec<String> = v["matched_routes"]
+                .as_array()
+                .map(|a| a.iter().map(s).collect())
+                .unwrap_or_default();
+            println!(
+                "routes    {}",
+                if routes.is_empty() {
+                    "(none matched)".to_owned()
+                } else {
+                    routes.join(", ")
+                }
+            );
+            println!();
+            table(
+                DELIVERY_HEADERS,
+                delivery_rows(v["deliveries"].as_array().map(Vec::as_slice).unwrap_or(&[])),
+            );
+            println!();
+            println!("payload:");
+            print_json(&v["payload"]);
+        }
+    }
+    Ok(0)
+}
+
+/// Runs a `deliveries` command.
+pub async fn deliveries(admin: &Admin, cmd: DeliveriesCommand) -> anyhow::Result<i32> {
+    match cmd {
+        DeliveriesCommand::List {
+            status,
+            target,
+            route,
+            limit,
+        } => {
+            let mut q = vec![("limit", limit.to_string())];
+            q.extend(status.map(|v| ("status", v)));
+            q.extend(target.map(|v| ("target", v)));
+            q.extend(route.map(|v| ("route", v)));
+            let v = admin
+                .call(reqwest::Method::GET, "/api/v1/deliveries", &q)
+                .await?;
+            if admin.json {
+                print_json(&v);
+                return Ok(0);
+            }
+            table(
+                DELIVERY_HEADERS,
+                delivery_rows(v["items"].as_array().map(Vec::as_slice).unwrap_or(&[])),
+            );
+        }
+        DeliveriesCommand::Show { id } => {
+            let v = admin
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/api/v1/deliveries/{id}"),
+                    &[],
+                )
+                .await?;
+            if admin.json {
+                print_json(&v);
+                return Ok(0);
+            }
+            for key in [
+                "id",
+                "event_id",
+                "route",
+                "step",
+                "target",
+                "status",
+                "attempts",
+                "last_error",
+                "created_at",
+                "delivered_at",
+            ] {
+                println!("{key:<12} {}", s(&v[key]));
+            }
+            println!();
+            let attempts = v["attempts_list"].as_array().cloned().unwrap_or_default();
+            table(
+                &["N", "AT", "MS", "STATUS", "OUTCOME", "ERROR"],
+                attempts
+                    .iter()
+                    .map(|a| {
+                        vec![
+                            s(&a["n"]),
+                            s(&a["at"]),
+                            s(&a["duration_ms"]),
+                            s(&a["status_code"]),
+                            s(&a["outcome"]),
+                            s(&a["error"]),
+                        ]
+                    })
+                    .collect(),
+            );
+        }
+        DeliveriesCommand::Replay {
+            id,
+            all_dead,
+            target,
+            route,
+        } => {
+            let v = match (id, all_dead) {
+                (Some(id), false) => {
+                    admin
+                        .call(
+                            reqwest::Method::POST,
+                            &format!("/api/v1/deliveries/{id}/replay"),
+                            &[],
+                        )
+                        .await?
+                }
+                (None, true) => {
+                    let mut q = vec![("status", "dead".to_owned())];
+                    q.extend(target.map(|v| ("target", v)));
+                    q.extend(route.map(|v| ("route", v)));
+                    admin
+                        .call(reqwest::Method::POST, "/api/v1/deliveries/replay", &q)
+                        .await?
+                }
+                _ => {
+                    bail!("give a delivery id, or --all-dead (with --target/--route to narrow it)")
+                }
+            };
+            if admin.json {
+                print_json(&v);
+            } else {
+                println!("replayed {}", s(&v["replayed"]));
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,222 @@
+//! The admin client commands against a running daemon, and what the logs
+//! never contain.
+
+use crate::lifecycle::{Daemon, free_port};
+use crate::support::*;
+use std::process::Command;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const TOKEN: &str = "cli-admin-token-123";
+
+fn cli(admin: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(["--admin", admin, "--token", token])
+        .args(args)
+        .env_clear()
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_shows_and_replays_through_the_admin_api() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&server)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = format!(
+        "sources:\n  clickup:\n    verify: clickup\n    secret: {CLICKUP_SECRET}\ntargets:\n  t:\n    type: http\n    url: {}/in\n    retry: {{attempts: 1}}\nroutes:\n  - name: r\n    source: clickup\n    send:\n      - target: t\n        body: {{}}\n",
+        server.uri()
+    );
+    std::fs::write(dir.path().join("routes.yaml"), routes).unwrap();
+    let (port, admin_port) = (free_port(), free_port());
+    let admin_listen = format!("127.0.0.1:{admin_port}");
+    let mut d = Daemon::start_on(
+        dir.path(),
+        port,
+        &[
+            ("CLICKUP_BRIDGE_ADMIN_LISTEN", &admin_listen),
+            ("CLICKUP_BRIDGE_ADMIN_TOKEN", TOKEN),
+        ],
+    );
+    d.wait_for_log("clickup-bridge serving");
+    let admin = format!("http://{admin_listen}");
+
+    let client = reqwest::Client::new();
+    let body = clickup_event(1);
+    let mut req = client
+        .post(format!("http://127.0.0.1:{port}/hooks/clickup"))
+        .body(body.clone());
+    for (k, v) in clickup_headers(CLICKUP_SECRET, &body) {
+        req = req.header(k, v);
+    }
+    let event: serde_json::Value = req.send().await.unwrap().json().await.unwrap();
+    let event_id = event["event_id"].as_str().unwrap().to_owned();
+
+    let dead: serde_json::Value = wait_for(20, "a dead delivery", || {
+        let admin = admin.clone();
+        async move {
+            let (code, out, _) = cli(
+                &admin,
+                TOKEN,
+                &["deliveries", "list", "--status", "dead", "--json"],
+            );
+            let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+            (code == 0 && !v["items"].as_array()?.is_empty()).then_some(v)
+        }
+    })
+    .await;
+    let delivery_id = dead["items"][0]["id"].as_str().unwrap().to_owned();
+
+    let (code, out, _) = cli(&admin, TOKEN, &["events", "list"]);
+    assert_eq!(code, 0);
+    let mut lines = out.lines();
+    assert!(lines.next().unwrap().starts_with("ID"), "{out}");
+    assert!(lines.next().unwrap().starts_with(&event_id), "{out}");
+
+    let (code, out, _) = cli(&admin, TOKEN, &["events", "show", &event_id]);
+    assert_eq!(code, 0);
+    assert!(out.contains("routes    r"), "{out}");
+    assert!(out.contains(&delivery_id), "{out}");
+    assert!(
+        out.contains("\"taskStatusUpdated\""),
+        "payload shown: {out}"
+    );
+
+    let (code, out, _) = cli(&admin, TOKEN, &["deliveries", "show", &delivery_id]);
+    assert_eq!(code, 0);
+    assert!(out.contains("status       dead"), "{out}");
+    assert!(out.contains("HTTP 500; gave up after 1 attempts"), "{out}");
+
+    let (code, _, err) = cli(&admin, "wrong", &["events", "list"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("refused the token"), "{err}");
+
+    server.reset().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let (code, out, _) = cli(
+        &admin,
+        TOKEN,
+        &["deliveries", "replay", "--all-dead", "--target", "t"],
+    );
+    assert_eq!((code, out.trim()), (0, "replayed 1"));
+    wait_for(20, "the replayed delivery", || {
+        let admin = admin.clone();
+        let id = delivery_id.clone();
+        async move {
+            let (_, out, _) = cli(&admin, TOKEN, &["deliveries", "show", &id, "--json"]);
+            let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+            (v["status"] == "delivered").then_some(())
+        }
+    })
+    .await;
+    let (code, _, err) = cli(&admin, TOKEN, &["deliveries", "replay"]);
+    assert_eq!(code, 2, "an id or --all-dead is needed");
+    assert!(err.contains("give a delivery id, or --all-dead"), "{err}");
+    d.signal("-TERM");
+    assert_eq!(d.wait_exit(), 0);
+}
+
+/// Secrets, tokens and signatures never reach the logs, even at debug level
+/// and when a delivery to a secret URL fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_never_contain_secrets_tokens_or_signatures() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400).set_body_string("bad"))
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("{\"id\":\"t1\"}"))
+        .mount(&server)
+        .await;
+    let secrets = [
+        CLICKUP_SECRET,
+        "whsec_stripe_SECRET_42",
+        "SLACKPATHSECRET",
+        "pk_CLICKUPTOKENSECRET",
+        "JIRATOKENSECRET",
+        "ADMINTOKENSECRET",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let routes = format!(
+        "sources:\n  clickup:\n    verify: clickup\n    secret: {CLICKUP_SECRET}\n  stripe:\n    verify: stripe\n    secret: whsec_stripe_SECRET_42\ntargets:\n  slack:\n    type: slack\n    webhook_url: http://127.0.0.1:1/services/T0/B0/SLACKPATHSECRET\n    retry: {{attempts: 1}}\n  cu:\n    type: clickup\n    token: pk_CLICKUPTOKENSECRET\n    base_url: {uri}/api/v2\n  jira:\n    type: jira\n    base_url: {uri}\n    email: a@b.c\n    api_token: JIRATOKENSECRET\nroutes:\n  - name: all\n    source: clickup\n    enrich: [task]\n    enrich_via: cu\n    send:\n      - target: slack\n        text: hi\n      - target: jira\n        action: comment\n        issue: OPS-1\n        text: hi\n  - name: paid\n    source: stripe\n    send:\n      - target: cu\n        action: update_task\n        task_id: t1\n        status: paid\n",
+        uri = server.uri()
+    );
+    std::fs::write(dir.path().join("routes.yaml"), routes).unwrap();
+    let port = free_port();
+    let mut d = Daemon::start_on(
+        dir.path(),
+        port,
+        &[
+            ("CLICKUP_BRIDGE_ADMIN_TOKEN", "ADMINTOKENSECRET"),
+            ("RUST_LOG", "debug"),
+        ],
+    );
+    d.wait_for_log("clickup-bridge serving");
+    let client = reqwest::Client::new();
+    let body = serde_json::to_vec(
+        &serde_json::json!({"event": "taskCreated", "task_id": "t1", "webhook_id": "w"}),
+    )
+    .unwrap();
+    let headers = clickup_headers(CLICKUP_SECRET, &body);
+    let mut req = client
+        .post(format!("http://127.0.0.1:{port}/hooks/clickup"))
+        .body(body.clone());
+    for (k, v) in &headers {
+        req = req.header(k, v);
+    }
+    assert_eq!(req.send().await.unwrap().status().as_u16(), 200);
+    let bad = client
+        .post(format!("http://127.0.0.1:{port}/hooks/clickup"))
+        .header("X-Signature", "ab".repeat(32))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 403);
+    let stripe_body = br#"{"id":"evt_s1","type":"invoice.paid"}"#;
+    let stripe = stripe_headers("whsec_stripe_SECRET_42", stripe_body, now());
+    let mut req = client
+        .post(format!("http://127.0.0.1:{port}/hooks/stripe"))
+        .body(stripe_body.to_vec());
+    for (k, v) in &stripe {
+        req = req.header(k, v);
+    }
+    assert_eq!(req.send().await.unwrap().status().as_u16(), 200);
+    // The slack delivery fails on a closed port (its URL is a secret), the
+    // Jira one with a 400, the ClickUp one succeeds.
+    d.wait_for_all(&["connection failed", "HTTP 400", "\"outcome\":\"delivered\""]);
+    d.signal("-TERM");
+    assert_eq!(d.wait_exit(), 0);
+    let logs = d.seen.join("\n");
+    for s in secrets {
+        assert!(!logs.contains(s), "{s} appears in the logs:\n{logs}");
+    }
+    assert!(
+        !logs.contains(&headers[0].1),
+        "the ClickUp signature appears in the logs"
+    );
+    assert!(
+        !logs.contains(&stripe[0].1),
+        "the Stripe signature appears in the logs"
+    );
+    assert!(
+        !logs.contains(&"ab".repeat(32)),
+        "a rejected signature appears in the logs"
+    );
+}
