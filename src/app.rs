@@ -66,6 +66,7 @@ pub struct Application {
     enricher: Enricher,
     metrics: Arc<Metrics>,
     retention_days: u32,
+    client: reqwest::Client,
 }
 
 /// Loads routes.yaml again and swaps it in; an invalid file leaves the
@@ -169,7 +170,7 @@ impl Application {
             wake_deliveries.clone(),
             metrics.clone(),
         );
-        let enricher = Enricher::new(client, limits);
+        let enricher = Enricher::new(client.clone(), limits);
         let inbound_state = web::Data::new(InboundState {
             pipeline: pipeline.clone(),
             store: store.clone(),
@@ -233,6 +234,7 @@ impl Application {
             enricher,
             metrics,
             retention_days: settings.retention_days,
+            client,
         })
     }
 
@@ -284,6 +286,12 @@ impl Application {
             self.retention_days,
             cancel.clone(),
         ));
+        let watch = tokio::spawn(crate::clickup::watch::run(
+            self.pipeline.clone(),
+            self.client.clone(),
+            self.metrics.clone(),
+            cancel.clone(),
+        ));
         crate::lifecycle::systemd::ready();
         let watchdog = crate::lifecycle::systemd::spawn_watchdog();
         let (pipeline, routes, templates, metrics) = (
@@ -320,6 +328,7 @@ impl Application {
         let _ = router.await;
         let _ = deliverer.await;
         let _ = retention.await;
+        let _ = watch.await;
         let _ = server.await;
         let _ = admin.await;
         self.store.close().await;

@@ -18,12 +18,15 @@
 //! - [`deliver`]: the delivery worker; requests per target, the retry
 //!   decision (`classify`).
 //! - [`admin`]: health and readiness.
+//! - [`clickup`]: ClickUp's webhook API and the webhook health watch.
+//! - [`retention`]: pruning of old history.
 //! - [`cli`], [`app`], [`lifecycle`], [`telemetry`]: the wiring.
 //! - [`ids`]: prefixed, time-ordered ids.
 
 pub mod admin;
 pub mod app;
 pub mod cli;
+pub mod clickup;
 pub mod deliver;
 pub mod ids;
 pub mod inbound;

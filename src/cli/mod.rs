@@ -3,6 +3,9 @@
 //! Exit codes: 0 success, 1 a failed check, 2 usage or runtime error.
 
 pub mod client;
+pub mod route_test;
+pub mod simulate;
+pub mod webhooks;
 
 use crate::app::Application;
 use crate::pipeline::{LoadOptions, Pipeline, process_env};
@@ -22,23 +25,6 @@ pub struct Cli {
     /// Routes file [default: from settings, else routes.yaml].
     #[arg(long, global = true, value_name = "FILE")]
     pub routes: Option<PathBuf>,
-    /// Admin API address for the client commands [default: from settings'
-    /// admin_listen].
-    #[arg(long, global = true, value_name = "URL")]
-    pub admin: Option<String>,
-    /// Admin API token for the client commands [default: settings'
-    /// admin_token].
-    #[arg(
-        long,
-        global = true,
-        value_name = "TOKEN",
-        env = "CLICKUP_BRIDGE_ADMIN_TOKEN",
-        hide_env_values = true
-    )]
-    pub token: Option<String>,
-    /// Print JSON instead of tables (client commands).
-    #[arg(long, global = true)]
-    pub json: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -61,12 +47,76 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         event: PathBuf,
     },
+    /// Print, as JSON, which routes match an event (and why the others do
+    /// not) and the exact requests that would be sent. No network.
+    Simulate {
+        /// The source name in routes.yaml.
+        #[arg(long)]
+        source: String,
+        /// The event body (exact bytes).
+        #[arg(long, value_name = "FILE")]
+        event: PathBuf,
+        /// A ClickUp task (GET /task answer) standing in for enrichment.
+        #[arg(long, value_name = "FILE")]
+        task: Option<PathBuf>,
+    },
+    /// Run route test cases (YAML files: an event and what must happen).
+    Test {
+        /// A case file or a folder of them [default: tests/route_cases].
+        path: Option<PathBuf>,
+    },
     /// Stored events (through the admin API).
-    #[command(subcommand)]
-    Events(client::EventsCommand),
+    Events {
+        /// Admin API address and token.
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// What to do.
+        #[command(subcommand)]
+        cmd: client::EventsCommand,
+    },
     /// Deliveries: list, show, replay (through the admin API).
-    #[command(subcommand)]
-    Deliveries(client::DeliveriesCommand),
+    Deliveries {
+        /// Admin API address and token.
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// What to do.
+        #[command(subcommand)]
+        cmd: client::DeliveriesCommand,
+    },
+    /// ClickUp tooling.
+    Clickup {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: ClickupCommand,
+    },
+}
+
+/// `clickup-bridge clickup ...`
+#[derive(Debug, Subcommand)]
+pub enum ClickupCommand {
+    /// Manage the team's webhooks through ClickUp's API.
+    Webhooks {
+        /// Which credentials.
+        #[command(flatten)]
+        creds: webhooks::Credentials,
+        /// What to do.
+        #[command(subcommand)]
+        cmd: webhooks::WebhooksCommand,
+    },
+}
+
+/// Where the admin API is.
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    /// Admin API address [default: http:// + the settings' admin_listen].
+    #[arg(long, global = true, value_name = "URL")]
+    pub admin: Option<String>,
+    /// Admin API token [default: the settings' admin_token].
+    #[arg(long, global = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
 }
 
 fn settings(cli: &Cli) -> anyhow::Result<Settings> {
@@ -84,32 +134,45 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Serve => serve(settings),
         Command::Check => Ok(check(&settings.routes, &settings.templates)),
         Command::Sign { source, event } => sign(&settings, &source, &event),
-        Command::Events(cmd) => {
-            with_admin(&settings, cli.admin, cli.token, cli.json, |a| async move {
-                client::events(&a, cmd).await
-            })
-        }
-        Command::Deliveries(cmd) => {
-            with_admin(&settings, cli.admin, cli.token, cli.json, |a| async move {
-                client::deliveries(&a, cmd).await
-            })
+        Command::Events { admin, cmd } => with_admin(&settings, admin, |a| async move {
+            client::events(&a, cmd).await
+        }),
+        Command::Deliveries { admin, cmd } => with_admin(&settings, admin, |a| async move {
+            client::deliveries(&a, cmd).await
+        }),
+        Command::Simulate {
+            source,
+            event,
+            task,
+        } => simulate_cmd(&settings, &source, &event, task.as_deref()),
+        Command::Test { path } => test_cmd(&settings, path),
+        Command::Clickup {
+            cmd: ClickupCommand::Webhooks { creds, cmd },
+        } => {
+            // The token may come from routes.yaml; without a usable file,
+            // --token still works.
+            let pipeline = load(&settings.routes, &settings.templates).ok();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(webhooks::run(cmd, &creds, pipeline.as_ref()))
         }
     }
 }
 
 /// Runs an admin client command on a small runtime. The address defaults to
 /// the settings' admin_listen (a wildcard address becomes 127.0.0.1).
-fn with_admin<F, Fut>(
-    settings: &Settings,
-    url: Option<String>,
-    token: Option<String>,
-    json: bool,
-    f: F,
-) -> anyhow::Result<i32>
+fn with_admin<F, Fut>(settings: &Settings, args: AdminArgs, f: F) -> anyhow::Result<i32>
 where
     F: FnOnce(client::Admin) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<i32>>,
 {
+    let AdminArgs {
+        admin: url,
+        token,
+        json,
+    } = args;
     let url = url.unwrap_or_else(|| {
         let addr = settings
             .admin_listen
@@ -188,6 +251,64 @@ pub fn check(routes: &Path, templates: &Path) -> i32 {
             1
         }
     }
+}
+
+fn load_or_report(settings: &Settings) -> Option<Pipeline> {
+    match load(&settings.routes, &settings.templates) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!("{e}");
+            None
+        }
+    }
+}
+
+fn simulate_cmd(
+    settings: &Settings,
+    source: &str,
+    event: &Path,
+    task: Option<&Path>,
+) -> anyhow::Result<i32> {
+    let Some(pipeline) = load_or_report(settings) else {
+        return Ok(1);
+    };
+    let body = std::fs::read(event).with_context(|| format!("cannot read {}", event.display()))?;
+    let task = match task {
+        Some(p) => {
+            let text = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+            Some(
+                serde_json::from_slice(&text)
+                    .with_context(|| format!("{} is not JSON", p.display()))?,
+            )
+        }
+        None => None,
+    };
+    let input = simulate::Input {
+        source,
+        body: &body,
+        task,
+        links: serde_json::Map::new(),
+    };
+    match simulate::simulate(&pipeline, &input) {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", event.display());
+            Ok(1)
+        }
+    }
+}
+
+fn test_cmd(settings: &Settings, path: Option<PathBuf>) -> anyhow::Result<i32> {
+    let Some(pipeline) = load_or_report(settings) else {
+        return Ok(1);
+    };
+    let path = path.unwrap_or_else(|| PathBuf::from("tests/route_cases"));
+    let (passed, failed) = route_test::run(&pipeline, &path);
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed > 0 || passed == 0 { 1 } else { 0 })
 }
 
 fn sign(settings: &Settings, source: &str, event: &Path) -> anyhow::Result<i32> {

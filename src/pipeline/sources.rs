@@ -16,6 +16,8 @@ pub struct Watch {
     pub via: String,
     /// Whether a suspended webhook is set back to active.
     pub auto_reactivate: bool,
+    /// Time between polls (`interval`, seconds; default 60).
+    pub interval: std::time::Duration,
 }
 
 /// A compiled source.
@@ -188,10 +190,16 @@ fn compile_watch(node: &Node, d: &mut Diagnostics) -> Option<Watch> {
         .take("auto_reactivate")
         .and_then(|n| reader::boolean(n, "auto_reactivate", d))
         .unwrap_or(false);
+    let interval = r
+        .take("interval")
+        .and_then(|n| reader::number(n, "interval", d))
+        .map(|s| std::time::Duration::from_secs_f64(s.max(1.0)))
+        .unwrap_or(std::time::Duration::from_secs(60));
     r.finish(d);
     Some(Watch {
         team_id: team_id?,
         via: via?,
         auto_reactivate,
+        interval,
     })
 }

@@ -10,9 +10,11 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 const TOKEN: &str = "cli-admin-token-123";
 
 fn cli(admin: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    // The admin flags belong to `events` / `deliveries`: after the command.
     let out = Command::new(bin())
+        .args(&args[..1])
         .args(["--admin", admin, "--token", token])
-        .args(args)
+        .args(&args[1..])
         .env_clear()
         .output()
         .unwrap();

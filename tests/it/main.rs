@@ -3,6 +3,7 @@
 //! One binary so the crate links once.
 
 mod admin;
+mod authoring;
 mod check;
 mod cli;
 mod deliver;

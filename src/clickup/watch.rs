@@ -1,0 +1,111 @@
+//! Webhook health watch: ClickUp silently marks a failing webhook `failing`
+//! and then `suspended` and tells nobody. For each clickup source with a
+//! `watch:` block, the daemon polls the team's webhooks, exposes each one's
+//! health as metrics, warns when one leaves `active`, and with
+//! `auto_reactivate: true` sets a suspended one back to active.
+
+use super::{ClickUpApi, Webhook};
+use crate::admin::metrics::{Metrics, WebhookLabels};
+use crate::pipeline::{Pipeline, TargetKind};
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// What the watch remembers between polls: each webhook's last status.
+#[derive(Default)]
+pub struct Watch {
+    last: HashMap<String, String>,
+}
+
+impl Watch {
+    /// Polls every watched source once.
+    pub async fn poll(&mut self, pipeline: &Pipeline, client: &reqwest::Client, metrics: &Metrics) {
+        for source in pipeline.sources.values() {
+            let Some(w) = &source.watch else { continue };
+            let Some(TargetKind::ClickUp { token, base_url }) =
+                pipeline.targets.get(&w.via).map(|t| &t.kind)
+            else {
+                continue;
+            };
+            let api = ClickUpApi::new(client.clone(), base_url, token.clone());
+            let hooks = match api.list_webhooks(&w.team_id).await {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(source = %source.name, team_id = %w.team_id, error = %e, "cannot read ClickUp webhook health");
+                    continue;
+                }
+            };
+            for hook in hooks {
+                self.observe(&source.name, &hook, metrics);
+                if w.auto_reactivate && hook.status == "suspended" {
+                    match api.reactivate(&hook).await {
+                        Ok(h) => {
+                            tracing::warn!(source = %source.name, webhook_id = %hook.id, status = %h.status, "suspended ClickUp webhook reactivated");
+                            self.observe(&source.name, &h, metrics);
+                        }
+                        Err(e) => {
+                            tracing::error!(source = %source.name, webhook_id = %hook.id, error = %e, "cannot reactivate the ClickUp webhook")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn observe(&mut self, source: &str, hook: &Webhook, metrics: &Metrics) {
+        let labels = WebhookLabels {
+            source: source.to_owned(),
+            webhook_id: hook.id.clone(),
+        };
+        metrics
+            .webhook_healthy
+            .get_or_create(&labels)
+            .set(i64::from(hook.status == "active"));
+        metrics
+            .webhook_fail_count
+            .get_or_create(&labels)
+            .set(hook.fail_count);
+        let before = self.last.insert(hook.id.clone(), hook.status.clone());
+        if hook.status != "active" && before.as_deref() != Some(hook.status.as_str()) {
+            tracing::warn!(
+                source,
+                webhook_id = %hook.id,
+                endpoint = %hook.endpoint,
+                status = %hook.status,
+                fail_count = hook.fail_count,
+                "ClickUp webhook is not active: ClickUp stops sending events to a suspended webhook"
+            );
+        } else if hook.status == "active" && before.is_some_and(|b| b != "active") {
+            tracing::info!(source, webhook_id = %hook.id, "ClickUp webhook is active again");
+        }
+    }
+}
+
+/// Polls at once, then every `interval` (the shortest of the watched
+/// sources'; a reload may change it), until `cancel`.
+pub async fn run(
+    pipeline: Arc<ArcSwap<Pipeline>>,
+    client: reqwest::Client,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    let mut watch = Watch::default();
+    loop {
+        let p = pipeline.load_full();
+        let every = p
+            .sources
+            .values()
+            .filter_map(|s| s.watch.as_ref().map(|w| w.interval))
+            .min()
+            .unwrap_or(Duration::from_secs(60));
+        if p.sources.values().any(|s| s.watch.is_some()) {
+            watch.poll(&p, &client, &metrics).await;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Route authoring: `simulate`, `test`, `sign` (accepted by the daemon).
+
+use crate::support::*;
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(args: &[&str], dir: &Path) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("CLICKUP_WEBHOOK_SECRET", "route-cases")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The shipped routes.yaml is pinned by tests/route_cases: the example cannot rot.
+#[test]
+fn the_shipped_route_cases_pass() {
+    let (code, out, err) = run(&["test", "tests/route_cases"], root());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.trim_end().ends_with("7 passed, 0 failed"), "{out}");
+    assert!(!out.contains("FAIL"), "{out}");
+}
+
+#[test]
+fn a_failing_case_prints_a_readable_diff_and_exits_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = root().join("examples/events/stripe-invoice-paid.json");
+    let case = format!(
+        "name: wrong status\nsource: stripe\nevent: {}\nexpect:\n  routes: [invoice-paid-updates-task, task-audit]\n  requests:\n    - route: invoice-paid-updates-task\n      body: {{ status: done }}\n",
+        event.display()
+    );
+    std::fs::write(dir.path().join("case.yaml"), case).unwrap();
+    std::fs::write(
+        dir.path().join("broken.yaml"),
+        "source: stripe\nevnt: x.json\nexpect: {}\n",
+    )
+    .unwrap();
+    let routes = root().join("routes.yaml");
+    let templates = root().join("templates");
+    let out = Command::new(bin())
+        .args([
+            "--routes",
+            routes.to_str().unwrap(),
+            "test",
+            dir.path().to_str().unwrap(),
+        ])
+        .env_clear()
+        .env("CLICKUP_WEBHOOK_SECRET", "x")
+        .env("CLICKUP_BRIDGE_TEMPLATES", templates.to_str().unwrap())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let d = dir.path().display();
+    let expected = format!(
+        "FAIL {d}/broken.yaml: the case file has errors
+    {d}/broken.yaml:1:1: a route test case is missing the required key \"event\"
+    {d}/broken.yaml:2:1: unknown key \"evnt\" in a route test case; did you mean \"event\"?
+FAIL {d}/case.yaml: wrong status
+    matched routes differ:
+      expected [\"invoice-paid-updates-task\", \"task-audit\"]
+      actual   [\"invoice-paid-updates-task\"]
+      task-audit did not match: source is stripe, the route takes clickup
+    {d}/case.yaml:7:7: request #1 of \"invoice-paid-updates-task\": body differs
+      --- expected
+      +++ actual
+      @@ -1,3 +1,3 @@
+       {{
+      -  \"status\": \"done\"
+      +  \"status\": \"paid\"
+       }}
+0 passed, 2 failed
+"
+    );
+    assert_eq!(text, expected);
+}
+
+#[test]
+fn simulate_shows_matches_with_masked_requests_and_why_others_do_not_match() {
+    let (code, out, err) = run(
+        &[
+            "simulate",
+            "--source",
+            "stripe",
+            "--event",
+            "examples/events/stripe-invoice-paid.json",
+        ],
+        root(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["event_type"], "invoice.paid");
+    assert_eq!(v["dedupe_key"], "evt_1Q2w3e4R5t6Y7u8I");
+    let routes = v["routes"].as_array().unwrap();
+    let paid = routes
+        .iter()
+        .find(|r| r["route"] == "invoice-paid-updates-task")
+        .unwrap();
+    assert_eq!(paid["matched"], true);
+    let put = &paid["deliveries"][0]["requests"][0];
+    assert_eq!(put["method"], "PUT");
+    assert_eq!(
+        put["url"],
+        "http://127.0.0.1:9999/clickup/api/v2/task/1vj38vv"
+    );
+    assert_eq!(
+        put["headers"]["Authorization"], "pk_***",
+        "the token is masked"
+    );
+    assert_eq!(put["body"], serde_json::json!({"status": "paid"}));
+    let slack = routes
+        .iter()
+        .find(|r| r["route"] == "task-completed-to-slack")
+        .unwrap();
+    assert_eq!(slack["matched"], false);
+    assert_eq!(slack["reason"], "source is stripe, the route takes clickup");
+
+    // A condition that fails is named with what was found.
+    let (_, out, _) = run(
+        &[
+            "simulate",
+            "--source",
+            "clickup",
+            "--event",
+            "tests/fixtures/clickup/taskStatusUpdated.json",
+        ],
+        root(),
+    );
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let slack = v["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == "task-completed-to-slack")
+        .unwrap();
+    let reason = slack["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("$.history_items[0].after.status in [\"complete\",\"completed\",\"closed\",\"done\"] does not hold (line "),
+        "{reason}"
+    );
+    assert!(reason.ends_with("): found \"in progress\""), "{reason}");
+    // Without --task a route that needs the task says so.
+    let (_, out, _) = run(
+        &[
+            "simulate",
+            "--source",
+            "clickup",
+            "--event",
+            "examples/events/clickup-task-completed.json",
+        ],
+        root(),
+    );
+    assert!(out.contains("pass --task FILE"), "{out}");
+}
+
+#[test]
+fn simulate_refuses_what_the_daemon_would_refuse() {
+    let (code, _, err) = run(
+        &[
+            "simulate",
+            "--source",
+            "nope",
+            "--event",
+            "examples/events/stripe-invoice-paid.json",
+        ],
+        root(),
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("unknown source \"nope\"; known sources: clickup, stripe"),
+        "{err}"
+    );
+}
+
+/// `sign` prints headers that the running daemon accepts, for each verifier.
+#[tokio::test]
+async fn sign_output_is_accepted_by_the_daemon_for_every_verifier() {
+    let app = spawn_app(ROUTES).await;
+    let routes = app.dir.path().join("routes.yaml");
+    let cases = [
+        ("clickup", clickup_event(77)),
+        (
+            "stripe",
+            br#"{"id":"evt_sign_1","type":"invoice.paid"}"#.to_vec(),
+        ),
+        ("github", br#"{"action":"opened","hook_id":7}"#.to_vec()),
+    ];
+    for (source, body) in cases {
+        let file = app.dir.path().join(format!("{source}.json"));
+        std::fs::write(&file, &body).unwrap();
+        let out = Command::new(bin())
+            .args([
+                "--routes",
+                routes.to_str().unwrap(),
+                "sign",
+                "--source",
+                source,
+                "--event",
+                file.to_str().unwrap(),
+            ])
+            .env_clear()
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let headers: Vec<(String, String)> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let (k, v) = l.split_once(": ").unwrap();
+                (k.to_owned(), v.to_owned())
+            })
+            .collect();
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        let (status, json) = app.post(source, body, &headers).await;
+        assert_eq!(status, 200, "{source}: {json}");
+    }
+    app.stop().await;
+}
