@@ -15,3 +15,4 @@ mod store;
 mod support;
 mod targets;
 mod tidy;
+mod webhooks;
