@@ -84,7 +84,11 @@ impl Deliverer {
         for target in pipeline.targets.values() {
             let state = self.limits.of(target);
             let free = state.slots.available_permits();
-            if free == 0 {
+            // Claim when a quarter of the slots are free, not for every
+            // single one: fewer, larger claims keep the writer free for
+            // inbound events while the target stays busy.
+            let threshold = (target.concurrency as usize / 4).max(1);
+            if free < threshold {
                 continue;
             }
             let lease = target.timeout * 3 + Duration::from_secs(60);

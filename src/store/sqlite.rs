@@ -530,6 +530,7 @@ fn delivery_row(r: &SqliteRow) -> Result<DeliveryRow, sqlx::Error> {
 async fn writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Msg>) {
     let mut batch: Vec<(Op, Reply)> = Vec::with_capacity(MAX_BATCH);
     let mut shutdown: Option<oneshot::Sender<()>> = None;
+    let mut mode: Option<bool> = None;
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(msg) = next.take() {
@@ -546,7 +547,7 @@ async fn writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Msg>) {
         }
         if !batch.is_empty() {
             let ops: Vec<&Op> = batch.iter().map(|(op, _)| op).collect();
-            match run_batch(&mut conn, &ops).await {
+            match run_batch(&mut conn, &ops, &mut mode).await {
                 Ok(results) => {
                     for ((_, reply), r) in batch.drain(..).zip(results) {
                         let _ = reply.send(Ok(r));
@@ -555,7 +556,7 @@ async fn writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Msg>) {
                 Err(e) if batch.len() > 1 => {
                     tracing::warn!(error = %e, batch = batch.len(), "store batch failed; retrying its operations one by one");
                     for (op, reply) in batch.drain(..) {
-                        let r = run_batch(&mut conn, &[&op]).await;
+                        let r = run_batch(&mut conn, &[&op], &mut mode).await;
                         let _ = reply.send(
                             r.map_err(|e| StoreError::Unavailable(e.to_string()))
                                 .and_then(|mut v| v.pop().ok_or_else(unexpected)),
@@ -597,48 +598,253 @@ fn needs_fsync(op: &Op) -> bool {
     matches!(op, Op::InsertEvent(_) | Op::CompleteRouting { .. })
 }
 
-async fn run_batch(conn: &mut SqliteConnection, ops: &[&Op]) -> Result<Vec<Done>, sqlx::Error> {
+async fn run_batch(
+    conn: &mut SqliteConnection,
+    ops: &[&Op],
+    mode: &mut Option<bool>,
+) -> Result<Vec<Done>, sqlx::Error> {
     let full = ops.iter().any(|op| needs_fsync(op));
-    let mode = if full {
-        "PRAGMA synchronous = FULL"
-    } else {
-        "PRAGMA synchronous = NORMAL"
-    };
-    sqlx::query(mode).execute(&mut *conn).await?;
+    if *mode != Some(full) {
+        let pragma = if full {
+            "PRAGMA synchronous = FULL"
+        } else {
+            "PRAGMA synchronous = NORMAL"
+        };
+        sqlx::query(pragma).execute(&mut *conn).await?;
+        *mode = Some(full);
+    }
+    let inserts: Vec<&NewEvent> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::InsertEvent(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    if inserts.len() == ops.len() && inserts.len() <= INSERT_CHUNK {
+        // Inserts only, one statement: it is its own transaction, so the
+        // BEGIN and COMMIT round trips are saved (the common case under load).
+        return Ok(insert_events(conn, &inserts)
+            .await?
+            .into_iter()
+            .map(Done::Inserted)
+            .collect());
+    }
     let mut tx = conn.begin().await?;
     let mut out = Vec::with_capacity(ops.len());
     let mut i = 0;
     while i < ops.len() {
-        // Consecutive inserts (the common case under load) go in one
-        // multi-row statement: one round trip to SQLite's thread instead of
-        // one per event.
-        let run = ops[i..]
+        // Runs of the same operation go in multi-row statements: one round
+        // trip to SQLite's thread instead of one per row.
+        let same = ops[i..]
             .iter()
-            .take_while(|op| matches!(op, Op::InsertEvent(_)))
+            .take_while(|op| std::mem::discriminant(**op) == std::mem::discriminant(ops[i]))
             .count();
-        if run > 1 {
-            let events: Vec<&NewEvent> = ops[i..i + run]
-                .iter()
-                .filter_map(|op| match op {
-                    Op::InsertEvent(e) => Some(e),
-                    _ => None,
-                })
-                .collect();
-            for ins in insert_events(&mut tx, &events).await? {
-                out.push(Done::Inserted(ins));
+        match ops[i] {
+            Op::InsertEvent(_) if same > 1 => {
+                let events: Vec<&NewEvent> = ops[i..i + same]
+                    .iter()
+                    .filter_map(|op| match op {
+                        Op::InsertEvent(e) => Some(e),
+                        _ => None,
+                    })
+                    .collect();
+                for ins in insert_events(&mut tx, &events).await? {
+                    out.push(Done::Inserted(ins));
+                }
+                i += same;
             }
-            i += run;
-        } else {
-            out.push(run_op(&mut tx, ops[i]).await?);
-            i += 1;
+            Op::RecordAttempt(_) if same > 1 => {
+                let records: Vec<&AttemptRecord> = ops[i..i + same]
+                    .iter()
+                    .filter_map(|op| match op {
+                        Op::RecordAttempt(a) => Some(a),
+                        _ => None,
+                    })
+                    .collect();
+                record_attempts(&mut tx, &records).await?;
+                out.extend((0..same).map(|_| Done::Unit));
+                i += same;
+            }
+            op => {
+                out.push(run_op(&mut tx, op).await?);
+                i += 1;
+            }
         }
     }
     tx.commit().await?;
     Ok(out)
 }
 
-/// Rows per multi-row INSERT (6 bound values each, well under SQLite's limit).
-const INSERT_CHUNK: usize = 128;
+/// Rows per multi-row INSERT of deliveries (10 values each).
+const DELIVERY_CHUNK: usize = 256;
+
+/// Inserts the deliveries of routed events and marks the events routed: one
+/// multi-row INSERT per chunk of deliveries, one UPDATE ... FROM (VALUES ...)
+/// per chunk of events.
+async fn complete_routing(
+    tx: &mut SqliteConnection,
+    routed: &[RoutedEvent],
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let all: Vec<(&EventId, &super::NewDelivery)> = routed
+        .iter()
+        .flat_map(|ev| ev.deliveries.iter().map(move |d| (&ev.event_id, d)))
+        .collect();
+    for chunk in all.chunks(DELIVERY_CHUNK) {
+        let rows = (0..chunk.len())
+            .map(|r| {
+                let b = r * 9;
+                format!(
+                    "(?{}, ?{}, ?{}, ?{}, ?{}, ?{}, 0, ?{n}, ?{}, ?{}, ?{n}, ?{n})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7,
+                    b + 8,
+                    n = b + 9
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Only placeholders are formatted in; every value is bound.
+        let sql = format!(
+            "INSERT INTO deliveries (id, event_id, route, step, target, status, attempts, next_attempt_at, \
+             context, last_error, created_at, updated_at) VALUES {rows} ON CONFLICT (event_id, route, step) DO NOTHING"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (event_id, d) in chunk {
+            q = q
+                .bind(d.id.as_str())
+                .bind(event_id.as_str())
+                .bind(&d.route)
+                .bind(i64::from(d.step))
+                .bind(&d.target)
+                .bind(if d.dead.is_some() { "dead" } else { "pending" })
+                .bind(d.context.to_string())
+                .bind(d.dead.as_deref())
+                .bind(now);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    for chunk in routed.chunks(DELIVERY_CHUNK) {
+        let rows = (0..chunk.len())
+            .map(|r| format!("(?{}, ?{})", r * 2 + 2, r * 2 + 3))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "UPDATE events SET routed_at = ?1, lease_until = NULL, matched_routes = v.column2 \
+             FROM (VALUES {rows}) AS v WHERE events.id = v.column1"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+        for ev in chunk {
+            q = q
+                .bind(ev.event_id.as_str())
+                .bind(serde_json::to_string(&ev.matched_routes).unwrap_or_else(|_| "[]".into()));
+        }
+        q.execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+/// Rows per multi-row statement of attempt records (8 values each).
+const RECORD_CHUNK: usize = 256;
+
+fn attempt_status(a: &AttemptRecord) -> (&'static str, i64, Option<i64>) {
+    match a.outcome {
+        AttemptOutcome::Delivered => ("delivered", a.at, Some(a.at)),
+        AttemptOutcome::Retry { at } => ("pending", at, None),
+        AttemptOutcome::Dead => ("dead", a.at, None),
+    }
+}
+
+/// Records many attempts: one INSERT and one UPDATE ... FROM (VALUES ...)
+/// per chunk, then the links, if any.
+async fn record_attempts(
+    tx: &mut SqliteConnection,
+    records: &[&AttemptRecord],
+) -> Result<(), sqlx::Error> {
+    for chunk in records.chunks(RECORD_CHUNK) {
+        let rows = |width: usize| {
+            (0..chunk.len())
+                .map(|r| {
+                    let cols: Vec<String> =
+                        (1..=width).map(|c| format!("?{}", r * width + c)).collect();
+                    format!("({})", cols.join(", "))
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        // Only placeholders are formatted in; every value is bound.
+        let insert = format!(
+            "INSERT INTO attempts (delivery_id, n, at, duration_ms, status_code, response, error, outcome) VALUES {} \
+             ON CONFLICT (delivery_id, n) DO NOTHING",
+            rows(8)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(insert));
+        for a in chunk {
+            q = q
+                .bind(a.delivery_id.as_str())
+                .bind(i64::from(a.n))
+                .bind(a.at)
+                .bind(a.duration_ms)
+                .bind(a.status_code.map(i64::from))
+                .bind(a.response.as_deref())
+                .bind(a.error.as_deref())
+                .bind(a.outcome.name());
+        }
+        q.execute(&mut *tx).await?;
+        let update = format!(
+            "UPDATE deliveries SET status = v.column2, attempts = v.column3, next_attempt_at = v.column4, \
+             lease_until = NULL, last_error = v.column5, updated_at = v.column6, delivered_at = v.column7 \
+             FROM (VALUES {}) AS v WHERE deliveries.id = v.column1",
+            rows(7)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(update));
+        for a in chunk {
+            let (status, next, delivered_at) = attempt_status(a);
+            q = q
+                .bind(a.delivery_id.as_str())
+                .bind(status)
+                .bind(i64::from(a.n))
+                .bind(next)
+                .bind(a.error.as_deref())
+                .bind(a.at)
+                .bind(delivered_at);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    for a in records {
+        if let Some(link) = &a.link {
+            store_link(tx, link, a.at).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn store_link(
+    tx: &mut SqliteConnection,
+    link: &super::Link,
+    at: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO links (task_id, name, value, updated_at) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (task_id, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+    )
+    .bind(&link.task_id)
+    .bind(&link.name)
+    .bind(&link.value)
+    .bind(at)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Rows per multi-row INSERT (6 bound values each, well under SQLite's
+/// limit): a whole batch fits in one statement.
+const INSERT_CHUNK: usize = MAX_BATCH;
 
 /// Inserts many events; the ones that conflict on (source, dedupe_key), with
 /// a stored event or an earlier one of the same batch, are duplicates.
@@ -749,36 +955,7 @@ async fn run_op(tx: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error>
             Ok(Done::Events(events))
         }
         Op::CompleteRouting { routed, now } => {
-            for ev in routed {
-                for d in &ev.deliveries {
-                    let status = if d.dead.is_some() { "dead" } else { "pending" };
-                    sqlx::query(
-                        "INSERT INTO deliveries (id, event_id, route, step, target, status, attempts, next_attempt_at, \
-                         context, last_error, created_at, updated_at) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?8, 0, ?6, ?7, ?9, ?6, ?6) \
-                         ON CONFLICT (event_id, route, step) DO NOTHING",
-                    )
-                    .bind(d.id.as_str())
-                    .bind(ev.event_id.as_str())
-                    .bind(&d.route)
-                    .bind(i64::from(d.step))
-                    .bind(&d.target)
-                    .bind(*now)
-                    .bind(d.context.to_string())
-                    .bind(status)
-                    .bind(d.dead.as_deref())
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                let matched =
-                    serde_json::to_string(&ev.matched_routes).unwrap_or_else(|_| "[]".into());
-                sqlx::query("UPDATE events SET routed_at = ?1, lease_until = NULL, matched_routes = ?2 WHERE id = ?3")
-                    .bind(*now)
-                    .bind(matched)
-                    .bind(ev.event_id.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            complete_routing(tx, routed, *now).await?;
             Ok(Done::Unit)
         }
         Op::ClaimDeliveries {
@@ -836,50 +1013,7 @@ async fn run_op(tx: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error>
             Ok(Done::Deliveries(claimed))
         }
         Op::RecordAttempt(a) => {
-            sqlx::query(
-                "INSERT INTO attempts (delivery_id, n, at, duration_ms, status_code, response, error, outcome) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (delivery_id, n) DO NOTHING",
-            )
-            .bind(a.delivery_id.as_str())
-            .bind(i64::from(a.n))
-            .bind(a.at)
-            .bind(a.duration_ms)
-            .bind(a.status_code.map(i64::from))
-            .bind(a.response.as_deref())
-            .bind(a.error.as_deref())
-            .bind(a.outcome.name())
-            .execute(&mut *tx)
-            .await?;
-            let (status, next, delivered_at) = match a.outcome {
-                AttemptOutcome::Delivered => ("delivered", a.at, Some(a.at)),
-                AttemptOutcome::Retry { at } => ("pending", at, None),
-                AttemptOutcome::Dead => ("dead", a.at, None),
-            };
-            sqlx::query(
-                "UPDATE deliveries SET status = ?1, attempts = ?2, next_attempt_at = ?3, lease_until = NULL, \
-                 last_error = ?4, updated_at = ?5, delivered_at = ?6 WHERE id = ?7",
-            )
-            .bind(status)
-            .bind(i64::from(a.n))
-            .bind(next)
-            .bind(a.error.as_deref())
-            .bind(a.at)
-            .bind(delivered_at)
-            .bind(a.delivery_id.as_str())
-            .execute(&mut *tx)
-            .await?;
-            if let Some(link) = &a.link {
-                sqlx::query(
-                    "INSERT INTO links (task_id, name, value, updated_at) VALUES (?1, ?2, ?3, ?4) \
-                     ON CONFLICT (task_id, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                )
-                .bind(&link.task_id)
-                .bind(&link.name)
-                .bind(&link.value)
-                .bind(a.at)
-                .execute(&mut *tx)
-                .await?;
-            }
+            record_attempts(tx, &[a]).await?;
             Ok(Done::Unit)
         }
         Op::Replay { filter, now } => {
