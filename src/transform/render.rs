@@ -387,6 +387,29 @@ mod tests {
     }
 
     #[test]
+    fn if_unless_with_and_default_accept_missing_values() {
+        let mut t = Templates::new();
+        let data = json!({"task": {"name": "n"}});
+        for (src, want) in [
+            ("{{#if task.due}}due{{else}}none{{/if}}", "none"),
+            ("{{#unless task.due}}no due date{{/unless}}", "no due date"),
+            (
+                "{{#with task.assignee}}{{username}}{{else}}nobody{{/with}}",
+                "nobody",
+            ),
+            ("{{default task.due \"-\"}}", "-"),
+            ("{{#if task.name}}{{task.name}}{{/if}}", "n"),
+        ] {
+            let id = t.add(&format!("t{src}"), src, Kind::Plain).unwrap();
+            assert_eq!(
+                t.render_text(&id, &ctx(data.clone())).unwrap(),
+                want,
+                "{src}"
+            );
+        }
+    }
+
+    #[test]
     fn missing_values_are_render_errors_naming_them() {
         let mut t = Templates::new();
         let id = t
