@@ -94,6 +94,28 @@ pub struct PlannedRequest {
     pub body: Option<Value>,
 }
 
+impl PlannedRequest {
+    /// A request to `url` with these headers, and `Content-Type:
+    /// application/json` when it has a body.
+    pub fn json(
+        method: reqwest::Method,
+        url: &str,
+        mut headers: Vec<(String, String)>,
+        body: Option<Value>,
+    ) -> Result<PlannedRequest, String> {
+        let url = reqwest::Url::parse(url).map_err(|e| format!("invalid URL: {e}"))?;
+        if body.is_some() {
+            headers.push(("Content-Type".to_owned(), "application/json".to_owned()));
+        }
+        Ok(PlannedRequest {
+            method,
+            url,
+            headers,
+            body,
+        })
+    }
+}
+
 fn render_body_node(t: &Templates, node: &BodyNode, ctx: &Context) -> Result<Value, RenderError> {
     Ok(match node {
         BodyNode::Template(id) => t.render_value(id, ctx)?,

@@ -373,7 +373,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.recent_events(source, limit).await,
+            Backend::Sqlite(s) => s.events_page(source, limit, None).await,
         }
     }
 

@@ -287,35 +287,6 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub(super) async fn recent_events(
-        &self,
-        source: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, source, event_type, dedupe_key, payload, received_at, routed_at FROM events \
-             WHERE (?1 IS NULL OR source = ?1) ORDER BY id DESC LIMIT ?2",
-        )
-        .bind(source)
-        .bind(i64::from(limit))
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredEvent {
-                    id: EventId::from_stored(r.try_get("id")?),
-                    source: r.try_get("source")?,
-                    event_type: r.try_get("event_type")?,
-                    dedupe_key: r.try_get("dedupe_key")?,
-                    payload: r.try_get("payload")?,
-                    received_at: r.try_get("received_at")?,
-                    routed_at: r.try_get("routed_at")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
-    }
-
     pub(super) async fn events_page(
         &self,
         source: Option<&str>,

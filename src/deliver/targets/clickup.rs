@@ -22,17 +22,12 @@ fn request(
     token: &Secret,
     body: Option<Value>,
 ) -> Result<PlannedRequest, String> {
-    let url = reqwest::Url::parse(url).map_err(|e| format!("invalid URL: {e}"))?;
-    let mut headers = vec![("Authorization".to_owned(), authorization(token))];
-    if body.is_some() {
-        headers.push(("Content-Type".to_owned(), "application/json".to_owned()));
-    }
-    Ok(PlannedRequest {
+    PlannedRequest::json(
         method,
         url,
-        headers,
+        vec![("Authorization".to_owned(), authorization(token))],
         body,
-    })
+    )
 }
 
 fn id(kind: &str, v: &str) -> Result<String, String> {

@@ -57,20 +57,11 @@ fn request(
     auth: &JiraAuth,
     body: Option<Value>,
 ) -> Result<PlannedRequest, String> {
-    let url = reqwest::Url::parse(&url).map_err(|e| format!("invalid URL: {e}"))?;
-    let mut headers = vec![
+    let headers = vec![
         ("Authorization".to_owned(), authorization(auth)),
         ("Accept".to_owned(), "application/json".to_owned()),
     ];
-    if body.is_some() {
-        headers.push(("Content-Type".to_owned(), "application/json".to_owned()));
-    }
-    Ok(PlannedRequest {
-        method,
-        url,
-        headers,
-        body,
-    })
+    PlannedRequest::json(method, &url, headers, body)
 }
 
 fn key(kind: &str, v: &str) -> Result<String, String> {
