@@ -113,11 +113,6 @@ impl Pipeline {
             _ => Err(LoadError { diagnostics }),
         }
     }
-
-    /// A target by name.
-    pub fn target(&self, name: &str) -> Option<&Target> {
-        self.targets.get(name)
-    }
 }
 
 /// Keeps the first line of a parser message, without the position the

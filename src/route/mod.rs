@@ -79,15 +79,15 @@ pub fn deliveries(
         .collect()
 }
 
-/// Routes an event whose routes need no task (pure).
-pub fn route_event(pipeline: &Pipeline, event: &EventToRoute) -> RoutedEvent {
-    let payload: Value = serde_json::from_slice(&event.payload).unwrap_or(Value::Null);
+/// The routing result of an event whose matching routes need no task
+/// (pure).
+pub fn routed(pipeline: &Pipeline, event: &EventToRoute, cands: Vec<Candidate>) -> RoutedEvent {
     let mut routed = RoutedEvent {
         event_id: event.id.clone(),
         matched_routes: Vec::new(),
         deliveries: Vec::new(),
     };
-    for c in candidates(pipeline, event, &payload) {
+    for c in cands {
         let route = &pipeline.routes[c.route];
         routed.matched_routes.push(route.name.clone());
         routed
@@ -294,19 +294,7 @@ impl Router {
                     candidates: cands,
                 });
             } else {
-                let mut routed = RoutedEvent {
-                    event_id: event.id.clone(),
-                    matched_routes: Vec::new(),
-                    deliveries: Vec::new(),
-                };
-                for c in cands {
-                    let route = &pipeline.routes[c.route];
-                    routed.matched_routes.push(route.name.clone());
-                    routed
-                        .deliveries
-                        .extend(deliveries(route, &c.context, None));
-                }
-                ready.push(routed);
+                ready.push(routed(&pipeline, &event, cands));
             }
         }
         complete(&self.shared, ready).await?;
