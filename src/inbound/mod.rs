@@ -166,7 +166,9 @@ async fn accept(
     req: &HttpRequest,
     payload: web::Payload,
 ) -> Result<(String, String, bool), InboundError> {
-    let pipeline = state.pipeline.load();
+    // An owned Arc: the request holds the routes it started with across its
+    // awaits, and a reload meanwhile swaps in new ones for the next requests.
+    let pipeline = state.pipeline.load_full();
     let src = pipeline
         .sources
         .get(source)
