@@ -16,33 +16,23 @@
 //!
 //! Run with `cargo bench --bench e2e` (see bench/README.md for the options).
 
-use actix_web::dev::ServerHandle;
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
-use hmac::{KeyInit, Mac};
-use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+#[path = "common.rs"]
+mod common;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use common::{
+    Args, BoxError, Configure, CpuSnap, CpuUse, Daemon, ID_BASE, Meter, Prebuilt, Res, Tally,
+    available_cores, baseline_answer, body_len, fmt_opt, http_client, loadgen_runtime,
+    nearest_rank, open_db, own_tids, percentile_ms, prebuild_pool, print_checks, ratio, rss_mb,
+    send_signed, signature_refusal, start_daemon, start_server, unix_time, write_report,
+};
 use serde_json::{Value, json};
-use sha2::Sha256;
 use std::collections::{BTreeMap, HashSet};
-use std::error::Error;
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-type HmacSha256 = hmac::Hmac<Sha256>;
-type BoxError = Box<dyn Error + Send + Sync>;
-type Res<T> = Result<T, BoxError>;
-
-const SECRET: &str = "bench-secret";
-const SIGNATURE: HeaderName = HeaderName::from_static("x-signature");
-/// What the naive forwarder answers: the daemon's answer's shape and size.
-const BASELINE_ANSWER: &str =
-    r#"{"event_id":"evt_0196a3b2c4d57e8f9a0b1c2d3e4f5a6b","duplicate":false}"#;
-/// `history_items[0].id` of pool entry `i` is `ID_BASE + i`; the message
-/// carries it as `#N`, so the sink knows which event a message is.
-const ID_BASE: u64 = 2_800_787_326_392_370_170;
 const SINK_MARK: &str = "@@SINK@@";
 const ROUTES_TEMPLATE: &str = r#"version: 1
 sources:
@@ -122,166 +112,38 @@ fn parse_options() -> Res<Options> {
         sink_workers: 2,
         out: Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results/e2e-latest.json"),
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = |name: &str| {
-            args.next()
-                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
-        };
-        let secs = |v: String| -> Res<Duration> { Ok(Duration::from_secs_f64(v.parse()?)) };
+    let mut args = Args::new(USAGE);
+    while let Some(arg) = args.next_option() {
         match arg.as_str() {
-            // `cargo bench` passes --bench to harness=false targets.
-            "--bench" => {}
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            "--duration" => o.duration = secs(value("--duration")?)?,
-            "--warmup" => o.warmup = secs(value("--warmup")?)?,
-            "--connections" => o.connections = value("--connections")?.parse()?,
-            "--settle" => o.settle = secs(value("--settle")?)?,
-            "--backlog" => o.backlog = value("--backlog")?.parse()?,
+            "--duration" => o.duration = args.secs("--duration")?,
+            "--warmup" => o.warmup = args.secs("--warmup")?,
+            "--connections" => o.connections = args.parse("--connections")?,
+            "--settle" => o.settle = args.secs("--settle")?,
+            "--backlog" => o.backlog = args.parse("--backlog")?,
             "--backlog-connections" => {
-                o.backlog_connections = value("--backlog-connections")?.parse()?;
+                o.backlog_connections = args.parse("--backlog-connections")?;
             }
-            "--drain-timeout" => o.drain_timeout = secs(value("--drain-timeout")?)?,
-            "--requests" => o.requests = value("--requests")?.parse()?,
-            "--client-threads" => o.client_threads = value("--client-threads")?.parse()?,
-            "--server-workers" => o.server_workers = value("--server-workers")?.parse()?,
-            "--sink-workers" => o.sink_workers = value("--sink-workers")?.parse()?,
-            "--out" => o.out = PathBuf::from(value("--out")?),
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}").into()),
+            "--drain-timeout" => o.drain_timeout = args.secs("--drain-timeout")?,
+            "--requests" => o.requests = args.parse("--requests")?,
+            "--client-threads" => o.client_threads = args.parse("--client-threads")?,
+            "--server-workers" => o.server_workers = args.parse("--server-workers")?,
+            "--sink-workers" => o.sink_workers = args.parse("--sink-workers")?,
+            "--out" => o.out = PathBuf::from(args.value("--out")?),
+            other => return Err(args.unknown(other)),
         }
     }
-    if o.connections == 0
-        || o.backlog_connections == 0
-        || o.requests == 0
-        || o.client_threads == 0
-        || o.server_workers == 0
-        || o.sink_workers == 0
-    {
-        return Err(format!("counts must be at least 1\n{USAGE}").into());
-    }
-    if o.duration.is_zero() {
-        return Err("--duration must be positive".into());
-    }
+    args.check(
+        &[
+            o.connections,
+            o.backlog_connections,
+            o.requests,
+            o.client_threads,
+            o.server_workers,
+            o.sink_workers,
+        ],
+        o.duration,
+    )?;
     Ok(o)
-}
-
-// ---------------------------------------------------------------- requests
-
-/// One pre-built request: exact body bytes and their signature.
-struct Prebuilt {
-    body: &'static [u8],
-    signature: HeaderValue,
-}
-
-/// Builds `n` distinct compact bodies shaped like ClickUp's taskStatusUpdated
-/// (entry `i` has `history_items[0].id` = `ID_BASE + i`, so each has its own
-/// dedupe key and its own `#N` in the message) and signs each. All bodies live
-/// in one leaked buffer so that sending one is zero-copy.
-fn prebuild(n: usize) -> Res<Vec<Prebuilt>> {
-    const MARK: &str = "@@ID@@";
-    let template = json!({
-        "event": "taskStatusUpdated",
-        "history_items": [{
-            "id": MARK,
-            "type": 1,
-            "date": "1642736073330",
-            "field": "status",
-            "parent_id": "162641062",
-            "data": {"status_type": "custom"},
-            "source": null,
-            "user": {
-                "id": 183,
-                "username": "John",
-                "email": "john@company.com",
-                "color": "#7b68ee",
-                "initials": "J",
-                "profilePicture": null
-            },
-            "before": {"status": "to do", "color": "#f9d900", "orderindex": 0, "type": "open"},
-            "after": {"status": "in progress", "color": "#7C4DFF", "orderindex": 1, "type": "custom"}
-        }],
-        "task_id": "1vj38vv",
-        "webhook_id": "7fa3ec74-69a8-4530-a251-8a13730bd204"
-    })
-    .to_string();
-    let (prefix, suffix) = template
-        .split_once(MARK)
-        .ok_or("template lacks its marker")?;
-    let mut buf = Vec::with_capacity(n * (template.len() + 8));
-    let mut spans = Vec::with_capacity(n);
-    for i in 0..n {
-        let start = buf.len();
-        buf.extend_from_slice(prefix.as_bytes());
-        buf.extend_from_slice((ID_BASE + i as u64).to_string().as_bytes());
-        buf.extend_from_slice(suffix.as_bytes());
-        spans.push(start..buf.len());
-    }
-    let all: &'static [u8] = Box::leak(buf.into_boxed_slice());
-    let key =
-        <HmacSha256 as KeyInit>::new_from_slice(SECRET.as_bytes()).map_err(|e| e.to_string())?;
-    spans
-        .into_iter()
-        .map(|span| {
-            let body = &all[span];
-            let mut mac = key.clone();
-            mac.update(body);
-            let signature = HeaderValue::from_str(&hex::encode(mac.finalize().into_bytes()))?;
-            Ok(Prebuilt { body, signature })
-        })
-        .collect()
-}
-
-// ---------------------------------------------------------------- in-process servers
-
-type Configure = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
-
-/// An in-process actix-web server on its own `System` in its own thread.
-struct Server {
-    addr: SocketAddr,
-    handle: ServerHandle,
-    thread: std::thread::JoinHandle<std::io::Result<()>>,
-}
-
-fn start_server(name: &str, workers: usize, configure: Configure) -> Res<Server> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let thread = std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            actix_web::rt::System::new().block_on(async move {
-                let server = HttpServer::new(move || {
-                    let configure = configure.clone();
-                    App::new().configure(move |c| configure(c))
-                })
-                .workers(workers)
-                .disable_signals()
-                .shutdown_timeout(5)
-                .listen(listener)?
-                .run();
-                let _ = tx.send(server.handle());
-                server.await
-            })
-        })?;
-    let handle = rx
-        .recv_timeout(Duration::from_secs(10))
-        .map_err(|e| format!("server {name} did not start: {e}"))?;
-    Ok(Server {
-        addr,
-        handle,
-        thread,
-    })
-}
-
-impl Server {
-    async fn stop(self) -> Res<()> {
-        self.handle.stop(true).await;
-        self.thread.join().map_err(|_| "server thread panicked")??;
-        Ok(())
-    }
 }
 
 // ---------------------------------------------------------------- sink
@@ -460,21 +322,8 @@ async fn naive_forward(
     req: HttpRequest,
     body: web::Bytes,
 ) -> HttpResponse {
-    let mut sig = [0u8; 32];
-    let decoded = req
-        .headers()
-        .get("x-signature")
-        .map(|v| hex::decode_to_slice(v.as_bytes(), &mut sig).is_ok())
-        .unwrap_or(false);
-    if !decoded {
-        return HttpResponse::Forbidden().finish();
-    }
-    let Ok(mut mac) = <HmacSha256 as KeyInit>::new_from_slice(SECRET.as_bytes()) else {
-        return HttpResponse::InternalServerError().finish();
-    };
-    mac.update(&body);
-    if mac.verify_slice(&sig).is_err() {
-        return HttpResponse::Forbidden().finish();
+    if let Some(refusal) = signature_refusal(&req, &body) {
+        return refusal;
     }
     let Ok(v) = serde_json::from_slice::<Value>(&body) else {
         return HttpResponse::BadRequest().finish();
@@ -497,9 +346,7 @@ async fn naive_forward(
         .await;
     match sent {
         Ok(resp) if resp.status().is_success() => match resp.bytes().await {
-            Ok(_) => HttpResponse::Ok()
-                .content_type("application/json")
-                .body(BASELINE_ANSWER),
+            Ok(_) => baseline_answer(),
             Err(_) => HttpResponse::BadGateway().finish(),
         },
         _ => HttpResponse::BadGateway().finish(),
@@ -508,13 +355,7 @@ async fn naive_forward(
 
 fn naive_config(sink_url: &str, connections: usize) -> Res<Configure> {
     let naive = Arc::new(Naive {
-        client: reqwest::Client::builder()
-            .no_proxy()
-            .http1_only()
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(connections * 2)
-            .timeout(Duration::from_secs(10))
-            .build()?,
+        client: http_client(connections * 2)?,
         url: reqwest::Url::parse(sink_url)?,
     });
     Ok(Arc::new(move |c: &mut web::ServiceConfig| {
@@ -525,133 +366,19 @@ fn naive_config(sink_url: &str, connections: usize) -> Res<Configure> {
 
 // ---------------------------------------------------------------- daemon
 
-struct Daemon {
-    child: Child,
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
-}
-
-fn free_port() -> Res<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-fn start_daemon(sink_url: &str) -> Res<Daemon> {
-    let dir = tempfile::Builder::new()
-        .prefix("clickup-bridge-e2e-")
-        .tempdir()?;
-    let addr = free_port()?;
-    let admin = free_port()?;
-    std::fs::create_dir_all(dir.path().join("templates"))?;
-    std::fs::write(
-        dir.path().join("routes.yaml"),
-        ROUTES_TEMPLATE.replace(SINK_MARK, sink_url),
-    )?;
-    let settings = dir.path().join("settings.toml");
-    std::fs::write(
-        &settings,
-        format!(
-            "listen = \"{addr}\"\nadmin_listen = \"{admin}\"\nroutes = \"routes.yaml\"\ntemplates = \"templates\"\n\
-             store = \"sqlite://{}\"\nlog_format = \"json\"\n",
-            dir.path().join("bench.db").display()
-        ),
-    )?;
-    let log = std::fs::File::create(dir.path().join("daemon.log"))?;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clickup-bridge"));
-    cmd.arg("serve")
-        .arg("-c")
-        .arg(&settings)
-        .current_dir(dir.path())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    // Settings and proxies from the caller's environment must not leak into
-    // the run (the sink is on loopback).
-    for (k, _) in std::env::vars_os() {
-        let name = k.to_string_lossy().to_ascii_uppercase();
-        if name.starts_with("CLICKUP_BRIDGE_") || name.ends_with("_PROXY") {
-            cmd.env_remove(k);
-        }
-    }
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", env!("CARGO_BIN_EXE_clickup-bridge")))?;
-    Ok(Daemon { child, addr, dir })
-}
-
-impl Daemon {
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    fn log_lines(&self) -> usize {
-        std::fs::read_to_string(self.dir.path().join("daemon.log"))
-            .map(|t| t.lines().count())
-            .unwrap_or(0)
-    }
-
-    async fn wait_healthy(&mut self) -> Res<()> {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(2))
-            .build()?;
-        let url = format!("http://{}/healthz", self.addr);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Err(format!(
-                    "daemon exited before it was healthy ({status}):\n{}",
-                    self.log_tail()
-                )
-                .into());
-            }
-            if let Ok(r) = client.get(&url).send().await
-                && r.status().is_success()
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(format!("daemon not healthy after 30 s:\n{}", self.log_tail()).into());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGTERM, then wait (the daemon's shutdown_timeout is 30 s by default).
-    async fn stop(&mut self) -> Res<std::process::ExitStatus> {
-        let pid = self.child.id().to_string();
-        let kill = Command::new("kill").args(["-TERM", &pid]).status()?;
-        if !kill.success() {
-            return Err(format!("kill -TERM {pid} failed: {kill}").into());
-        }
-        let deadline = Instant::now() + Duration::from_secs(45);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                return Err(format!(
-                    "daemon did not exit within 45 s of SIGTERM:\n{}",
-                    self.log_tail()
-                )
-                .into());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn kill_now(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn db_path(&self) -> PathBuf {
-        self.dir.path().join("bench.db")
-    }
+/// The daemon, routing every taskStatusUpdated to the sink.
+async fn start_bridge(sink_url: &str) -> Res<Daemon> {
+    start_daemon(
+        "clickup-bridge-e2e-",
+        &ROUTES_TEMPLATE.replace(SINK_MARK, sink_url),
+        // Settings and proxies from the caller's environment must not leak
+        // into the run (the sink is on loopback).
+        |name| {
+            let name = name.to_ascii_uppercase();
+            name.starts_with("CLICKUP_BRIDGE_") || name.ends_with("_PROXY")
+        },
+    )
+    .await
 }
 
 /// What the daemon's SQLite file says.
@@ -676,16 +403,6 @@ impl DbCounts {
             "attempts": self.attempts,
         })
     }
-}
-
-async fn open_db(db: &Path) -> Res<sqlx::SqliteConnection> {
-    use sqlx::ConnectOptions;
-    Ok(sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(db)
-        .create_if_missing(false)
-        .busy_timeout(Duration::from_secs(10))
-        .connect()
-        .await?)
 }
 
 /// Unrouted events and pending deliveries (cheap enough to poll while the
@@ -723,249 +440,6 @@ async fn db_counts(db: &Path) -> Res<DbCounts> {
     Ok(c)
 }
 
-// ---------------------------------------------------------------- /proc
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// utime + stime in ticks from a /proc/.../stat file.
-fn stat_ticks(path: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let rest = &text[text.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After "pid (comm) ", field 3 (state) is index 0; utime is field 14.
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
-
-/// The ids of this process's threads.
-fn own_tids() -> HashSet<u32> {
-    std::fs::read_dir("/proc/self/task")
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// CPU ticks of this process's threads: (load generator, sink, all).
-fn self_ticks(sink_tids: &HashSet<u32>) -> (u64, u64, u64) {
-    let (mut loadgen, mut sink, mut all) = (0, 0, 0);
-    if let Ok(entries) = std::fs::read_dir("/proc/self/task") {
-        for e in entries.flatten() {
-            let Some(t) = stat_ticks(&e.path().join("stat")) else {
-                continue;
-            };
-            all += t;
-            let tid: Option<u32> = e.file_name().to_str().and_then(|s| s.parse().ok());
-            if tid.is_some_and(|tid| sink_tids.contains(&tid)) {
-                sink += t;
-                continue;
-            }
-            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-            if comm.starts_with("loadgen") {
-                loadgen += t;
-            }
-        }
-    }
-    (loadgen, sink, all)
-}
-
-/// The number of CPUs that /proc/stat accounts for.
-fn proc_cpus() -> usize {
-    std::fs::read_to_string("/proc/stat")
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
-        .count()
-        .max(1)
-}
-
-/// (busy, total) jiffies of the whole machine (iowait counts as idle).
-fn machine_ticks() -> (u64, u64) {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let nums: Vec<u64> = text
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let total: u64 = nums.iter().take(8).sum();
-    let idle = nums.get(3).copied().unwrap_or(0) + nums.get(4).copied().unwrap_or(0);
-    (total - idle.min(total), total)
-}
-
-fn status_kb(pid: u32, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = text.lines().find(|l| l.starts_with(key))?;
-    line[key.len()..]
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
-}
-
-fn rss_mb(pid: u32, key: &str) -> Option<f64> {
-    status_kb(pid, key).map(|kb| kb as f64 / 1024.0)
-}
-
-/// What the bench needs to account CPU.
-#[derive(Clone)]
-struct Meter {
-    hz: f64,
-    cpus: usize,
-    sink_tids: Arc<HashSet<u32>>,
-}
-
-struct CpuSnap {
-    at: Instant,
-    loadgen: u64,
-    sink: u64,
-    own: u64,
-    child: Option<u64>,
-    /// The child's threads: tid → (name, ticks).
-    child_threads: BTreeMap<u32, (String, u64)>,
-    machine: (u64, u64),
-}
-
-/// CPU ticks of every thread of `pid`, by tid, with the thread's name
-/// (trailing digits trimmed, so a pool's threads share one name).
-fn thread_ticks(pid: u32) -> BTreeMap<u32, (String, u64)> {
-    let mut out = BTreeMap::new();
-    if let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for e in entries.flatten() {
-            let Some(tid) = e.file_name().to_str().and_then(|s| s.parse().ok()) else {
-                continue;
-            };
-            let Some(t) = stat_ticks(&e.path().join("stat")) else {
-                continue;
-            };
-            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-            let name = comm
-                .trim()
-                .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-' || c == ' ')
-                .to_owned();
-            out.insert(tid, (name, t));
-        }
-    }
-    out
-}
-
-/// Cores used between two snapshots.
-#[derive(Clone, Debug, Default)]
-struct CpuUse {
-    /// The load generator's threads.
-    client: f64,
-    /// The daemon (phases 2, 3) or the naive forwarder (the rest of this process).
-    server: f64,
-    /// The sink's threads.
-    sink: f64,
-    /// Everything else on the machine.
-    other: f64,
-    /// Busy share of the whole machine.
-    machine_busy: f64,
-    /// The daemon's cores by thread name, busiest first.
-    server_threads: Vec<(String, f64)>,
-}
-
-impl CpuUse {
-    fn json(&self) -> Value {
-        json!({
-            "client_cores": self.client,
-            "server_cores": self.server,
-            "sink_cores": self.sink,
-            "other_cores": self.other,
-            "machine_busy": self.machine_busy,
-            "server_threads_cores": self.server_threads.iter().map(|(n, c)| json!({"thread": n, "cores": c})).collect::<Vec<_>>(),
-        })
-    }
-
-    /// "name 0.42, name 0.10" (threads above 0.01 cores).
-    fn threads_line(&self) -> String {
-        self.server_threads
-            .iter()
-            .filter(|(_, c)| *c >= 0.01)
-            .map(|(n, c)| format!("{n} {c:.2}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
-
-impl Meter {
-    fn snap(&self, child: Option<u32>) -> CpuSnap {
-        let (loadgen, sink, own) = self_ticks(&self.sink_tids);
-        CpuSnap {
-            at: Instant::now(),
-            loadgen,
-            sink,
-            own,
-            child: child.and_then(|pid| stat_ticks(Path::new(&format!("/proc/{pid}/stat")))),
-            child_threads: child.map(thread_ticks).unwrap_or_default(),
-            machine: machine_ticks(),
-        }
-    }
-
-    fn between(&self, before: &CpuSnap, after: &CpuSnap) -> CpuUse {
-        let ticks = after.at.duration_since(before.at).as_secs_f64() * self.hz;
-        if ticks <= 0.0 {
-            return CpuUse::default();
-        }
-        let loadgen = after.loadgen.saturating_sub(before.loadgen);
-        let sink = after.sink.saturating_sub(before.sink);
-        let server = match (before.child, after.child) {
-            (Some(b), Some(a)) => a.saturating_sub(b),
-            // In-process forwarder: everything of this process but the load
-            // generator and the sink.
-            _ => after
-                .own
-                .saturating_sub(before.own)
-                .saturating_sub(loadgen + sink),
-        };
-        let (busy, total) = (
-            after.machine.0.saturating_sub(before.machine.0),
-            after.machine.1.saturating_sub(before.machine.1),
-        );
-        let machine_busy = if total > 0 {
-            busy as f64 / total as f64
-        } else {
-            0.0
-        };
-        let mut u = CpuUse {
-            client: loadgen as f64 / ticks,
-            server: server as f64 / ticks,
-            sink: sink as f64 / ticks,
-            other: 0.0,
-            machine_busy,
-            server_threads: Vec::new(),
-        };
-        let mut by_name: BTreeMap<&str, u64> = BTreeMap::new();
-        for (tid, (name, t)) in &after.child_threads {
-            let b = before.child_threads.get(tid).map(|(_, t)| *t).unwrap_or(0);
-            *by_name.entry(name.as_str()).or_default() += t.saturating_sub(b);
-        }
-        u.server_threads = by_name
-            .into_iter()
-            .map(|(n, t)| (n.to_owned(), t as f64 / ticks))
-            .collect();
-        u.server_threads.sort_by(|a, b| b.1.total_cmp(&a.1));
-        // With a child process the rest of this process (its main thread) is
-        // counted as other; it is idle but for polling.
-        u.other = (machine_busy * self.cpus as f64 - u.client - u.server - u.sink).max(0.0);
-        u
-    }
-}
-
 // ---------------------------------------------------------------- load
 
 #[derive(Clone, Copy, Debug)]
@@ -993,12 +467,7 @@ struct LoadSpec {
 
 #[derive(Default)]
 struct WorkerOut {
-    /// Latencies (µs) of 200s sent and answered inside the measured window.
-    latencies: Vec<u32>,
-    /// Non-200 answers and transport failures inside the measured window.
-    errors: u64,
-    /// Non-200 answers and failures over the whole phase, by kind.
-    error_kinds: BTreeMap<String, u64>,
+    tally: Tally,
     /// (pool index, when its 200 was read) of every 200 of the phase.
     accepted: Vec<(u32, Instant)>,
     gave_up: bool,
@@ -1009,9 +478,7 @@ struct LoadOut {
     window_start: Instant,
     /// When it ended.
     window_end: Instant,
-    latencies: Vec<u32>,
-    errors: u64,
-    error_kinds: BTreeMap<String, u64>,
+    tally: Tally,
     accepted: Vec<(u32, Instant)>,
     pool_exhausted: bool,
     gave_up: bool,
@@ -1025,7 +492,7 @@ impl LoadOut {
 
     /// 200s sent and answered in the window, per second.
     fn rps(&self) -> f64 {
-        self.latencies.len() as f64 / self.window().as_secs_f64()
+        self.tally.latencies.len() as f64 / self.window().as_secs_f64()
     }
 }
 
@@ -1033,13 +500,7 @@ impl LoadOut {
 const GIVE_UP_AFTER: u32 = 1000;
 
 async fn run_load(spec: LoadSpec, pool: Arc<Vec<Prebuilt>>, meter: &Meter) -> Res<LoadOut> {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .http1_only()
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(spec.connections)
-        .timeout(Duration::from_secs(10))
-        .build()?;
+    let client = http_client(spec.connections)?;
     let url = reqwest::Url::parse(&spec.url)?;
     let start = Instant::now();
     let (warm_end, end) = match spec.stop {
@@ -1088,42 +549,19 @@ async fn run_load(spec: LoadSpec, pool: Arc<Vec<Prebuilt>>, meter: &Meter) -> Re
                         break 'events;
                     };
                     let t0 = Instant::now();
-                    let sent = client
-                        .post(url.clone())
-                        .header(CONTENT_TYPE, "application/json")
-                        .header(SIGNATURE, req.signature.clone())
-                        .body(req.body)
-                        .send()
-                        .await;
-                    let result = match sent {
-                        Ok(resp) => {
-                            let status = resp.status();
-                            match resp.bytes().await {
-                                Ok(_) if status == reqwest::StatusCode::OK => Ok(()),
-                                Ok(_) => Err(format!("http {}", status.as_u16())),
-                                Err(e) => Err(format!("read: {}", kind_of(&e))),
-                            }
-                        }
-                        Err(e) => Err(format!("send: {}", kind_of(&e))),
-                    };
+                    let result = send_signed(&client, &url, req).await.map(|_| ());
                     let t1 = Instant::now();
                     let in_window = t0 >= warm_end && end.is_none_or(|end| t1 <= end);
                     match result {
                         Ok(()) => {
-                            if in_window {
-                                let us = t1.duration_since(t0).as_micros();
-                                out.latencies.push(u32::try_from(us).unwrap_or(u32::MAX));
-                            }
+                            out.tally.answered(t0, t1, in_window);
                             out.accepted
                                 .push((u32::try_from(idx).unwrap_or(u32::MAX), t1));
                             progress.fetch_add(1, Ordering::Relaxed);
                             break;
                         }
                         Err(kind) => {
-                            if in_window {
-                                out.errors += 1;
-                            }
-                            *out.error_kinds.entry(kind).or_default() += 1;
+                            out.tally.failed(kind, in_window);
                             failures += 1;
                             if end.is_some() {
                                 break;
@@ -1182,9 +620,7 @@ fn collect(
     let mut out = LoadOut {
         window_start,
         window_end,
-        latencies: Vec::new(),
-        errors: 0,
-        error_kinds: BTreeMap::new(),
+        tally: Tally::default(),
         accepted: Vec::new(),
         pool_exhausted: exhausted.load(Ordering::Relaxed),
         gave_up: false,
@@ -1193,55 +629,22 @@ fn collect(
     for w in outs {
         match w {
             Ok(w) => {
-                out.latencies.extend(w.latencies);
-                out.errors += w.errors;
-                for (k, v) in w.error_kinds {
-                    *out.error_kinds.entry(k).or_default() += v;
-                }
+                out.tally.absorb(w.tally);
                 out.accepted.extend(w.accepted);
                 out.gave_up |= w.gave_up;
             }
-            Err(e) => {
-                out.errors += 1;
-                *out.error_kinds.entry(format!("worker: {e}")).or_default() += 1;
-            }
+            Err(e) => out.tally.lost_worker(&e),
         }
     }
-    out.latencies.sort_unstable();
+    out.tally.latencies.sort_unstable();
     out.accepted.sort_unstable_by_key(|(_, t)| *t);
     out
 }
 
-fn kind_of(e: &reqwest::Error) -> &'static str {
-    if e.is_timeout() {
-        "timeout"
-    } else if e.is_connect() {
-        "connect"
-    } else if e.is_body() || e.is_decode() {
-        "body"
-    } else if e.is_request() {
-        "request"
-    } else {
-        "other"
-    }
-}
-
 // ---------------------------------------------------------------- figures
 
-fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
-    if sorted_us.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted_us.len() as f64).ceil() as usize;
-    f64::from(sorted_us[rank.clamp(1, sorted_us.len()) - 1]) / 1000.0
-}
-
 fn percentile_signed_ms(sorted_us: &[i64], p: f64) -> f64 {
-    if sorted_us.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted_us.len() as f64).ceil() as usize;
-    sorted_us[rank.clamp(1, sorted_us.len()) - 1] as f64 / 1000.0
+    nearest_rank(sorted_us, p).map_or(f64::NAN, |us| us as f64 / 1000.0)
 }
 
 fn signed_us(from: Instant, to: Instant) -> i64 {
@@ -1342,16 +745,6 @@ async fn wait_all_arrived(sink: &Sink, accepted: &[(u32, Instant)], deadline: In
     }
 }
 
-fn fmt_opt(v: Option<f64>, digits: usize) -> String {
-    v.filter(|x| x.is_finite())
-        .map(|x| format!("{x:.digits$}"))
-        .unwrap_or_else(|| "-".into())
-}
-
-fn ratio(a: f64, b: f64) -> f64 {
-    if b > 0.0 { a / b } else { f64::NAN }
-}
-
 fn secs_between(a: Option<Instant>, b: Option<Instant>) -> Option<f64> {
     match (a, b) {
         (Some(a), Some(b)) if b >= a => Some(b.duration_since(a).as_secs_f64()),
@@ -1434,9 +827,9 @@ fn load_problems(load: &LoadOut, r: &mut FlowResult) {
             "a client gave up after {GIVE_UP_AFTER} consecutive failures"
         ));
     }
-    if !load.error_kinds.is_empty() {
+    if !load.tally.error_kinds.is_empty() {
         r.problems
-            .push(format!("client errors: {:?}", load.error_kinds));
+            .push(format!("client errors: {:?}", load.tally.error_kinds));
     }
 }
 
@@ -1471,10 +864,10 @@ async fn run_naive(ctx: &Ctx) -> Res<FlowResult> {
     let mut r = FlowResult {
         accepted_rps: load.rps(),
         delivered_rps: None,
-        client_p50_ms: percentile_ms(&load.latencies, 50.0),
-        client_p99_ms: percentile_ms(&load.latencies, 99.0),
-        errors: load.errors,
-        error_kinds: load.error_kinds.clone(),
+        client_p50_ms: percentile_ms(&load.tally.latencies, 50.0),
+        client_p99_ms: percentile_ms(&load.tally.latencies, 99.0),
+        errors: load.tally.errors,
+        error_kinds: load.tally.error_kinds.clone(),
         accepted_total: d.accepted,
         missing: d.missing,
         extra: d.extra,
@@ -1505,13 +898,8 @@ async fn run_naive(ctx: &Ctx) -> Res<FlowResult> {
 async fn run_bridge(ctx: &Ctx) -> Res<FlowResult> {
     ctx.sink.reset();
     ctx.sink.fail.store(false, Ordering::SeqCst);
-    let mut daemon = start_daemon(&ctx.sink_url)?;
-    if let Err(e) = daemon.wait_healthy().await {
-        daemon.kill_now();
-        return Err(e);
-    }
-    let pid = daemon.child.id();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut daemon = start_bridge(&ctx.sink_url).await?;
+    let pid = daemon.pid();
     let idle = rss_mb(pid, "VmRSS:");
     let spec = LoadSpec {
         url: format!("http://{}/hooks/clickup", daemon.addr),
@@ -1551,12 +939,12 @@ async fn run_bridge(ctx: &Ctx) -> Res<FlowResult> {
     let mut r = FlowResult {
         accepted_rps: load.rps(),
         delivered_rps,
-        client_p50_ms: percentile_ms(&load.latencies, 50.0),
-        client_p99_ms: percentile_ms(&load.latencies, 99.0),
+        client_p50_ms: percentile_ms(&load.tally.latencies, 50.0),
+        client_p99_ms: percentile_ms(&load.tally.latencies, 99.0),
         e2e_p50_ms: Some(percentile_signed_ms(&d.e2e_us, 50.0)),
         e2e_p99_ms: Some(percentile_signed_ms(&d.e2e_us, 99.0)),
-        errors: load.errors,
-        error_kinds: load.error_kinds.clone(),
+        errors: load.tally.errors,
+        error_kinds: load.tally.error_kinds.clone(),
         accepted_total: d.accepted,
         missing: d.missing,
         extra: d.extra,
@@ -1595,14 +983,7 @@ async fn run_bridge(ctx: &Ctx) -> Res<FlowResult> {
             d.arrived_before_answer
         ));
     }
-    match exit {
-        Ok(s) if s.success() => {}
-        Ok(s) => r.problems.push(format!(
-            "daemon exit after SIGTERM: {s}\n{}",
-            daemon.log_tail()
-        )),
-        Err(e) => r.problems.push(e.to_string()),
-    }
+    r.problems.extend(daemon.exit_problem(&exit));
     match db_counts(&daemon.db_path()).await {
         Ok(c) => {
             if c.delivered != i64::try_from(d.accepted + d.extra).unwrap_or(i64::MAX) {
@@ -1618,13 +999,7 @@ async fn run_bridge(ctx: &Ctx) -> Res<FlowResult> {
             .notes
             .push(format!("could not read the SQLite file after exit: {e}")),
     }
-    let warnings = daemon.log_lines();
-    if warnings > 0 {
-        r.notes.push(format!(
-            "daemon logged {warnings} line(s) at warn or above; last:\n{}",
-            daemon.log_tail()
-        ));
-    }
+    r.notes.extend(daemon.log_note());
     Ok(r)
 }
 
@@ -1739,7 +1114,7 @@ fn spawn_sampler(
             };
             samples.push((t, s, mb));
             n += 1;
-            if n % 5 == 0 {
+            if n.is_multiple_of(5) {
                 let c = sink.counts();
                 println!(
                     "  backlog +{t:>5.0} s  {:<7}  accepted {:>7}  sink 503 {:>8}  sink 200 {:>7}  RSS {mb:.1} MB",
@@ -1766,13 +1141,8 @@ async fn run_backlog(ctx: &Ctx) -> Res<BacklogResult> {
     let n = ctx.opts.backlog as u64;
     ctx.sink.reset();
     ctx.sink.fail.store(true, Ordering::SeqCst);
-    let mut daemon = start_daemon(&ctx.sink_url)?;
-    if let Err(e) = daemon.wait_healthy().await {
-        daemon.kill_now();
-        return Err(e);
-    }
-    let pid = daemon.child.id();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut daemon = start_bridge(&ctx.sink_url).await?;
+    let pid = daemon.pid();
     let mut r = BacklogResult {
         events: n,
         idle_rss_mb: rss_mb(pid, "VmRSS:"),
@@ -1807,34 +1177,19 @@ async fn run_backlog(ctx: &Ctx) -> Res<BacklogResult> {
         daemon.kill_now();
         return Err(e);
     }
-    match daemon.stop().await {
-        Ok(s) => {
-            r.exit = s.to_string();
-            if !s.success() {
-                r.problems.push(format!(
-                    "daemon exit after SIGTERM: {s}\n{}",
-                    daemon.log_tail()
-                ));
-            }
-        }
-        Err(e) => {
-            r.exit = "no exit".into();
-            r.problems.push(e.to_string());
-        }
-    }
+    let exit = daemon.stop().await;
+    r.exit = match &exit {
+        Ok(s) => s.to_string(),
+        Err(_) => "no exit".into(),
+    };
+    r.problems.extend(daemon.exit_problem(&exit));
     match db_counts(&daemon.db_path()).await {
         Ok(c) => r.db = Some(c),
         Err(e) => r
             .notes
             .push(format!("could not read the SQLite file after exit: {e}")),
     }
-    let warnings = daemon.log_lines();
-    if warnings > 0 {
-        r.notes.push(format!(
-            "daemon logged {warnings} line(s) at warn or above; last:\n{}",
-            daemon.log_tail()
-        ));
-    }
+    r.notes.extend(daemon.log_note());
     Ok(r)
 }
 
@@ -1845,7 +1200,7 @@ async fn backlog_steps(
     stage: &AtomicU8,
     progress: Arc<AtomicU64>,
 ) -> Res<()> {
-    let pid = daemon.child.id();
+    let pid = daemon.pid();
     // Fill: the sink refuses everything.
     let spec = LoadSpec {
         url: format!("http://{}/hooks/clickup", daemon.addr),
@@ -1858,10 +1213,10 @@ async fn backlog_steps(
     let load = run_load(spec, ctx.pool.clone(), &ctx.meter).await?;
     r.fill_s = load.window().as_secs_f64();
     r.fill_rps = load.accepted.len() as f64 / r.fill_s;
-    r.fill_p50_ms = percentile_ms(&load.latencies, 50.0);
-    r.fill_p99_ms = percentile_ms(&load.latencies, 99.0);
+    r.fill_p50_ms = percentile_ms(&load.tally.latencies, 50.0);
+    r.fill_p99_ms = percentile_ms(&load.tally.latencies, 99.0);
     r.fill_cpu = load.cpu.clone();
-    r.errors = load.error_kinds.clone();
+    r.errors = load.tally.error_kinds.clone();
     if load.pool_exhausted {
         r.problems
             .push("ran out of pre-built requests: raise --requests".into());
@@ -1957,9 +1312,7 @@ fn cpu_cols(c: &CpuUse) -> String {
 
 fn main() -> Result<(), BoxError> {
     let opts = parse_options()?;
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cores = available_cores();
     println!(
         "e2e bench: {} connections, {} client threads, {} forwarder workers, {} sink workers, {} s warm-up + {} s per phase, backlog {}, {} cores",
         opts.connections,
@@ -1971,25 +1324,11 @@ fn main() -> Result<(), BoxError> {
         opts.backlog,
         cores
     );
-    let t = Instant::now();
     // Phase 3 replaces refused requests with fresh ones: leave some room.
     let pool_len = opts.requests.max(opts.backlog + opts.backlog / 10 + 1000);
-    let pool = Arc::new(prebuild(pool_len)?);
-    let body_len = pool.first().map(|p| p.body.len()).unwrap_or(0);
-    println!(
-        "pre-built {} distinct signed requests (~{} bytes each) in {:.2} s",
-        pool.len(),
-        body_len,
-        t.elapsed().as_secs_f64()
-    );
-
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(opts.client_threads)
-        .thread_name("loadgen")
-        // Threads that come and go would make the CPU accounting jump.
-        .thread_keep_alive(Duration::from_secs(3600))
-        .enable_all()
-        .build()?;
+    let pool = prebuild_pool(pool_len)?;
+    let body_len = body_len(&pool);
+    let rt = loadgen_runtime(opts.client_threads)?;
 
     // The sink runs for the whole bench; its threads are the ones that
     // appear when it starts.
@@ -2003,11 +1342,7 @@ fn main() -> Result<(), BoxError> {
         opts: opts.clone(),
         pool,
         sink,
-        meter: Meter {
-            hz: clock_ticks(),
-            cpus: proc_cpus(),
-            sink_tids: Arc::new(sink_tids),
-        },
+        meter: Meter::new(sink_tids),
     };
 
     let (naive, bridge, backlog) = rt.block_on(async {
@@ -2239,19 +1574,14 @@ fn main() -> Result<(), BoxError> {
     for n in &notes {
         println!("note: {n}");
     }
-    if problems.is_empty() {
-        println!(
-            "checks: no client errors; every accepted event reached the sink exactly once; the daemon exited 0"
-        );
-    } else {
-        for p in &problems {
-            println!("PROBLEM: {p}");
-        }
-    }
+    print_checks(
+        &problems,
+        "no client errors; every accepted event reached the sink exactly once; the daemon exited 0",
+    );
 
     let report = json!({
         "bench": "e2e",
-        "unix_time": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "unix_time": unix_time(),
         "machine": {"cores": cores},
         "options": {
             "duration_s": opts.duration.as_secs_f64(),
@@ -2281,14 +1611,5 @@ fn main() -> Result<(), BoxError> {
         "problems": problems,
         "notes": notes,
     });
-    if let Some(dir) = opts.out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&opts.out, serde_json::to_string_pretty(&report)? + "\n")?;
-    println!("wrote {}", opts.out.display());
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("{} problem(s), see above", problems.len()).into())
-    }
+    write_report(&opts.out, &report, problems.len())
 }

@@ -7,30 +7,23 @@
 //!
 //! Run with `cargo bench --bench ingest` (see bench/README.md for the options).
 
-use actix_web::dev::ServerHandle;
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
-use hmac::{KeyInit, Mac};
-use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+#[path = "common.rs"]
+mod common;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use common::{
+    Args, BoxError, CpuUse, Meter, Prebuilt, Res, Server, Tally, available_cores, baseline_answer,
+    body_len, fmt_opt, http_client, loadgen_runtime, open_db, percentile_ms, prebuild_pool,
+    print_checks, ratio, rss_mb, send_signed, signature_refusal, start_daemon, start_server,
+    unix_time, write_report,
+};
 use serde_json::{Value, json};
-use sha2::Sha256;
 use std::collections::{BTreeMap, HashSet};
-use std::error::Error;
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-type HmacSha256 = hmac::Hmac<Sha256>;
-type BoxError = Box<dyn Error + Send + Sync>;
-type Res<T> = Result<T, BoxError>;
-
-const SECRET: &str = "bench-secret";
-const SIGNATURE: HeaderName = HeaderName::from_static("x-signature");
-/// What the baselines answer: the daemon's answer's shape and size.
-const BASELINE_ANSWER: &str =
-    r#"{"event_id":"evt_0196a3b2c4d57e8f9a0b1c2d3e4f5a6b","duplicate":false}"#;
 const ROUTES_YAML: &str =
     "version: 1\nsources:\n  clickup:\n    verify: clickup\n    secret: bench-secret\nroutes: []\n";
 
@@ -70,109 +63,31 @@ fn parse_options() -> Res<Options> {
         server_workers: 2,
         out: Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results/ingest-latest.json"),
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = |name: &str| {
-            args.next()
-                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
-        };
+    let mut args = Args::new(USAGE);
+    while let Some(arg) = args.next_option() {
         match arg.as_str() {
-            // `cargo bench` passes --bench to harness=false targets.
-            "--bench" => {}
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            "--duration" => o.duration = Duration::from_secs_f64(value("--duration")?.parse()?),
-            "--warmup" => o.warmup = Duration::from_secs_f64(value("--warmup")?.parse()?),
-            "--connections" => o.connections = value("--connections")?.parse()?,
-            "--rounds" => o.rounds = value("--rounds")?.parse()?,
-            "--requests" => o.requests = value("--requests")?.parse()?,
-            "--client-threads" => o.client_threads = value("--client-threads")?.parse()?,
-            "--server-workers" => o.server_workers = value("--server-workers")?.parse()?,
-            "--out" => o.out = PathBuf::from(value("--out")?),
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}").into()),
+            "--duration" => o.duration = args.secs("--duration")?,
+            "--warmup" => o.warmup = args.secs("--warmup")?,
+            "--connections" => o.connections = args.parse("--connections")?,
+            "--rounds" => o.rounds = args.parse("--rounds")?,
+            "--requests" => o.requests = args.parse("--requests")?,
+            "--client-threads" => o.client_threads = args.parse("--client-threads")?,
+            "--server-workers" => o.server_workers = args.parse("--server-workers")?,
+            "--out" => o.out = PathBuf::from(args.value("--out")?),
+            other => return Err(args.unknown(other)),
         }
     }
-    if o.connections == 0
-        || o.rounds == 0
-        || o.requests == 0
-        || o.client_threads == 0
-        || o.server_workers == 0
-    {
-        return Err(format!("counts must be at least 1\n{USAGE}").into());
-    }
-    if o.duration.is_zero() {
-        return Err("--duration must be positive".into());
-    }
+    args.check(
+        &[
+            o.connections,
+            o.rounds,
+            o.requests,
+            o.client_threads,
+            o.server_workers,
+        ],
+        o.duration,
+    )?;
     Ok(o)
-}
-
-// ---------------------------------------------------------------- requests
-
-/// One pre-built request: exact body bytes and their signature.
-struct Prebuilt {
-    body: &'static [u8],
-    signature: HeaderValue,
-}
-
-/// Builds `n` distinct compact bodies shaped like ClickUp's taskStatusUpdated
-/// (each with its own `history_items[0].id`, so each has its own dedupe key)
-/// and signs each. All bodies live in one leaked buffer so that sending one
-/// is zero-copy.
-fn prebuild(n: usize) -> Res<Vec<Prebuilt>> {
-    const MARK: &str = "@@ID@@";
-    let template = json!({
-        "event": "taskStatusUpdated",
-        "history_items": [{
-            "id": MARK,
-            "type": 1,
-            "date": "1642736073330",
-            "field": "status",
-            "parent_id": "162641062",
-            "data": {"status_type": "custom"},
-            "source": null,
-            "user": {
-                "id": 183,
-                "username": "John",
-                "email": "john@company.com",
-                "color": "#7b68ee",
-                "initials": "J",
-                "profilePicture": null
-            },
-            "before": {"status": "to do", "color": "#f9d900", "orderindex": 0, "type": "open"},
-            "after": {"status": "in progress", "color": "#7C4DFF", "orderindex": 1, "type": "custom"}
-        }],
-        "task_id": "1vj38vv",
-        "webhook_id": "7fa3ec74-69a8-4530-a251-8a13730bd204"
-    })
-    .to_string();
-    let (prefix, suffix) = template
-        .split_once(MARK)
-        .ok_or("template lacks its marker")?;
-    let base: u64 = 2_800_787_326_392_370_170;
-    let mut buf = Vec::with_capacity(n * (template.len() + 8));
-    let mut spans = Vec::with_capacity(n);
-    for i in 0..n {
-        let start = buf.len();
-        buf.extend_from_slice(prefix.as_bytes());
-        buf.extend_from_slice((base + i as u64).to_string().as_bytes());
-        buf.extend_from_slice(suffix.as_bytes());
-        spans.push(start..buf.len());
-    }
-    let all: &'static [u8] = Box::leak(buf.into_boxed_slice());
-    let key =
-        <HmacSha256 as KeyInit>::new_from_slice(SECRET.as_bytes()).map_err(|e| e.to_string())?;
-    spans
-        .into_iter()
-        .map(|span| {
-            let body = &all[span];
-            let mut mac = key.clone();
-            mac.update(body);
-            let signature = HeaderValue::from_str(&hex::encode(mac.finalize().into_bytes()))?;
-            Ok(Prebuilt { body, signature })
-        })
-        .collect()
 }
 
 // ---------------------------------------------------------------- baselines
@@ -210,214 +125,40 @@ async fn healthz() -> HttpResponse {
 
 async fn ceiling(body: web::Bytes) -> HttpResponse {
     std::hint::black_box(body.len());
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(BASELINE_ANSWER)
+    baseline_answer()
 }
 
 async fn verifying(req: HttpRequest, body: web::Bytes) -> HttpResponse {
-    let mut sig = [0u8; 32];
-    let decoded = req
-        .headers()
-        .get("x-signature")
-        .map(|v| hex::decode_to_slice(v.as_bytes(), &mut sig).is_ok())
-        .unwrap_or(false);
-    if !decoded {
-        return HttpResponse::Forbidden().finish();
-    }
-    let Ok(mut mac) = <HmacSha256 as KeyInit>::new_from_slice(SECRET.as_bytes()) else {
-        return HttpResponse::InternalServerError().finish();
-    };
-    mac.update(&body);
-    if mac.verify_slice(&sig).is_err() {
-        return HttpResponse::Forbidden().finish();
+    if let Some(refusal) = signature_refusal(&req, &body) {
+        return refusal;
     }
     match serde_json::from_slice::<Value>(&body) {
         Ok(v) => {
             std::hint::black_box(&v);
-            HttpResponse::Ok()
-                .content_type("application/json")
-                .body(BASELINE_ANSWER)
+            baseline_answer()
         }
         Err(_) => HttpResponse::BadRequest().finish(),
     }
 }
 
-/// An in-process actix-web server on its own `System` in its own thread.
-struct Baseline {
-    addr: SocketAddr,
-    handle: ServerHandle,
-    thread: std::thread::JoinHandle<std::io::Result<()>>,
-}
-
-fn start_baseline(phase: Phase, workers: usize) -> Res<Baseline> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let thread = std::thread::Builder::new()
-        .name(format!("baseline-{}", phase.key()))
-        .spawn(move || {
-            actix_web::rt::System::new().block_on(async move {
-                let server = HttpServer::new(move || {
-                    let app = App::new().route("/healthz", web::get().to(healthz));
-                    match phase {
-                        Phase::Verifying => app.route("/hooks/clickup", web::post().to(verifying)),
-                        _ => app.route("/hooks/clickup", web::post().to(ceiling)),
-                    }
-                })
-                .workers(workers)
-                .disable_signals()
-                .shutdown_timeout(5)
-                .listen(listener)?
-                .run();
-                let _ = tx.send(server.handle());
-                server.await
-            })
-        })?;
-    let handle = rx
-        .recv_timeout(Duration::from_secs(10))
-        .map_err(|e| format!("baseline server {} did not start: {e}", phase.key()))?;
-    Ok(Baseline {
-        addr,
-        handle,
-        thread,
-    })
-}
-
-impl Baseline {
-    async fn stop(self) -> Res<()> {
-        self.handle.stop(true).await;
-        // The server future has returned, so the thread ends at once.
-        self.thread
-            .join()
-            .map_err(|_| "baseline server thread panicked")??;
-        Ok(())
-    }
-}
-
-// ---------------------------------------------------------------- daemon
-
-struct Daemon {
-    child: Child,
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
-}
-
-fn free_port() -> Res<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-fn start_daemon() -> Res<Daemon> {
-    let dir = tempfile::Builder::new()
-        .prefix("clickup-bridge-bench-")
-        .tempdir()?;
-    let addr = free_port()?;
-    let admin = free_port()?;
-    std::fs::create_dir_all(dir.path().join("templates"))?;
-    std::fs::write(dir.path().join("routes.yaml"), ROUTES_YAML)?;
-    let settings = dir.path().join("settings.toml");
-    std::fs::write(
-        &settings,
-        format!(
-            "listen = \"{addr}\"\nadmin_listen = \"{admin}\"\nroutes = \"routes.yaml\"\ntemplates = \"templates\"\n\
-             store = \"sqlite://{}\"\nlog_format = \"json\"\n",
-            dir.path().join("bench.db").display()
-        ),
-    )?;
-    let log = std::fs::File::create(dir.path().join("daemon.log"))?;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clickup-bridge"));
-    cmd.arg("serve")
-        .arg("-c")
-        .arg(&settings)
-        .current_dir(dir.path())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    // Settings from the caller's environment must not leak into the run.
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("CLICKUP_BRIDGE_") {
-            cmd.env_remove(k);
-        }
-    }
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", env!("CARGO_BIN_EXE_clickup-bridge")))?;
-    Ok(Daemon { child, addr, dir })
-}
-
-impl Daemon {
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    async fn wait_healthy(&mut self) -> Res<()> {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(2))
-            .build()?;
-        let url = format!("http://{}/healthz", self.addr);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Err(format!(
-                    "daemon exited before it was healthy ({status}):\n{}",
-                    self.log_tail()
-                )
-                .into());
-            }
-            if let Ok(r) = client.get(&url).send().await
-                && r.status().is_success()
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(format!("daemon not healthy after 30 s:\n{}", self.log_tail()).into());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGTERM, then wait (the daemon's shutdown_timeout is 30 s by default).
-    async fn stop(&mut self) -> Res<std::process::ExitStatus> {
-        let pid = self.child.id().to_string();
-        let kill = Command::new("kill").args(["-TERM", &pid]).status()?;
-        if !kill.success() {
-            return Err(format!("kill -TERM {pid} failed: {kill}").into());
-        }
-        let deadline = Instant::now() + Duration::from_secs(45);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                return Err(format!(
-                    "daemon did not exit within 45 s of SIGTERM:\n{}",
-                    self.log_tail()
-                )
-                .into());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn db_path(&self) -> PathBuf {
-        self.dir.path().join("bench.db")
-    }
+/// Phase A or B's server, in-process.
+fn start_baseline(phase: Phase, workers: usize) -> Res<Server> {
+    start_server(
+        &format!("baseline-{}", phase.key()),
+        workers,
+        Arc::new(move |c: &mut web::ServiceConfig| {
+            c.route("/healthz", web::get().to(healthz));
+            match phase {
+                Phase::Verifying => c.route("/hooks/clickup", web::post().to(verifying)),
+                _ => c.route("/hooks/clickup", web::post().to(ceiling)),
+            };
+        }),
+    )
 }
 
 /// Ids of the clickup events in the SQLite file (read after the daemon exited).
 async fn stored_event_ids(db: &Path) -> Res<HashSet<String>> {
-    use sqlx::ConnectOptions;
-    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(db)
-        .create_if_missing(false)
-        .connect()
-        .await?;
+    let mut conn = open_db(db).await?;
     let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM events WHERE source = 'clickup'")
         .fetch_all(&mut conn)
         .await?;
@@ -425,127 +166,21 @@ async fn stored_event_ids(db: &Path) -> Res<HashSet<String>> {
     Ok(ids.into_iter().collect())
 }
 
-// ---------------------------------------------------------------- /proc
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// utime + stime in ticks from a /proc/.../stat file.
-fn stat_ticks(path: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let rest = &text[text.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After "pid (comm) ", field 3 (state) is index 0; utime is field 14.
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
-
-/// CPU ticks of this process's threads: (load generator threads, all threads).
-fn self_ticks() -> (u64, u64) {
-    let mut loadgen = 0;
-    let mut all = 0;
-    if let Ok(entries) = std::fs::read_dir("/proc/self/task") {
-        for e in entries.flatten() {
-            let Some(t) = stat_ticks(&e.path().join("stat")) else {
-                continue;
-            };
-            all += t;
-            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-            if comm.starts_with("loadgen") {
-                loadgen += t;
-            }
-        }
-    }
-    (loadgen, all)
-}
-
-/// The number of CPUs that /proc/stat accounts for.
-fn proc_cpus() -> usize {
-    std::fs::read_to_string("/proc/stat")
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
-        .count()
-        .max(1)
-}
-
-/// (busy, total) jiffies of the whole machine (iowait counts as idle).
-fn machine_ticks() -> (u64, u64) {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let nums: Vec<u64> = text
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let total: u64 = nums.iter().take(8).sum();
-    let idle = nums.get(3).copied().unwrap_or(0) + nums.get(4).copied().unwrap_or(0);
-    (total - idle.min(total), total)
-}
-
-fn status_kb(pid: u32, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = text.lines().find(|l| l.starts_with(key))?;
-    line[key.len()..]
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
-}
-
-struct CpuSnap {
-    at: Instant,
-    loadgen: u64,
-    own: u64,
-    child: Option<u64>,
-    machine: (u64, u64),
-}
-
-fn cpu_snap(child: Option<u32>) -> CpuSnap {
-    let (loadgen, own) = self_ticks();
-    CpuSnap {
-        at: Instant::now(),
-        loadgen,
-        own,
-        child: child.and_then(|pid| stat_ticks(Path::new(&format!("/proc/{pid}/stat")))),
-        machine: machine_ticks(),
-    }
-}
-
 // ---------------------------------------------------------------- load
 
 #[derive(Default)]
 struct WorkerOut {
-    /// Latencies (µs) of 200s sent and answered inside the measured window.
-    latencies: Vec<u32>,
-    /// Non-200 answers and transport failures inside the measured window.
-    errors: u64,
-    /// Non-200 answers and failures over the whole phase, by kind.
-    error_kinds: BTreeMap<String, u64>,
+    tally: Tally,
     /// Bodies of every 200 answer over the whole phase (warm-up included).
     answers: Vec<Vec<u8>>,
 }
 
 struct LoadOut {
     measured: Duration,
-    latencies: Vec<u32>,
-    errors: u64,
-    error_kinds: BTreeMap<String, u64>,
+    tally: Tally,
     answers: Vec<Vec<u8>>,
     pool_exhausted: bool,
-    client_cores: f64,
-    server_cores: f64,
-    machine_busy: f64,
-    other_cores: f64,
+    cpu: CpuUse,
 }
 
 async fn run_load(
@@ -554,15 +189,9 @@ async fn run_load(
     opts: &Options,
     wrap: bool,
     server_pid: Option<u32>,
-    ticks_per_sec: f64,
+    meter: &Meter,
 ) -> Res<LoadOut> {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .http1_only()
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(opts.connections)
-        .timeout(Duration::from_secs(10))
-        .build()?;
+    let client = http_client(opts.connections)?;
     let url = reqwest::Url::parse(&url)?;
     let start = Instant::now();
     let warm_end = start + opts.warmup;
@@ -590,116 +219,44 @@ async fn run_load(
                     }
                 };
                 let t0 = Instant::now();
-                let sent = client
-                    .post(url.clone())
-                    .header(CONTENT_TYPE, "application/json")
-                    .header(SIGNATURE, req.signature.clone())
-                    .body(req.body)
-                    .send()
-                    .await;
-                let result = match sent {
-                    Ok(resp) => {
-                        let status = resp.status();
-                        match resp.bytes().await {
-                            Ok(b) if status == reqwest::StatusCode::OK => Ok(b.to_vec()),
-                            Ok(_) => Err(format!("http {}", status.as_u16())),
-                            Err(e) => Err(format!("read: {}", kind_of(&e))),
-                        }
-                    }
-                    Err(e) => Err(format!("send: {}", kind_of(&e))),
-                };
+                let result = send_signed(&client, &url, req).await.map(|b| b.to_vec());
                 let t1 = Instant::now();
                 let in_window = t0 >= warm_end && t1 <= end;
                 match result {
                     Ok(body) => {
-                        if in_window {
-                            let us = t1.duration_since(t0).as_micros();
-                            out.latencies.push(u32::try_from(us).unwrap_or(u32::MAX));
-                        }
+                        out.tally.answered(t0, t1, in_window);
                         out.answers.push(body);
                     }
-                    Err(kind) => {
-                        if in_window {
-                            out.errors += 1;
-                        }
-                        *out.error_kinds.entry(kind).or_default() += 1;
-                    }
+                    Err(kind) => out.tally.failed(kind, in_window),
                 }
             }
             out
         }));
     }
     tokio::time::sleep_until(warm_end.into()).await;
-    let before = cpu_snap(server_pid);
+    let before = meter.snap(server_pid);
     tokio::time::sleep_until(end.into()).await;
-    let after = cpu_snap(server_pid);
+    let after = meter.snap(server_pid);
 
     let mut out = LoadOut {
         measured: opts.duration,
-        latencies: Vec::new(),
-        errors: 0,
-        error_kinds: BTreeMap::new(),
+        tally: Tally::default(),
         answers: Vec::new(),
         pool_exhausted: false,
-        client_cores: 0.0,
-        server_cores: 0.0,
-        machine_busy: 0.0,
-        other_cores: 0.0,
+        cpu: meter.between(&before, &after),
     };
     for t in tasks {
         match t.await {
             Ok(w) => {
-                out.latencies.extend(w.latencies);
-                out.errors += w.errors;
-                for (k, v) in w.error_kinds {
-                    *out.error_kinds.entry(k).or_default() += v;
-                }
+                out.tally.absorb(w.tally);
                 out.answers.extend(w.answers);
             }
-            Err(e) => {
-                out.errors += 1;
-                *out.error_kinds.entry(format!("worker: {e}")).or_default() += 1;
-            }
+            Err(e) => out.tally.lost_worker(&e),
         }
     }
     out.pool_exhausted = exhausted.load(Ordering::Relaxed);
-    let secs = after.at.duration_since(before.at).as_secs_f64() * ticks_per_sec;
-    let loadgen = after.loadgen.saturating_sub(before.loadgen);
-    out.client_cores = loadgen as f64 / secs;
-    out.server_cores = match (before.child, after.child) {
-        (Some(b), Some(a)) => a.saturating_sub(b) as f64 / secs,
-        // In-process baselines: everything of this process but the load generator.
-        _ => after.own.saturating_sub(before.own).saturating_sub(loadgen) as f64 / secs,
-    };
-    let (busy, total) = (
-        after.machine.0.saturating_sub(before.machine.0),
-        after.machine.1.saturating_sub(before.machine.1),
-    );
-    out.machine_busy = if total > 0 {
-        busy as f64 / total as f64
-    } else {
-        0.0
-    };
-    // Whatever else ran on the machine meanwhile (other processes, kernel
-    // threads such as the journal's): the noise the phases share.
-    out.other_cores =
-        (out.machine_busy * proc_cpus() as f64 - out.client_cores - out.server_cores).max(0.0);
-    out.latencies.sort_unstable();
+    out.tally.latencies.sort_unstable();
     Ok(out)
-}
-
-fn kind_of(e: &reqwest::Error) -> &'static str {
-    if e.is_timeout() {
-        "timeout"
-    } else if e.is_connect() {
-        "connect"
-    } else if e.is_body() || e.is_decode() {
-        "body"
-    } else if e.is_request() {
-        "request"
-    } else {
-        "other"
-    }
 }
 
 // ---------------------------------------------------------------- results
@@ -728,28 +285,20 @@ struct PhaseResult {
     notes: Vec<String>,
 }
 
-fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
-    if sorted_us.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted_us.len() as f64).ceil() as usize;
-    f64::from(sorted_us[rank.clamp(1, sorted_us.len()) - 1]) / 1000.0
-}
-
 fn summarize(phase: Phase, load: &LoadOut) -> PhaseResult {
-    let ok = load.latencies.len() as u64;
+    let ok = load.tally.latencies.len() as u64;
     PhaseResult {
         phase,
         rps: ok as f64 / load.measured.as_secs_f64(),
-        p50_ms: percentile_ms(&load.latencies, 50.0),
-        p99_ms: percentile_ms(&load.latencies, 99.0),
+        p50_ms: percentile_ms(&load.tally.latencies, 50.0),
+        p99_ms: percentile_ms(&load.tally.latencies, 99.0),
         ok,
-        errors: load.errors,
-        error_kinds: load.error_kinds.clone(),
-        client_cores: load.client_cores,
-        server_cores: load.server_cores,
-        machine_busy: load.machine_busy,
-        other_cores: load.other_cores,
+        errors: load.tally.errors,
+        error_kinds: load.tally.error_kinds.clone(),
+        client_cores: load.cpu.client,
+        server_cores: load.cpu.server,
+        machine_busy: load.cpu.machine_busy,
+        other_cores: load.cpu.other,
         idle_rss_mb: None,
         peak_rss_mb: None,
         after_rss_mb: None,
@@ -767,31 +316,30 @@ async fn run_baseline(
     phase: Phase,
     pool: Arc<Vec<Prebuilt>>,
     opts: &Options,
-    hz: f64,
+    meter: &Meter,
 ) -> Res<PhaseResult> {
     let server = start_baseline(phase, opts.server_workers)?;
     let url = format!("http://{}/hooks/clickup", server.addr);
-    let load = run_load(url, pool, opts, true, None, hz).await;
+    let load = run_load(url, pool, opts, true, None, meter).await;
     server.stop().await?;
     let load = load?;
     Ok(summarize(phase, &load))
 }
 
-async fn run_bridge(pool: Arc<Vec<Prebuilt>>, opts: &Options, hz: f64) -> Res<PhaseResult> {
-    let mut daemon = start_daemon()?;
-    if let Err(e) = daemon.wait_healthy().await {
-        let _ = daemon.child.kill();
-        let _ = daemon.child.wait();
-        return Err(e);
-    }
-    let pid = daemon.child.id();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let kb_to_mb = |kb: u64| kb as f64 / 1024.0;
-    let idle = status_kb(pid, "VmRSS:").map(kb_to_mb);
+async fn run_bridge(pool: Arc<Vec<Prebuilt>>, opts: &Options, meter: &Meter) -> Res<PhaseResult> {
+    let mut daemon = start_daemon(
+        "clickup-bridge-bench-",
+        ROUTES_YAML,
+        // Settings from the caller's environment must not leak into the run.
+        |name| name.starts_with("CLICKUP_BRIDGE_"),
+    )
+    .await?;
+    let pid = daemon.pid();
+    let idle = rss_mb(pid, "VmRSS:");
     let url = format!("http://{}/hooks/clickup", daemon.addr);
-    let load = run_load(url, pool, opts, false, Some(pid), hz).await;
-    let peak = status_kb(pid, "VmHWM:").map(kb_to_mb);
-    let after = status_kb(pid, "VmRSS:").map(kb_to_mb);
+    let load = run_load(url, pool, opts, false, Some(pid), meter).await;
+    let peak = rss_mb(pid, "VmHWM:");
+    let after = rss_mb(pid, "VmRSS:");
     let exit = daemon.stop().await;
     let load = load?;
     let mut r = summarize(Phase::Bridge, &load);
@@ -799,14 +347,7 @@ async fn run_bridge(pool: Arc<Vec<Prebuilt>>, opts: &Options, hz: f64) -> Res<Ph
     r.peak_rss_mb = peak;
     r.after_rss_mb = after;
 
-    match exit {
-        Ok(s) if s.success() => {}
-        Ok(s) => r.problems.push(format!(
-            "daemon exit after SIGTERM: {s}\n{}",
-            daemon.log_tail()
-        )),
-        Err(e) => r.problems.push(e.to_string()),
-    }
+    r.problems.extend(daemon.exit_problem(&exit));
 
     // Every 200 must be a fresh event with its own id.
     let mut ids = HashSet::with_capacity(load.answers.len());
@@ -923,10 +464,6 @@ fn combine(rounds: &[Vec<PhaseResult>], phase: Phase) -> Option<PhaseResult> {
     })
 }
 
-fn fmt_opt(v: Option<f64>) -> String {
-    v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into())
-}
-
 fn phase_json(r: &PhaseResult) -> Value {
     json!({
         "requests_per_sec": r.rps,
@@ -948,18 +485,12 @@ fn phase_json(r: &PhaseResult) -> Value {
     })
 }
 
-fn ratio(a: f64, b: f64) -> f64 {
-    if b > 0.0 { a / b } else { f64::NAN }
-}
-
 // ---------------------------------------------------------------- main
 
 fn main() -> Result<(), BoxError> {
     let opts = parse_options()?;
-    let hz = clock_ticks();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let meter = Meter::new(HashSet::new());
+    let cores = available_cores();
     println!(
         "ingest bench: {} connections, {} client threads, {} server workers, {} s warm-up + {} s per phase, {} round(s), {} cores",
         opts.connections,
@@ -970,23 +501,9 @@ fn main() -> Result<(), BoxError> {
         opts.rounds,
         cores
     );
-    let t = Instant::now();
-    let pool = Arc::new(prebuild(opts.requests)?);
-    let body_len = pool.first().map(|p| p.body.len()).unwrap_or(0);
-    println!(
-        "pre-built {} distinct signed requests (~{} bytes each) in {:.2} s",
-        pool.len(),
-        body_len,
-        t.elapsed().as_secs_f64()
-    );
-
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(opts.client_threads)
-        .thread_name("loadgen")
-        // Threads that come and go would make the CPU accounting jump.
-        .thread_keep_alive(Duration::from_secs(3600))
-        .enable_all()
-        .build()?;
+    let pool = prebuild_pool(opts.requests)?;
+    let body_len = body_len(&pool);
+    let rt = loadgen_runtime(opts.client_threads)?;
 
     let rounds: Vec<Vec<PhaseResult>> = rt.block_on(async {
         let mut rounds = Vec::new();
@@ -994,8 +511,8 @@ fn main() -> Result<(), BoxError> {
             let mut results = Vec::new();
             for phase in Phase::ALL {
                 let r = match phase {
-                    Phase::Bridge => run_bridge(pool.clone(), &opts, hz).await,
-                    _ => run_baseline(phase, pool.clone(), &opts, hz).await,
+                    Phase::Bridge => run_bridge(pool.clone(), &opts, &meter).await,
+                    _ => run_baseline(phase, pool.clone(), &opts, &meter).await,
                 }
                 .map_err(|e| format!("round {round}, phase {}: {e}", phase.key()))?;
                 println!(
@@ -1093,9 +610,9 @@ fn main() -> Result<(), BoxError> {
     println!(
         "clickup-bridge: {} events acknowledged (warm-up included), RSS idle {} MB, peak {} MB, after load {} MB",
         c.accepted.unwrap_or(0),
-        fmt_opt(c.idle_rss_mb),
-        fmt_opt(c.peak_rss_mb),
-        fmt_opt(c.after_rss_mb)
+        fmt_opt(c.idle_rss_mb, 1),
+        fmt_opt(c.peak_rss_mb, 1),
+        fmt_opt(c.after_rss_mb, 1)
     );
     for r in rounds.iter().flatten() {
         for n in &r.notes {
@@ -1116,15 +633,10 @@ fn main() -> Result<(), BoxError> {
             problems.push(format!("{}: {p}", r.phase.key()));
         }
     }
-    if problems.is_empty() {
-        println!(
-            "checks: every request answered 200; every clickup-bridge answer was a new event with its own id"
-        );
-    } else {
-        for p in &problems {
-            println!("PROBLEM: {p}");
-        }
-    }
+    print_checks(
+        &problems,
+        "every request answered 200; every clickup-bridge answer was a new event with its own id",
+    );
 
     let per_round: Vec<Value> = rounds
         .iter()
@@ -1152,7 +664,7 @@ fn main() -> Result<(), BoxError> {
         .collect();
     let report = json!({
         "bench": "ingest",
-        "unix_time": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "unix_time": unix_time(),
         "machine": {"cores": cores},
         "options": {
             "duration_s": opts.duration.as_secs_f64(),
@@ -1185,14 +697,5 @@ fn main() -> Result<(), BoxError> {
         "rounds": per_round,
         "problems": problems,
     });
-    if let Some(dir) = opts.out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&opts.out, serde_json::to_string_pretty(&report)? + "\n")?;
-    println!("wrote {}", opts.out.display());
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("{} problem(s), see above", problems.len()).into())
-    }
+    write_report(&opts.out, &report, problems.len())
 }
