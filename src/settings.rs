@@ -111,7 +111,8 @@ fn read_env(vars: Vec<(String, String)>) -> Result<Raw, SettingsError> {
         .add_source(
             config::Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("_")
-                .try_parsing(true)
+                // No try_parsing: a token such as 0012345 must stay text;
+                // numeric keys are converted from text when deserialized.
                 .source(Some(map)),
         )
         .build()
@@ -276,6 +277,22 @@ mod tests {
         assert_eq!(s.max_body, 20);
         assert_eq!(s.admin_token.as_deref(), Some("t0k"));
         assert_eq!(s.templates, Path::new("/work/tpl"));
+    }
+
+    #[test]
+    fn values_that_look_like_numbers_stay_text_where_text_is_expected() {
+        let env = vec![
+            (
+                "CLICKUP_BRIDGE_ADMIN_TOKEN".to_owned(),
+                "0012345".to_owned(),
+            ),
+            ("CLICKUP_BRIDGE_LOG_FORMAT".to_owned(), "json".to_owned()),
+            ("CLICKUP_BRIDGE_RETENTION_DAYS".to_owned(), "30".to_owned()),
+        ];
+        let s = Settings::load(None, env, Path::new("/srv")).unwrap();
+        assert_eq!(s.admin_token.as_deref(), Some("0012345"));
+        assert_eq!(s.log_format, Some(LogFormat::Json));
+        assert_eq!(s.retention_days, 30);
     }
 
     #[test]
