@@ -117,8 +117,16 @@ fn page(items: Vec<Value>, limit: u32) -> HttpResponse {
     HttpResponse::Ok().json(json!({"items": items, "next": next}))
 }
 
-fn limit(l: Option<u32>) -> Result<u32, ApiError> {
-    match l.unwrap_or(50) {
+fn limit(l: Option<&str>) -> Result<u32, ApiError> {
+    let n = match l {
+        None => 50,
+        Some(v) => v.parse::<u32>().map_err(|_| {
+            ApiError::BadRequest(format!(
+                "limit must be a whole number from 1 to 1000, not \"{v}\""
+            ))
+        })?,
+    };
+    match n {
         0 => Err(ApiError::BadRequest("limit must be at least 1".into())),
         n => Ok(n.min(1000)),
     }
@@ -128,7 +136,7 @@ fn limit(l: Option<u32>) -> Result<u32, ApiError> {
 #[derive(Deserialize)]
 pub struct EventsQuery {
     source: Option<String>,
-    limit: Option<u32>,
+    limit: Option<String>,
     cursor: Option<String>,
 }
 
@@ -137,7 +145,7 @@ async fn list_events(
     s: web::Data<AdminState>,
     q: web::Query<EventsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = limit(q.limit)?;
+    let limit = limit(q.limit.as_deref())?;
     let events = s
         .store
         .events_page(q.source.as_deref(), limit, q.cursor.as_deref())
@@ -189,7 +197,7 @@ pub struct DeliveriesQuery {
     status: Option<String>,
     target: Option<String>,
     route: Option<String>,
-    limit: Option<u32>,
+    limit: Option<String>,
     cursor: Option<String>,
 }
 
@@ -198,7 +206,7 @@ async fn list_deliveries(
     s: web::Data<AdminState>,
     q: web::Query<DeliveriesQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = limit(q.limit)?;
+    let limit = limit(q.limit.as_deref())?;
     let rows = s
         .store
         .deliveries(&DeliveryFilter {

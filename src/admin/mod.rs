@@ -39,7 +39,14 @@ pub struct AdminState {
 
 /// Registers the admin routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
+    // A malformed query (?limit=abc) answers JSON like every other error.
+    let query = web::QueryConfig::default().error_handler(|e, _| {
+        let body = serde_json::json!({"error": e.to_string()});
+        actix_web::error::InternalError::from_response(e, HttpResponse::BadRequest().json(body))
+            .into()
+    });
+    cfg.app_data(query)
+        .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics_text))
         .service(web::scope("/api/v1").configure(api::configure));

@@ -129,7 +129,16 @@ pub fn entries<'a>(
 pub fn string(node: &Node, what: &str, d: &mut Diagnostics) -> Option<String> {
     match &node.value {
         Value::Str(s) => Some(s.clone()),
-        Value::Int(_) | Value::Float(_) | Value::Bool(_) => node.scalar_text(),
+        Value::Int(_) | Value::Bool(_) => node.scalar_text(),
+        // YAML read it as a decimal number: its text may already be changed
+        // (1e3, 12345678901234567890), so ask for quotes instead of guessing.
+        Value::Float(_) => {
+            d.error(
+                node.pos,
+                format!("{what} looks like a number to YAML: put it in quotes"),
+            );
+            None
+        }
         other => {
             d.error(
                 node.pos,

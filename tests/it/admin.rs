@@ -136,6 +136,9 @@ async fn events_and_deliveries_are_listed_newest_first_in_pages_and_shown_whole(
     assert_eq!(none, json!({"items": [], "next": null}));
     let (status, bad) = app.admin("GET", "/api/v1/deliveries?status=lost").await;
     assert_eq!(status, 400, "{bad}");
+    let (status, bad) = app.admin("GET", "/api/v1/events?limit=abc").await;
+    assert_eq!(status, 400);
+    assert!(bad["error"].as_str().unwrap().contains("limit"), "{bad}");
 
     let (_, d) = app
         .admin("GET", &format!("/api/v1/deliveries/{delivery_id}"))

@@ -229,6 +229,15 @@ fn wrong_types_and_values_say_what_would_be_right() {
 }
 
 #[test]
+fn a_secret_that_yaml_reads_as_a_decimal_number_must_be_quoted() {
+    let text = "sources:\n  clickup:\n    verify: clickup\n    secret: 12345678901234567890123\n";
+    assert_eq!(
+        check(text, &[]),
+        (1, "routes.yaml:4:13: secret looks like a number to YAML: put it in quotes\nroutes.yaml: 1 error\n".into())
+    );
+}
+
+#[test]
 fn unknown_operators_and_bad_regexes_are_reported() {
     let text = with_route(
         "  - name: r\n    source: clickup\n    when:\n      match:\n        $.event: { equal: x }\n        $.task_id: { regex: \"(\" }\n    send:\n      - target: team-slack\n        text: hi\n",
