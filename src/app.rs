@@ -293,7 +293,7 @@ impl Application {
             cancel.clone(),
         ));
         crate::lifecycle::systemd::ready();
-        let watchdog = crate::lifecycle::systemd::spawn_watchdog();
+        let watchdog = crate::lifecycle::systemd::spawn_watchdog(self.store.clone());
         let (pipeline, routes, templates, metrics) = (
             self.pipeline.clone(),
             self.routes_path.clone(),

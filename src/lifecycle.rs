@@ -153,8 +153,10 @@ pub mod systemd {
     }
 
     /// When systemd set `WATCHDOG_USEC`, pings it at half the interval from
-    /// the async runtime, so a wedged runtime is restarted.
-    pub fn spawn_watchdog() -> Option<tokio::task::JoinHandle<()>> {
+    /// the async runtime, and only while the store answers (its writer
+    /// included): a wedged runtime or a dead store gets the process
+    /// restarted instead of answering 503 for ever.
+    pub fn spawn_watchdog(store: crate::store::Store) -> Option<tokio::task::JoinHandle<()>> {
         let every = sd_notify::watchdog_enabled()? / 2;
         let every = every.max(Duration::from_millis(10));
         tracing::info!(
@@ -165,7 +167,12 @@ pub mod systemd {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                send(&[NotifyState::Watchdog]);
+                match store.ping().await {
+                    Ok(()) => send(&[NotifyState::Watchdog]),
+                    Err(e) => {
+                        tracing::error!(error = %e, "store unhealthy: withholding the watchdog ping")
+                    }
+                }
             }
         }))
     }

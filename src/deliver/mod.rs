@@ -49,7 +49,11 @@ pub struct Deliverer {
     shared: Arc<Shared>,
     limits: Arc<Limits>,
     tasks: JoinSet<()>,
+    last_sweep: Option<Instant>,
 }
+
+/// How often deliveries of targets removed from routes.yaml are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 impl Deliverer {
     /// A worker over the routes in force, the store, shared target limits and
@@ -72,6 +76,51 @@ impl Deliverer {
             }),
             limits,
             tasks: JoinSet::new(),
+            last_sweep: None,
+        }
+    }
+
+    /// Deliveries whose target a reload removed would wait for ever: they
+    /// are made dead (replayable once the target is back) with the reason.
+    async fn sweep_orphans(&mut self, pipeline: &Pipeline) {
+        if self.last_sweep.is_some_and(|t| t.elapsed() < SWEEP_EVERY) {
+            return;
+        }
+        self.last_sweep = Some(Instant::now());
+        let Ok(targets) = self.shared.store.pending_targets().await else {
+            return;
+        };
+        for name in targets
+            .iter()
+            .filter(|t| !pipeline.targets.contains_key(*t))
+        {
+            let Ok(claimed) = self
+                .shared
+                .store
+                .claim_deliveries(name, 500, i64::MAX, 60_000)
+                .await
+            else {
+                continue;
+            };
+            for d in claimed {
+                let reason = format!("target \"{name}\" is no longer in routes.yaml");
+                tracing::warn!(delivery_id = %d.id, target = %name, "delivery dead: {reason}");
+                let record = AttemptRecord {
+                    delivery_id: d.id.clone(),
+                    n: d.attempts + 1,
+                    at: now_millis(),
+                    duration_ms: 0,
+                    status_code: None,
+                    response: None,
+                    error: Some(reason),
+                    outcome: AttemptOutcome::Dead,
+                    link: None,
+                };
+                if let Err(e) = self.shared.store.record_attempt(record).await {
+                    tracing::error!(delivery_id = %d.id, error = %e, "cannot record the attempt");
+                }
+                self.shared.metrics.attempt(name, "dead");
+            }
         }
     }
 
@@ -80,6 +129,7 @@ impl Deliverer {
     pub async fn step(&mut self) -> usize {
         while self.tasks.try_join_next().is_some() {}
         let pipeline = self.shared.pipeline.load_full();
+        self.sweep_orphans(&pipeline).await;
         let mut started = 0;
         for target in pipeline.targets.values() {
             let state = self.limits.of(target);

@@ -507,6 +507,13 @@ impl Store {
         }
     }
 
+    /// Targets that have pending deliveries.
+    pub async fn pending_targets(&self) -> Result<Vec<String>, StoreError> {
+        match self.backend.as_ref() {
+            Backend::Sqlite(s) => s.pending_targets().await,
+        }
+    }
+
     /// Queues deliveries again (dead or delivered ones matching `filter`, or
     /// the one named): pending, due now, with a fresh retry budget. Returns
     /// how many.

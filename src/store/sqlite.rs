@@ -338,6 +338,14 @@ impl SqliteStore {
             .map_err(StoreError::from)
     }
 
+    pub(super) async fn pending_targets(&self) -> Result<Vec<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT DISTINCT target FROM deliveries WHERE status = 'pending'")
+                .fetch_all(&self.read)
+                .await?,
+        )
+    }
+
     pub(super) async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
         let unrouted: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE routed_at IS NULL")
@@ -903,7 +911,7 @@ async fn run_op(tx: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error>
                    ORDER BY received_at LIMIT ?3) \
                  RETURNING id, source, event_type, payload, received_at, route_attempts",
             )
-            .bind(now + lease_ms)
+            .bind(now.saturating_add(*lease_ms))
             .bind(now)
             .bind(i64::from(*limit))
             .fetch_all(&mut *tx)
@@ -977,7 +985,8 @@ async fn run_op(tx: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error>
                     placeholders(2, claimed.len())
                 );
                 // Only placeholders are formatted in; the ids are bound.
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now + lease_ms);
+                let mut q =
+                    sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now.saturating_add(*lease_ms));
                 for c in &claimed {
                     q = q.bind(c.id.as_str());
                 }

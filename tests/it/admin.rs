@@ -396,3 +396,50 @@ async fn retention_prunes_finished_history_and_keeps_pending_work() {
     assert_eq!((again.deliveries, again.events), (0, 0));
     app.stop().await;
 }
+
+/// Deliveries whose target a reload removed do not wait for ever: they
+/// become dead with the reason, and can be replayed once the target is back.
+#[tokio::test]
+async fn deliveries_of_a_removed_target_become_dead() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&server)
+        .await;
+    let text = routes(&server).replace(
+        "attempts: 2, initial: 0.05, max: 0.1",
+        "attempts: 1000, initial: 60, max: 60",
+    );
+    let app = spawn_app_with(&text, |s| s.admin_token = Some(TOKEN.into())).await;
+    let id = app.post_clickup(&clickup_event(1)).await;
+    let eid = clickup_bridge::ids::EventId::from_stored(id.clone());
+    wait_for(20, "a first failed attempt", || {
+        let store = app.store.clone();
+        let eid = eid.clone();
+        async move {
+            let rows = store
+                .deliveries(&DeliveryFilter {
+                    event_id: Some(eid),
+                    limit: 5,
+                    ..Default::default()
+                })
+                .await
+                .ok()?;
+            (rows.first()?.attempts == 1).then_some(())
+        }
+    })
+    .await;
+    let without = format!(
+        "sources:\n  clickup:\n    verify: clickup\n    secret: {CLICKUP_SECRET}\nroutes: []\n"
+    );
+    std::fs::write(app.dir.path().join("routes.yaml"), without).unwrap();
+    let (status, _) = app.admin("POST", "/api/v1/reload").await;
+    assert_eq!(status, 200);
+    let rows = app.settled(&id, 30).await;
+    assert_eq!(rows[0].status, DeliveryStatus::Dead);
+    assert_eq!(
+        rows[0].last_error.as_deref(),
+        Some("target \"t\" is no longer in routes.yaml")
+    );
+    app.stop().await;
+}
