@@ -38,9 +38,22 @@ pub fn now_millis() -> i64 {
 pub struct DeliveryId(String);
 
 impl DeliveryId {
-    /// A new, time-ordered id.
-    pub fn generate() -> Self {
-        DeliveryId(format!("dlv_{}", uuid::Uuid::now_v7().simple()))
+    /// The id of send step `step` of `route` for `event`: the event's
+    /// time-ordered UUID followed by a hash of the route and step. The same
+    /// inputs always give the same id, so an event routed twice (after a
+    /// power cut lost the first routing) gets the same Idempotency-Keys.
+    pub fn for_step(event: &EventId, route: &str, step: u32) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(route.as_bytes());
+        h.update([0]);
+        h.update(step.to_be_bytes());
+        let suffix = hex::encode(&h.finalize()[..6]);
+        let base = event
+            .as_str()
+            .strip_prefix("evt_")
+            .unwrap_or(event.as_str());
+        DeliveryId(format!("dlv_{base}{suffix}"))
     }
     /// Wraps an id read back from the store.
     pub fn from_stored(s: String) -> Self {
@@ -55,5 +68,37 @@ impl DeliveryId {
 impl fmt::Display for DeliveryId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_ids_are_stable_per_step_and_ordered_by_event_time() {
+        let a = EventId::generate();
+        let b = EventId::generate();
+        assert_eq!(
+            DeliveryId::for_step(&a, "r", 0),
+            DeliveryId::for_step(&a, "r", 0)
+        );
+        assert_ne!(
+            DeliveryId::for_step(&a, "r", 0),
+            DeliveryId::for_step(&a, "r", 1)
+        );
+        assert_ne!(
+            DeliveryId::for_step(&a, "r", 0),
+            DeliveryId::for_step(&a, "s", 0)
+        );
+        assert!(
+            DeliveryId::for_step(&a, "z", 9) < DeliveryId::for_step(&b, "a", 0),
+            "later events sort later"
+        );
+        assert!(
+            DeliveryId::for_step(&a, "r", 0)
+                .as_str()
+                .starts_with("dlv_")
+        );
     }
 }

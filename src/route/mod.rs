@@ -11,7 +11,7 @@ pub mod matcher;
 
 use crate::deliver::classify::backoff;
 use crate::deliver::task_id_of;
-use crate::ids::{DeliveryId, now_millis};
+use crate::ids::{DeliveryId, EventId, now_millis};
 use crate::pipeline::{Pipeline, Route};
 use crate::store::{EventToRoute, NewDelivery, RoutedEvent, Store, StoreError};
 use arc_swap::ArcSwap;
@@ -60,6 +60,7 @@ pub fn candidates(pipeline: &Pipeline, event: &EventToRoute, payload: &Value) ->
 
 /// One delivery per send step of `route`, pending or created dead.
 pub fn deliveries(
+    event: &EventId,
     route: &Route,
     context: &Map<String, Value>,
     dead: Option<&str>,
@@ -69,7 +70,7 @@ pub fn deliveries(
         .iter()
         .enumerate()
         .map(|(i, step)| NewDelivery {
-            id: DeliveryId::generate(),
+            id: DeliveryId::for_step(event, &route.name, u32::try_from(i).unwrap_or(u32::MAX)),
             route: route.name.clone(),
             step: u32::try_from(i).unwrap_or(u32::MAX),
             target: step.target.clone(),
@@ -92,7 +93,7 @@ pub fn routed(pipeline: &Pipeline, event: &EventToRoute, cands: Vec<Candidate>) 
         routed.matched_routes.push(route.name.clone());
         routed
             .deliveries
-            .extend(deliveries(route, &c.context, None));
+            .extend(deliveries(&event.id, route, &c.context, None));
     }
     routed
 }
@@ -170,7 +171,7 @@ async fn enrich_one(shared: &RouterShared, pipeline: &Pipeline, p: Pending) -> O
             routed.matched_routes.push(route.name.clone());
             routed
                 .deliveries
-                .extend(deliveries(route, &c.context, None));
+                .extend(deliveries(&p.event.id, route, &c.context, None));
             continue;
         }
         let via = route
@@ -183,7 +184,7 @@ async fn enrich_one(shared: &RouterShared, pipeline: &Pipeline, p: Pending) -> O
             routed.matched_routes.push(route.name.clone());
             routed
                 .deliveries
-                .extend(deliveries(route, &c.context, Some(why)));
+                .extend(deliveries(&p.event.id, route, &c.context, Some(why)));
             continue;
         };
         match shared.enricher.task(via, &task_id).await {
@@ -192,7 +193,9 @@ async fn enrich_one(shared: &RouterShared, pipeline: &Pipeline, p: Pending) -> O
                     let mut ctx = c.context;
                     ctx.insert("task".into(), task);
                     routed.matched_routes.push(route.name.clone());
-                    routed.deliveries.extend(deliveries(route, &ctx, None));
+                    routed
+                        .deliveries
+                        .extend(deliveries(&p.event.id, route, &ctx, None));
                 }
                 Err(m) => {
                     tracing::debug!(event_id = %p.event.id, route = %route.name, reason = %m.reason, "task condition does not hold");
@@ -203,7 +206,7 @@ async fn enrich_one(shared: &RouterShared, pipeline: &Pipeline, p: Pending) -> O
                 routed.matched_routes.push(route.name.clone());
                 routed
                     .deliveries
-                    .extend(deliveries(route, &c.context, Some(&reason)));
+                    .extend(deliveries(&p.event.id, route, &c.context, Some(&reason)));
             }
             Err(FetchError::Retry { reason, after }) => {
                 retry.get_or_insert((reason.clone(), after, route));
@@ -234,7 +237,7 @@ async fn enrich_one(shared: &RouterShared, pipeline: &Pipeline, p: Pending) -> O
             routed.matched_routes.push(route.name.clone());
             routed
                 .deliveries
-                .extend(deliveries(route, &ctx, Some(&why)));
+                .extend(deliveries(&p.event.id, route, &ctx, Some(&why)));
         }
     }
     Some(routed)

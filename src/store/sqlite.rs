@@ -1,14 +1,15 @@
-//! SQLite backend: WAL, `synchronous=FULL`, one writer connection fed by a
-//! channel that commits queued operations together (group commit), and a
-//! small pool of readers.
+//! SQLite backend: WAL, one writer task fed by a channel that commits queued
+//! operations together (group commit), and a small pool of readers.
 //!
 //! Why group commit: SQLite has one writer at a time and each durable commit
 //! costs an fsync. Inbound inserts, router results, delivery claims and
 //! attempt records all queue on one channel; the writer takes everything
-//! queued (up to [`MAX_BATCH`]) into one transaction, so one fsync
-//! acknowledges many of them and every 200 still means "on disk". If a batch
-//! fails, its operations are retried one by one so one bad operation cannot
-//! fail its neighbours.
+//! queued (up to [`MAX_BATCH`]): the inserts in one statement on a
+//! `synchronous=FULL` connection (one fsync acknowledges them all, and every
+//! 200 still means "on disk"), the rest in one transaction on a `NORMAL`
+//! connection (see [`writer`] for why that is safe). If a group fails, its
+//! operations are retried one by one so one bad operation cannot fail its
+//! neighbours.
 //!
 //! Leases: one daemon owns an SQLite file, so leases left by a crashed
 //! process are cleared when the store opens.
@@ -158,12 +159,19 @@ impl SqliteStore {
         sqlx::query("UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL")
             .execute(&mut conn)
             .await?;
+        // The second writing connection commits without waiting for fsync
+        // (see `Writer`); the writer task uses the two one after the other,
+        // so they never contend for SQLite's write lock.
+        let fast = options(path)
+            .synchronous(SqliteSynchronous::Normal)
+            .connect()
+            .await?;
         let read = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options(path))
             .await?;
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(writer(conn, rx));
+        tokio::spawn(writer(conn, fast, rx));
         tokio::spawn(checkpointer(read.clone()));
         Ok(SqliteStore { writer: tx, read })
     }
@@ -508,10 +516,25 @@ fn delivery_row(r: &SqliteRow) -> Result<DeliveryRow, sqlx::Error> {
 }
 
 /// The single writer: drains the queue into one transaction per batch.
-async fn writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Msg>) {
+/// The single writer: drains the queue, then commits in two groups.
+///
+/// Inbound inserts go first, through the FULL connection: one autocommit
+/// statement whose commit fsyncs the WAL, after which their senders get their
+/// 200 at once. Everything else (routing results, claims, attempt records,
+/// replays, pruning) follows in one transaction on the NORMAL connection: it
+/// is written to the WAL before its answer, so it survives a crash of the
+/// process, and a power cut can lose at most the last moments of it, until
+/// the next FULL commit or the checkpoint a second later. What such a loss
+/// costs: an event routed again gets the same delivery ids
+/// (`DeliveryId::for_step`), and a lost attempt record sends that delivery
+/// again with the same Idempotency-Key: at least once, as promised.
+async fn writer(
+    mut durable: SqliteConnection,
+    mut fast: SqliteConnection,
+    mut rx: mpsc::Receiver<Msg>,
+) {
     let mut batch: Vec<(Op, Reply)> = Vec::with_capacity(MAX_BATCH);
     let mut shutdown: Option<oneshot::Sender<()>> = None;
-    let mut mode: Option<bool> = None;
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(msg) = next.take() {
@@ -526,74 +549,57 @@ async fn writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Msg>) {
                 next = rx.try_recv().ok();
             }
         }
-        if !batch.is_empty() {
-            let ops: Vec<&Op> = batch.iter().map(|(op, _)| op).collect();
-            match run_batch(&mut conn, &ops, &mut mode).await {
-                Ok(results) => {
-                    for ((_, reply), r) in batch.drain(..).zip(results) {
-                        let _ = reply.send(Ok(r));
-                    }
-                }
-                Err(e) if batch.len() > 1 => {
-                    tracing::warn!(error = %e, batch = batch.len(), "store batch failed; retrying its operations one by one");
-                    for (op, reply) in batch.drain(..) {
-                        let r = run_batch(&mut conn, &[&op], &mut mode).await;
-                        let _ = reply.send(
-                            r.map_err(|e| StoreError::Unavailable(e.to_string()))
-                                .and_then(|mut v| v.pop().ok_or_else(unexpected)),
-                        );
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "store write failed");
-                    for (_, reply) in batch.drain(..) {
-                        let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
-                    }
-                }
-            }
-        }
+        let (inserts, rest): (Vec<_>, Vec<_>) = batch
+            .drain(..)
+            .partition(|(op, _)| matches!(op, Op::InsertEvent(_)));
+        run_group(&mut durable, inserts).await;
+        run_group(&mut fast, rest).await;
         if shutdown.is_some() {
             break;
         }
     }
     rx.close();
-    let _ = conn.close().await;
+    let _ = durable.close().await;
+    let _ = fast.close().await;
     if let Some(done) = shutdown {
         let _ = done.send(());
     }
 }
 
-/// Whether an operation must be on disk before it is answered.
-///
-/// An acknowledged event must survive a power loss (FULL: the WAL is
-/// fsynced at commit), and so must routing results: if they were lost, the
-/// event would be routed again into deliveries with new ids, and a target
-/// that had seen the old ones could not recognise the repeat. Claims, attempt
-/// records, replays and pruning are written with NORMAL: they survive a crash
-/// of the process (the WAL is written before the answer), and a power loss
-/// loses at most the last moments of them, until the next FULL commit or the
-/// checkpoint a second later fsyncs the WAL. Losing an attempt record sends
-/// that delivery again with the same Idempotency-Key: at least once, as
-/// promised.
-fn needs_fsync(op: &Op) -> bool {
-    matches!(op, Op::InsertEvent(_) | Op::CompleteRouting { .. })
+/// Runs a group of operations together and answers each; when the group
+/// fails, its operations are retried one by one so one bad operation cannot
+/// fail its neighbours.
+async fn run_group(conn: &mut SqliteConnection, mut group: Vec<(Op, Reply)>) {
+    if group.is_empty() {
+        return;
+    }
+    let ops: Vec<&Op> = group.iter().map(|(op, _)| op).collect();
+    match run_batch(conn, &ops).await {
+        Ok(results) => {
+            for ((_, reply), r) in group.drain(..).zip(results) {
+                let _ = reply.send(Ok(r));
+            }
+        }
+        Err(e) if group.len() > 1 => {
+            tracing::warn!(error = %e, batch = group.len(), "store batch failed; retrying its operations one by one");
+            for (op, reply) in group.drain(..) {
+                let r = run_batch(conn, &[&op]).await;
+                let _ = reply.send(
+                    r.map_err(|e| StoreError::Unavailable(e.to_string()))
+                        .and_then(|mut v| v.pop().ok_or_else(unexpected)),
+                );
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "store write failed");
+            for (_, reply) in group.drain(..) {
+                let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
+            }
+        }
+    }
 }
 
-async fn run_batch(
-    conn: &mut SqliteConnection,
-    ops: &[&Op],
-    mode: &mut Option<bool>,
-) -> Result<Vec<Done>, sqlx::Error> {
-    let full = ops.iter().any(|op| needs_fsync(op));
-    if *mode != Some(full) {
-        let pragma = if full {
-            "PRAGMA synchronous = FULL"
-        } else {
-            "PRAGMA synchronous = NORMAL"
-        };
-        sqlx::query(pragma).execute(&mut *conn).await?;
-        *mode = Some(full);
-    }
+async fn run_batch(conn: &mut SqliteConnection, ops: &[&Op]) -> Result<Vec<Done>, sqlx::Error> {
     let inserts: Vec<&NewEvent> = ops
         .iter()
         .filter_map(|op| match op {
