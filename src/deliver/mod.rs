@@ -257,9 +257,15 @@ async fn run_one(
     let n = d.attempts + 1;
     let event: Value = serde_json::from_slice(&d.payload).unwrap_or(Value::Null);
     let task_id = task_id_of(&d.context, &event);
-    let links = match &task_id {
-        Some(t) => shared.store.links(t).await.unwrap_or_default(),
-        None => serde_json::Map::new(),
+    let step = pipeline
+        .routes
+        .iter()
+        .find(|r| r.name == d.route)
+        .and_then(|r| r.send.get(d.step as usize));
+    // Read the task's links only for a step whose templates mention them.
+    let links = match (&task_id, step.is_some_and(|s| s.uses_links)) {
+        (Some(t), true) => shared.store.links(t).await.unwrap_or_default(),
+        _ => serde_json::Map::new(),
     };
     limits.ready().await;
     let started = Instant::now();
@@ -284,12 +290,7 @@ async fn run_one(
         reason.push_str(detail);
     }
     let at = now_millis();
-    let remember = pipeline
-        .routes
-        .iter()
-        .find(|r| r.name == d.route)
-        .and_then(|r| r.send.get(d.step as usize))
-        .and_then(|s| s.remember.clone());
+    let remember = step.and_then(|s| s.remember.clone());
     let link = match (&outcome, remember, result.created.clone(), task_id) {
         (Outcome::Delivered, Some(name), Some(value), Some(task_id)) => Some(Link {
             task_id,

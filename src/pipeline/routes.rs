@@ -189,6 +189,9 @@ pub struct SendStep {
     pub action: Action,
     /// Store what the target created under this link name.
     pub remember: Option<String>,
+    /// Whether a template of the step mentions `links` (only then are the
+    /// task's links read from the store for each attempt).
+    pub uses_links: bool,
     /// Where it is written.
     pub pos: Pos,
 }
@@ -594,6 +597,7 @@ fn operator(key: &Node, val: &Node, d: &mut Diagnostics) -> Option<Op> {
 struct StepBuilder<'c, 'a> {
     ctx: &'c mut Ctx<'a>,
     prefix: String,
+    uses_links: bool,
 }
 
 impl StepBuilder<'_, '_> {
@@ -609,6 +613,7 @@ impl StepBuilder<'_, '_> {
         d: &mut Diagnostics,
     ) -> Option<TemplateId> {
         let src = reader::string(node, key, d)?;
+        self.uses_links |= src.contains("links");
         let name = format!("{}.{key}@{}:{}", self.prefix, node.pos.line, node.pos.col);
         match self.ctx.templates.add(&name, &src, kind) {
             Ok(id) => Some(id),
@@ -684,6 +689,7 @@ impl StepBuilder<'_, '_> {
                 return None;
             }
         };
+        self.uses_links |= src.contains("links");
         let id = format!("file:{name}");
         if self.ctx.templates.has(&id, Kind::JsonFile) {
             return Some(TemplateId {
@@ -794,6 +800,7 @@ fn compile_step(
     let mut b = StepBuilder {
         ctx,
         prefix: format!("{route}#{}", index + 1),
+        uses_links: false,
     };
     let action = match kind.as_str() {
         "slack" => {
@@ -955,10 +962,12 @@ fn compile_step(
         _ => None,
     };
     r.finish(d);
+    let uses_links = b.uses_links;
     Some(SendStep {
         target: target?,
         action: action?,
         remember,
+        uses_links,
         pos: node.pos,
     })
 }

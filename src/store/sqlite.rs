@@ -167,7 +167,7 @@ impl SqliteStore {
             .connect()
             .await?;
         let read = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(2)
             .connect_with(options(path))
             .await?;
         let (tx, rx) = mpsc::channel(4096);

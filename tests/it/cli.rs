@@ -1,7 +1,7 @@
 //! The admin client commands against a running daemon, and what the logs
 //! never contain.
 
-use crate::lifecycle::{Daemon, free_port};
+use crate::lifecycle::Daemon;
 use crate::support::*;
 use std::process::Command;
 use wiremock::matchers::method;
@@ -38,18 +38,10 @@ async fn the_cli_lists_shows_and_replays_through_the_admin_api() {
         server.uri()
     );
     std::fs::write(dir.path().join("routes.yaml"), routes).unwrap();
-    let (port, admin_port) = (free_port(), free_port());
-    let admin_listen = format!("127.0.0.1:{admin_port}");
-    let mut d = Daemon::start_on(
-        dir.path(),
-        port,
-        &[
-            ("CLICKUP_BRIDGE_ADMIN_LISTEN", &admin_listen),
-            ("CLICKUP_BRIDGE_ADMIN_TOKEN", TOKEN),
-        ],
-    );
+    let mut d = Daemon::start_on(dir.path(), 0, &[("CLICKUP_BRIDGE_ADMIN_TOKEN", TOKEN)]);
     d.wait_for_log("clickup-bridge serving");
-    let admin = format!("http://{admin_listen}");
+    let port = d.port;
+    let admin = format!("http://127.0.0.1:{}", d.admin_port);
 
     let client = reqwest::Client::new();
     let body = clickup_event(1);
@@ -160,16 +152,16 @@ async fn logs_never_contain_secrets_tokens_or_signatures() {
         uri = server.uri()
     );
     std::fs::write(dir.path().join("routes.yaml"), routes).unwrap();
-    let port = free_port();
     let mut d = Daemon::start_on(
         dir.path(),
-        port,
+        0,
         &[
             ("CLICKUP_BRIDGE_ADMIN_TOKEN", "ADMINTOKENSECRET"),
             ("RUST_LOG", "debug"),
         ],
     );
     d.wait_for_log("clickup-bridge serving");
+    let port = d.port;
     let client = reqwest::Client::new();
     let body = serde_json::to_vec(
         &serde_json::json!({"event": "taskCreated", "task_id": "t1", "webhook_id": "w"}),

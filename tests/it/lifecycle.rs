@@ -8,32 +8,35 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The daemon binary as a child process.
 pub struct Daemon {
     child: Child,
     /// Its webhook port.
     pub port: u16,
+    /// Its admin port.
+    pub admin_port: u16,
     lines: mpsc::Receiver<String>,
     /// Log lines read so far.
     pub seen: Vec<String>,
+    /// Lines before this index were matched by `wait_for_log` already.
+    matched: usize,
+}
+
+/// The port in `"key":"127.0.0.1:PORT"` of a JSON log line.
+fn port_in(line: &str, key: &str) -> Option<u16> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    v[key].as_str()?.rsplit(':').next()?.parse().ok()
 }
 
 impl Daemon {
     fn start(dir: &std::path::Path, extra: &[(&str, &str)]) -> Daemon {
         std::fs::write(dir.join("routes.yaml"), ROUTES).unwrap();
-        Daemon::start_on(dir, free_port(), extra)
+        Daemon::start_on(dir, 0, extra)
     }
 
-    /// Starts `clickup-bridge serve` in `dir` (which holds routes.yaml) on `port`.
+    /// Starts `clickup-bridge serve` in `dir` (which holds routes.yaml) on
+    /// `port`; with 0 the daemon picks free ports (no race with other tests)
+    /// and `port` / `admin_port` are read from its "serving" log line.
     pub fn start_on(dir: &std::path::Path, port: u16, extra: &[(&str, &str)]) -> Daemon {
         std::fs::create_dir_all(dir.join("templates")).unwrap();
         let mut cmd = Command::new(bin());
@@ -60,22 +63,54 @@ impl Daemon {
                 }
             }
         });
-        Daemon {
+        let mut d = Daemon {
             child,
             port,
+            admin_port: 0,
             lines,
             seen: Vec::new(),
+            matched: 0,
+        };
+        // Read up to the "serving" line (or the exit) for the bound ports.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            match d.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => {
+                    let serving = line.contains("clickup-bridge serving");
+                    if serving {
+                        d.port = port_in(&line, "listen").unwrap_or(port);
+                        d.admin_port = port_in(&line, "admin").unwrap_or(0);
+                    }
+                    d.seen.push(line);
+                    if serving {
+                        break;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
         }
+        d
     }
 
-    /// Waits (with a deadline) for a log line containing `needle`.
+    /// Waits (with a deadline) for a log line containing `needle` that no
+    /// earlier call matched.
     pub fn wait_for_log(&mut self, needle: &str) {
+        if let Some(i) = self.seen[self.matched..]
+            .iter()
+            .position(|l| l.contains(needle))
+        {
+            self.matched += i + 1;
+            return;
+        }
+        self.matched = self.seen.len();
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             match self.lines.recv_timeout(Duration::from_millis(100)) {
                 Ok(line) => {
                     let hit = line.contains(needle);
                     self.seen.push(line);
+                    self.matched = self.seen.len();
                     if hit {
                         return;
                     }

@@ -250,7 +250,7 @@ async fn the_health_watch_reports_and_reactivates_a_suspended_webhook() {
 /// The warning reaches the daemon's log, once per change of status.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_leaving_active_is_logged() {
-    use crate::lifecycle::{Daemon, free_port};
+    use crate::lifecycle::Daemon;
     let server = MockServer::start().await;
     let mut listed = fixture("clickup/api/get-webhooks-response.json");
     listed["webhooks"][0]["health"] = json!({"status": "suspended", "fail_count": 100});
@@ -265,7 +265,7 @@ async fn a_webhook_leaving_active_is_logged() {
         server.uri()
     );
     std::fs::write(dir.path().join("routes.yaml"), routes).unwrap();
-    let mut d = Daemon::start_on(dir.path(), free_port(), &[("RUST_LOG", "info")]);
+    let mut d = Daemon::start_on(dir.path(), 0, &[("RUST_LOG", "info")]);
     d.wait_for_log("ClickUp webhook is not active");
     let line = d.seen.last().unwrap().clone();
     assert!(line.contains("\"status\":\"suspended\""), "{line}");
