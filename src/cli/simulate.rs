@@ -136,7 +136,7 @@ pub fn simulate(pipeline: &Pipeline, input: &Input<'_>) -> Result<Value, String>
                 deliveries.push(entry);
                 continue;
             };
-            let ctx = Context::wraps(render_context(&d, input.links.clone()));
+            let ctx = Context::wraps(render_context(&d, payload.clone(), input.links.clone()));
             let rendered = ctx
                 .map_err(|e| e.to_string())
                 .and_then(|c| render_step(&pipeline.templates, step, &c).map_err(|e| e.0));

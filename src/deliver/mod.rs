@@ -218,12 +218,16 @@ pub fn task_id_of(context: &Value, event: &Value) -> Option<String> {
 
 /// The render context: the extracted values (and the enriched `task`) stored
 /// with the delivery, plus `event`, `meta` and `links`.
-pub fn render_context(d: &ClaimedDelivery, links: serde_json::Map<String, Value>) -> Value {
+/// `event` is the delivery's payload, parsed once by the caller.
+pub fn render_context(
+    d: &ClaimedDelivery,
+    event: Value,
+    links: serde_json::Map<String, Value>,
+) -> Value {
     let mut ctx = match &d.context {
         Value::Object(m) => m.clone(),
         _ => serde_json::Map::new(),
     };
-    let event: Value = serde_json::from_slice(&d.payload).unwrap_or(Value::Null);
     let received_at =
         time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(d.received_at) * 1_000_000)
             .ok()
@@ -269,7 +273,13 @@ async fn run_one(
     };
     limits.ready().await;
     let started = Instant::now();
-    let result = execute::attempt(&shared.client, &pipeline, &d, render_context(&d, links)).await;
+    let result = execute::attempt(
+        &shared.client,
+        &pipeline,
+        &d,
+        render_context(&d, event, links),
+    )
+    .await;
     let duration = started.elapsed();
     let policy = pipeline
         .targets
