@@ -136,10 +136,8 @@ pub fn simulate(pipeline: &Pipeline, input: &Input<'_>) -> Result<Value, String>
                 deliveries.push(entry);
                 continue;
             };
-            let ctx = Context::wraps(render_context(&d, payload.clone(), input.links.clone()));
-            let rendered = ctx
-                .map_err(|e| e.to_string())
-                .and_then(|c| render_step(&pipeline.templates, step, &c).map_err(|e| e.0));
+            let ctx = Context::from(render_context(&d, payload.clone(), input.links.clone()));
+            let rendered = render_step(&pipeline.templates, step, &ctx).map_err(|e| e.0);
             match rendered.and_then(|r| plan(target, &r, d.id.as_str()).map(|p| (r, p))) {
                 Ok((r, requests)) => {
                     entry["requests"] =

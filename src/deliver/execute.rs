@@ -248,10 +248,8 @@ pub async fn attempt(
             d.step + 1
         ));
     };
-    let ctx = match Context::wraps(ctx) {
-        Ok(c) => c,
-        Err(e) => return AttemptResult::invalid(format!("render error: {e}")),
-    };
+    // From the Value itself: `Context::wraps` would serialise a copy.
+    let ctx = Context::from(ctx);
     let rendered = match render_step(&pipeline.templates, step, &ctx) {
         Ok(r) => r,
         Err(e) => return AttemptResult::invalid(e.0),
