@@ -88,14 +88,11 @@ pub fn reload(
             for w in &p.warnings {
                 tracing::warn!("{w}");
             }
-            tracing::info!(
-                routes = p.routes.len(),
-                sources = p.sources.len(),
-                targets = p.targets.len(),
-                "routes reloaded"
-            );
+            let (routes, sources, targets) = (p.routes.len(), p.sources.len(), p.targets.len());
+            // Swap first, log after: "reloaded" means the new routes serve.
             pipeline.store(Arc::new(p));
             metrics.reload(true);
+            tracing::info!(routes, sources, targets, "routes reloaded");
             Ok(())
         }
         Err(e) => {

@@ -353,21 +353,8 @@ async fn retention_prunes_finished_history_and_keeps_pending_work() {
         DeliveryStatus::Delivered
     );
     let waiting = app.post_clickup(&clickup_event(2)).await;
-    let waiting_id = clickup_bridge::ids::EventId::from_stored(waiting.clone());
-    wait_for(20, "the failing attempt", || {
-        let store = app.store.clone();
-        let id = waiting_id.clone();
-        async move {
-            let rows = store
-                .deliveries(&DeliveryFilter {
-                    event_id: Some(id),
-                    limit: 5,
-                    ..Default::default()
-                })
-                .await
-                .ok()?;
-            (rows.first()?.attempts == 1).then_some(())
-        }
+    app.wait_deliveries(&waiting, 20, "the failing attempt", |rows| {
+        rows.first().is_some_and(|d| d.attempts == 1)
     })
     .await;
 
@@ -412,21 +399,8 @@ async fn deliveries_of_a_removed_target_become_dead() {
     );
     let app = spawn_app_with(&text, |s| s.admin_token = Some(TOKEN.into())).await;
     let id = app.post_clickup(&clickup_event(1)).await;
-    let eid = clickup_bridge::ids::EventId::from_stored(id.clone());
-    wait_for(20, "a first failed attempt", || {
-        let store = app.store.clone();
-        let eid = eid.clone();
-        async move {
-            let rows = store
-                .deliveries(&DeliveryFilter {
-                    event_id: Some(eid),
-                    limit: 5,
-                    ..Default::default()
-                })
-                .await
-                .ok()?;
-            (rows.first()?.attempts == 1).then_some(())
-        }
+    app.wait_deliveries(&id, 20, "a first failed attempt", |rows| {
+        rows.first().is_some_and(|d| d.attempts == 1)
     })
     .await;
     let without = format!(

@@ -415,25 +415,12 @@ async fn a_slow_target_does_not_delay_another_target() {
     );
     let app = spawn_app(&text).await;
     let id = app.post_clickup(&clickup_event(1)).await;
-    let eid = clickup_bridge::ids::EventId::from_stored(id.clone());
-    let rows = wait_for(10, "the fast delivery", || {
-        let store = app.store.clone();
-        let eid = eid.clone();
-        async move {
-            let rows = store
-                .deliveries(&DeliveryFilter {
-                    event_id: Some(eid),
-                    limit: 10,
-                    ..Default::default()
-                })
-                .await
-                .ok()?;
+    let rows = app
+        .wait_deliveries(&id, 10, "the fast delivery", |rows| {
             rows.iter()
                 .any(|r| r.target == "fast" && r.status == DeliveryStatus::Delivered)
-                .then_some(rows)
-        }
-    })
-    .await;
+        })
+        .await;
     let slow_row = rows.iter().find(|r| r.target == "slow").unwrap();
     assert_eq!(
         (slow_row.status, slow_row.attempts),

@@ -250,6 +250,35 @@ impl TestApp {
         json["event_id"].as_str().unwrap().to_owned()
     }
 
+    /// Waits until the event is routed and `done` holds for its deliveries;
+    /// returns them.
+    pub async fn wait_deliveries(
+        &self,
+        event_id: &str,
+        secs: u64,
+        what: &str,
+        done: impl Fn(&[clickup_bridge::store::DeliveryRow]) -> bool,
+    ) -> Vec<clickup_bridge::store::DeliveryRow> {
+        use clickup_bridge::store::DeliveryFilter;
+        let id = clickup_bridge::ids::EventId::from_stored(event_id.to_owned());
+        let done = &done;
+        wait_for(secs, what, || {
+            let store = self.store.clone();
+            let id = id.clone();
+            async move {
+                store.matched_routes(&id).await.ok().flatten()?;
+                let filter = DeliveryFilter {
+                    event_id: Some(id),
+                    limit: 1000,
+                    ..Default::default()
+                };
+                let rows = store.deliveries(&filter).await.ok()?;
+                done(&rows).then_some(rows)
+            }
+        })
+        .await
+    }
+
     /// Waits until every delivery of `event_id` is delivered or dead, and
     /// returns them.
     pub async fn settled(
@@ -257,26 +286,9 @@ impl TestApp {
         event_id: &str,
         secs: u64,
     ) -> Vec<clickup_bridge::store::DeliveryRow> {
-        use clickup_bridge::store::{DeliveryFilter, DeliveryStatus};
-        let id = clickup_bridge::ids::EventId::from_stored(event_id.to_owned());
-        wait_for(secs, "deliveries to settle", || {
-            let store = self.store.clone();
-            let id = id.clone();
-            async move {
-                let routed = store.matched_routes(&id).await.ok().flatten()?;
-                let rows = store
-                    .deliveries(&DeliveryFilter {
-                        event_id: Some(id),
-                        limit: 1000,
-                        ..Default::default()
-                    })
-                    .await
-                    .ok()?;
-                let _ = routed;
-                rows.iter()
-                    .all(|d| d.status != DeliveryStatus::Pending)
-                    .then_some(rows)
-            }
+        use clickup_bridge::store::DeliveryStatus;
+        self.wait_deliveries(event_id, secs, "deliveries to settle", |rows| {
+            rows.iter().all(|d| d.status != DeliveryStatus::Pending)
         })
         .await
     }
