@@ -67,6 +67,7 @@ pub struct Application {
     metrics: Arc<Metrics>,
     retention_days: u32,
     client: reqwest::Client,
+    hangup: Option<tokio::signal::unix::Signal>,
 }
 
 /// Loads routes.yaml again and swaps it in; an invalid file leaves the
@@ -124,6 +125,8 @@ impl Application {
     /// Loads routes, opens the store and binds both listeners. Nothing is
     /// served until [`Application::run_until_stopped`].
     pub async fn build(settings: &Settings) -> Result<Application, StartError> {
+        // Before anything listens: an early SIGHUP must reload, not kill.
+        let hangup = crate::lifecycle::listen_for_sighup();
         let pipeline = Pipeline::load(&LoadOptions {
             routes: &settings.routes,
             templates: &settings.templates,
@@ -232,6 +235,7 @@ impl Application {
             metrics,
             retention_days: settings.retention_days,
             client,
+            hangup,
         })
     }
 
@@ -297,8 +301,10 @@ impl Application {
             self.templates_path.clone(),
             self.metrics.clone(),
         );
-        let reloader = crate::lifecycle::spawn_reload_on_sighup(move || {
-            let _ = reload(&pipeline, &routes, &templates, &metrics);
+        let reloader = self.hangup.map(|hup| {
+            crate::lifecycle::spawn_reload_on_sighup(hup, move || {
+                let _ = reload(&pipeline, &routes, &templates, &metrics);
+            })
         });
         shutdown.await;
         crate::lifecycle::systemd::stopping();

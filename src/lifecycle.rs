@@ -1,41 +1,52 @@
 //! Process signals.
 
 /// Calls `reload` on every SIGHUP until the process ends.
-pub fn spawn_reload_on_sighup(
-    reload: impl Fn() + Send + 'static,
-) -> Option<tokio::task::JoinHandle<()>> {
+/// Starts listening for SIGHUP now. Until a process listens, SIGHUP's
+/// default action ends it: call this before the listeners accept anything
+/// (a `systemctl reload` right after start must not kill the daemon).
+pub fn listen_for_sighup() -> Option<tokio::signal::unix::Signal> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
+    match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by restarting");
-            return None;
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload through the admin API");
+            None
         }
-    };
-    Some(tokio::spawn(async move {
+    }
+}
+
+/// Calls `reload` on every SIGHUP until the process ends.
+pub fn spawn_reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    reload: impl Fn() + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP received: reloading routes");
             reload();
         }
-    }))
+    })
 }
 
-/// Completes on SIGTERM or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
+/// Starts listening for SIGTERM and SIGINT now (so one that arrives while
+/// the daemon starts is not fatal) and returns a future that completes on
+/// either.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = int.recv() => tracing::info!("SIGINT received"),
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = int.recv() => tracing::info!("SIGINT received"),
+                }
             }
-        }
-        _ => {
-            // Without signal handlers, Ctrl-C is the only way to stop.
-            let _ = tokio::signal::ctrl_c().await;
+            _ => {
+                // Without signal handlers, Ctrl-C is the only way to stop.
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

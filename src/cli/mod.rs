@@ -199,8 +199,11 @@ fn serve(settings: Settings) -> anyhow::Result<i32> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        // Listen for SIGTERM before anything else: one that arrives while
+        // the daemon starts must stop it gracefully, not kill it.
+        let shutdown = crate::lifecycle::shutdown_signal();
         let app = Application::build(&settings).await?;
-        app.run_until_stopped(crate::lifecycle::shutdown_signal())
+        app.run_until_stopped(shutdown)
             .await
             .context("server failed")?;
         Ok::<_, anyhow::Error>(())
