@@ -190,7 +190,7 @@ async fn accept(
     let event_type = event.identity().event_type.clone();
     let inserted = state
         .store
-        .insert_event(&event, received_at)
+        .insert_event(event, received_at)
         .await
         .map_err(InboundError::Store)?;
     if !inserted.duplicate {

@@ -351,7 +351,7 @@ impl Store {
     /// dedupe key. Returns only after the row is committed.
     pub async fn insert_event(
         &self,
-        event: &VerifiedEvent,
+        event: VerifiedEvent,
         received_at: i64,
     ) -> Result<Inserted, StoreError> {
         match self.backend.as_ref() {

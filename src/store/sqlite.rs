@@ -187,15 +187,16 @@ impl SqliteStore {
 
     pub(super) async fn insert_event(
         &self,
-        event: &VerifiedEvent,
+        event: VerifiedEvent,
         received_at: i64,
     ) -> Result<Inserted, StoreError> {
+        let (source, identity, payload) = event.into_parts();
         let new = NewEvent {
             id: EventId::generate(),
-            source: event.source().to_owned(),
-            dedupe_key: event.identity().dedupe_key.clone(),
-            event_type: event.identity().event_type.clone(),
-            payload: event.body().to_vec(),
+            source,
+            dedupe_key: identity.dedupe_key,
+            event_type: identity.event_type,
+            payload,
             received_at,
         };
         match self.run(Op::InsertEvent(new)).await? {

@@ -53,6 +53,11 @@ impl VerifiedEvent {
     pub fn body(&self) -> &[u8] {
         &self.body
     }
+
+    /// Takes the event apart (the store keeps the body without copying it).
+    pub fn into_parts(self) -> (String, EventIdentity, Vec<u8>) {
+        (self.source, self.identity, self.body)
+    }
 }
 
 /// Why an inbound request is refused after the source was found.

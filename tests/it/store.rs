@@ -24,10 +24,10 @@ async fn one_group_commit_dedupes_within_the_batch_and_against_the_store() {
     let store = Store::open(&StoreLocation::Sqlite(dir.path().join("s.db")))
         .await
         .unwrap();
-    let earlier = store.insert_event(&verified(1), 1).await.unwrap();
+    let earlier = store.insert_event(verified(1), 1).await.unwrap();
     let events: Vec<_> = [1, 2, 3, 2, 4, 2].iter().map(|n| verified(*n)).collect();
     let results =
-        futures_util::future::join_all(events.iter().map(|e| store.insert_event(e, 2))).await;
+        futures_util::future::join_all(events.into_iter().map(|e| store.insert_event(e, 2))).await;
     let results: Vec<_> = results.into_iter().map(Result::unwrap).collect();
     let dup: Vec<bool> = results.iter().map(|r| r.duplicate).collect();
     assert_eq!(dup, [true, false, false, true, false, true]);
