@@ -136,6 +136,21 @@ fn render_body_node(t: &Templates, node: &BodyNode, ctx: &Context) -> Result<Val
     })
 }
 
+/// Renders each given template into `m` under its key; absent ones are left out.
+fn render_optional(
+    t: &Templates,
+    ctx: &Context,
+    m: &mut Map<String, Value>,
+    fields: &[(&str, &Option<crate::transform::render::TemplateId>)],
+) -> Result<(), RenderError> {
+    for (key, tpl) in fields {
+        if let Some(id) = tpl {
+            m.insert((*key).to_owned(), Value::String(t.render_text(id, ctx)?));
+        }
+    }
+    Ok(())
+}
+
 fn render_body(t: &Templates, body: &Body, ctx: &Context) -> Result<Value, RenderError> {
     match body {
         Body::Json(node) => render_body_node(t, node, ctx),
@@ -217,12 +232,7 @@ pub fn render_step(
             fields,
         } => {
             let mut m = Map::new();
-            if let Some(s) = status {
-                m.insert("status".into(), Value::String(t.render_text(s, ctx)?));
-            }
-            if let Some(n) = name {
-                m.insert("name".into(), Value::String(t.render_text(n, ctx)?));
-            }
+            render_optional(t, ctx, &mut m, &[("status", status), ("name", name)])?;
             if let Some(p) = priority {
                 m.insert("priority".into(), render_body_node(t, p, ctx)?);
             }
@@ -247,12 +257,12 @@ pub fn render_step(
         } => {
             let mut m = Map::new();
             m.insert("name".into(), Value::String(t.render_text(name, ctx)?));
-            if let Some(d) = description {
-                m.insert("description".into(), Value::String(t.render_text(d, ctx)?));
-            }
-            if let Some(s) = status {
-                m.insert("status".into(), Value::String(t.render_text(s, ctx)?));
-            }
+            render_optional(
+                t,
+                ctx,
+                &mut m,
+                &[("description", description), ("status", status)],
+            )?;
             RenderedStep::ClickUpCreate {
                 list_id: t.render_text(list_id, ctx)?,
                 fields: m,

@@ -303,9 +303,12 @@ impl SqliteStore {
         before: Option<&str>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, source, event_type, dedupe_key, payload, received_at, routed_at FROM events \
-             WHERE (?1 IS NULL OR source = ?1) AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3",
-        )
+            concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM events \
+             WHERE (?1 IS NULL OR source = ?1) AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3"
+        ))
         .bind(source)
         .bind(before)
         .bind(i64::from(limit))
@@ -318,9 +321,11 @@ impl SqliteStore {
     }
 
     pub(super) async fn event(&self, id: &EventId) -> Result<Option<StoredEvent>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, source, event_type, dedupe_key, payload, received_at, routed_at FROM events WHERE id = ?1",
-        )
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM events WHERE id = ?1"
+        ))
         .bind(id.as_str())
         .fetch_optional(&self.read)
         .await?;
@@ -334,10 +339,12 @@ impl SqliteStore {
         &self,
         id: &DeliveryId,
     ) -> Result<Option<DeliveryRow>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, event_id, route, step, target, status, attempts, last_error, created_at, delivered_at \
-             FROM deliveries WHERE id = ?1",
-        )
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            delivery_columns!(),
+            " \
+             FROM deliveries WHERE id = ?1"
+        ))
         .bind(id.as_str())
         .fetch_optional(&self.read)
         .await?;
@@ -417,11 +424,14 @@ impl SqliteStore {
         f: &DeliveryFilter,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, event_id, route, step, target, status, attempts, last_error, created_at, delivered_at \
+            concat!(
+            "SELECT ",
+            delivery_columns!(),
+            " \
              FROM deliveries WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR target = ?2) \
              AND (?3 IS NULL OR route = ?3) AND (?4 IS NULL OR event_id = ?4) AND (?6 IS NULL OR id < ?6) \
-             ORDER BY id DESC LIMIT ?5",
-        )
+             ORDER BY id DESC LIMIT ?5"
+        ))
         .bind(f.status.map(DeliveryStatus::as_str))
         .bind(f.target.as_deref())
         .bind(f.route.as_deref())
@@ -487,6 +497,22 @@ impl SqliteStore {
         self.read.close().await;
     }
 }
+
+/// The columns [`stored_event`] reads.
+macro_rules! event_columns {
+    () => {
+        "id, source, event_type, dedupe_key, payload, received_at, routed_at"
+    };
+}
+use event_columns;
+
+/// The columns [`delivery_row`] reads.
+macro_rules! delivery_columns {
+    () => {
+        "id, event_id, route, step, target, status, attempts, last_error, created_at, delivered_at"
+    };
+}
+use delivery_columns;
 
 fn stored_event(r: &SqliteRow) -> Result<StoredEvent, sqlx::Error> {
     Ok(StoredEvent {

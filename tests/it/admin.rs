@@ -216,6 +216,14 @@ async fn dead_deliveries_are_replayed_one_by_one_and_in_bulk() {
     app.stop().await;
 }
 
+impl TestApp {
+    /// The value of the metric line starting with `prefix`, scraped now.
+    async fn metric(&self, prefix: &str) -> f64 {
+        let (_, text) = self.admin("GET", "/metrics").await;
+        metric(text.as_str().unwrap(), prefix)
+    }
+}
+
 fn metric(text: &str, prefix: &str) -> f64 {
     text.lines()
         .find(|l| l.starts_with(prefix))
@@ -284,12 +292,9 @@ async fn metrics_move_with_traffic() {
     assert_eq!(m("clickup_bridge_queue_depth{state=\"dead\"}"), 0.0);
     assert!(text.contains("clickup_bridge_oldest_pending_age_seconds"));
     app.admin("POST", "/api/v1/reload").await;
-    let (_, text) = app.admin("GET", "/metrics").await;
     assert_eq!(
-        metric(
-            text.as_str().unwrap(),
-            "clickup_bridge_config_reloads_total{result=\"success\"}"
-        ),
+        app.metric("clickup_bridge_config_reloads_total{result=\"success\"}")
+            .await,
         1.0
     );
     app.stop().await;
@@ -317,12 +322,9 @@ async fn reload_through_the_api_activates_a_valid_file_and_refuses_an_invalid_on
     assert!(diag.ends_with("routes.yaml:2:19: unknown verify kind \"clickupp\"; did you mean \"clickup\"? (clickup, stripe or hmac)"), "{diag}");
     let (status, _) = app.post("extra", b"{}".to_vec(), &[]).await;
     assert_eq!(status, 403, "the previous routes stay in force");
-    let (_, text) = app.admin("GET", "/metrics").await;
     assert_eq!(
-        metric(
-            text.as_str().unwrap(),
-            "clickup_bridge_config_reloads_total{result=\"failure\"}"
-        ),
+        app.metric("clickup_bridge_config_reloads_total{result=\"failure\"}")
+            .await,
         1.0
     );
     app.stop().await;

@@ -10,17 +10,12 @@ fn root() -> &'static Path {
 }
 
 fn run(args: &[&str], dir: &Path) -> (i32, String, String) {
-    let out = Command::new(bin())
-        .args(args)
-        .current_dir(dir)
-        .env_clear()
-        .env("CLICKUP_WEBHOOK_SECRET", "route-cases")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    run_output(
+        Command::new(bin())
+            .args(args)
+            .current_dir(dir)
+            .env_clear()
+            .env("CLICKUP_WEBHOOK_SECRET", "route-cases"),
     )
 }
 

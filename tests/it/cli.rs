@@ -11,17 +11,12 @@ const TOKEN: &str = "cli-admin-token-123";
 
 fn cli(admin: &str, token: &str, args: &[&str]) -> (i32, String, String) {
     // The admin flags belong to `events` / `deliveries`: after the command.
-    let out = Command::new(bin())
-        .args(&args[..1])
-        .args(["--admin", admin, "--token", token])
-        .args(&args[1..])
-        .env_clear()
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    run_output(
+        Command::new(bin())
+            .args(&args[..1])
+            .args(["--admin", admin, "--token", token])
+            .args(&args[1..])
+            .env_clear(),
     )
 }
 

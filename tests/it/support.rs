@@ -197,6 +197,16 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_clickup-bridge")
 }
 
+/// Runs a command of the binary: exit code, stdout, stderr.
+pub fn run_output(cmd: &mut std::process::Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Polls `check` until it returns `Some`, or panics with `what` after `secs`.
 pub async fn wait_for<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
 where

@@ -13,18 +13,35 @@ fn fixture(rel: &str) -> Value {
 
 fn webhooks(server: &MockServer, args: &[&str]) -> (i32, String, String) {
     let base = format!("{}/api/v2", server.uri());
-    let out = Command::new(bin())
-        .args(["--routes", "/nonexistent.yaml", "clickup", "webhooks"])
-        .args(args)
-        .args(["--token", "pk_42_TOKEN", "--base-url", &base])
-        .env_clear()
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    run_output(
+        Command::new(bin())
+            .args(["--routes", "/nonexistent.yaml", "clickup", "webhooks"])
+            .args(args)
+            .args(["--token", "pk_42_TOKEN", "--base-url", &base])
+            .env_clear(),
     )
+}
+
+/// Team 108's webhook list (the documented answer) with `health` replaced,
+/// and, with `reactivate`, the documented answer to PUT /webhook/{id}.
+async fn mount_suspended(server: &MockServer, health: Value, reactivate: bool) {
+    let mut listed = fixture("clickup/api/get-webhooks-response.json");
+    listed["webhooks"][0]["health"] = health;
+    Mock::given(method("GET"))
+        .and(path("/api/v2/team/108/webhook"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(listed))
+        .mount(server)
+        .await;
+    if reactivate {
+        Mock::given(method("PUT"))
+            .and(path("/api/v2/webhook/4b67ac88-e506-4a29-9d42-26e504e3435e"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(fixture("clickup/api/update-webhook-response.json")),
+            )
+            .mount(server)
+            .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,21 +152,12 @@ async fn delete_and_reactivate() {
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
         .mount(&server)
         .await;
-    let mut listed = fixture("clickup/api/get-webhooks-response.json");
-    listed["webhooks"][0]["health"]["status"] = json!("suspended");
-    Mock::given(method("GET"))
-        .and(path("/api/v2/team/108/webhook"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(listed))
-        .mount(&server)
-        .await;
-    Mock::given(method("PUT"))
-        .and(path("/api/v2/webhook/4b67ac88-e506-4a29-9d42-26e504e3435e"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(fixture("clickup/api/update-webhook-response.json")),
-        )
-        .mount(&server)
-        .await;
+    mount_suspended(
+        &server,
+        json!({"status": "suspended", "fail_count": 5}),
+        true,
+    )
+    .await;
     let (code, out, err) = webhooks(&server, &["delete", "wh-1"]);
     assert_eq!((code, out.trim()), (0, "deleted wh-1"), "{err}");
     let (code, out, err) = webhooks(
@@ -183,21 +191,12 @@ async fn delete_and_reactivate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_health_watch_reports_and_reactivates_a_suspended_webhook() {
     let server = MockServer::start().await;
-    let mut listed = fixture("clickup/api/get-webhooks-response.json");
-    listed["webhooks"][0]["health"] = json!({"status": "suspended", "fail_count": 100});
-    Mock::given(method("GET"))
-        .and(path("/api/v2/team/108/webhook"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(listed))
-        .mount(&server)
-        .await;
-    Mock::given(method("PUT"))
-        .and(path("/api/v2/webhook/4b67ac88-e506-4a29-9d42-26e504e3435e"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(fixture("clickup/api/update-webhook-response.json")),
-        )
-        .mount(&server)
-        .await;
+    mount_suspended(
+        &server,
+        json!({"status": "suspended", "fail_count": 100}),
+        true,
+    )
+    .await;
     for auto in [false, true] {
         let routes = format!(
             "sources:\n  clickup:\n    verify: clickup\n    secret: s\n    watch:\n      team_id: '108'\n      via: cu\n      auto_reactivate: {auto}\ntargets:\n  cu:\n    type: clickup\n    token: pk_1\n    base_url: {}/api/v2\nroutes: []\n",
@@ -252,13 +251,12 @@ async fn the_health_watch_reports_and_reactivates_a_suspended_webhook() {
 async fn a_webhook_leaving_active_is_logged() {
     use crate::lifecycle::Daemon;
     let server = MockServer::start().await;
-    let mut listed = fixture("clickup/api/get-webhooks-response.json");
-    listed["webhooks"][0]["health"] = json!({"status": "suspended", "fail_count": 100});
-    Mock::given(method("GET"))
-        .and(path("/api/v2/team/108/webhook"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(listed))
-        .mount(&server)
-        .await;
+    mount_suspended(
+        &server,
+        json!({"status": "suspended", "fail_count": 100}),
+        false,
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let routes = format!(
         "sources:\n  clickup:\n    verify: clickup\n    secret: s\n    watch: {{team_id: '108', via: cu, interval: 1}}\ntargets:\n  cu:\n    type: clickup\n    token: pk_1\n    base_url: {}/api/v2\nroutes: []\n",
