@@ -24,19 +24,21 @@ use tokio_util::sync::CancellationToken;
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// routes.yaml has errors.
-    #[error("routes file has errors:\n{0}")]
+    /// routes.yaml has errors (each diagnostic says what to fix).
+    #[error("the routes file has errors; fix them and start again:\n{0}")]
     Routes(#[from] LoadError),
     /// The store cannot be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A listener cannot bind.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} (setting {setting}): {}", bind_advice(.cause))]
     Bind {
+        /// The setting that names the address (`listen`, `admin_listen`).
+        setting: &'static str,
         /// The address.
         addr: String,
-        /// Why.
-        source: std::io::Error,
+        /// Why (said in the message, with advice; not a separate cause).
+        cause: std::io::Error,
     },
     /// The HTTP client for deliveries cannot be built (TLS roots).
     #[error("cannot build the HTTP client: {0}")]
@@ -110,10 +112,27 @@ pub fn reload(
     }
 }
 
-fn bind(addr: &str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).map_err(|source| StartError::Bind {
+/// The cause of a failed bind in words, with what to do about it.
+fn bind_advice(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "the address is already in use; stop the other process or choose another address".into()
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "permission denied; ports below 1024 need privileges, choose a port above 1024".into()
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            "no interface of this machine has that address; use one it has, or 0.0.0.0".into()
+        }
+        _ => format!("{e}; check the address (host:port)"),
+    }
+}
+
+fn bind(setting: &'static str, addr: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).map_err(|cause| StartError::Bind {
+        setting,
         addr: addr.to_owned(),
-        source,
+        cause,
     })
 }
 
@@ -135,17 +154,19 @@ impl Application {
         for w in &pipeline.warnings {
             tracing::warn!("{w}");
         }
-        let listener = bind(&settings.listen)?;
-        let admin_listener = bind(&settings.admin_listen)?;
-        let listen_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        let listener = bind("listen", &settings.listen)?;
+        let admin_listener = bind("admin_listen", &settings.admin_listen)?;
+        let listen_addr = listener.local_addr().map_err(|cause| StartError::Bind {
+            setting: "listen",
             addr: settings.listen.clone(),
-            source,
+            cause,
         })?;
         let admin_addr = admin_listener
             .local_addr()
-            .map_err(|source| StartError::Bind {
+            .map_err(|cause| StartError::Bind {
+                setting: "admin_listen",
                 addr: settings.admin_listen.clone(),
-                source,
+                cause,
             })?;
         if !is_loopback(&admin_addr) && settings.admin_token.is_none() {
             return Err(StartError::AdminTokenRequired(
@@ -153,6 +174,7 @@ impl Application {
             ));
         }
         let store = Store::open(&settings.store).await?;
+        tracing::info!(store = %settings.store.describe(), "store opened");
         let pipeline = Arc::new(ArcSwap::from_pointee(pipeline));
         let shutdown_timeout = Duration::from_secs(settings.shutdown_timeout);
 
@@ -187,9 +209,10 @@ impl Application {
         .disable_signals()
         .shutdown_timeout(settings.shutdown_timeout)
         .listen(listener)
-        .map_err(|source| StartError::Bind {
+        .map_err(|cause| StartError::Bind {
+            setting: "listen",
             addr: settings.listen.clone(),
-            source,
+            cause,
         })?
         .run();
 
@@ -211,9 +234,10 @@ impl Application {
         .disable_signals()
         .shutdown_timeout(settings.shutdown_timeout)
         .listen(admin_listener)
-        .map_err(|source| StartError::Bind {
+        .map_err(|cause| StartError::Bind {
+            setting: "admin_listen",
             addr: settings.admin_listen.clone(),
-            source,
+            cause,
         })?
         .run();
 

@@ -9,7 +9,7 @@ fn main() {
     let code = match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("clickup-bridge: {err:#}");
+            eprintln!("clickup-bridge: {}", clickup_bridge::cli::error_text(&err));
             2
         }
     };

@@ -50,6 +50,9 @@ pub struct Settings {
     pub log_format: Option<LogFormat>,
     /// Seconds to finish in-flight work on SIGTERM.
     pub shutdown_timeout: u64,
+    /// Problems that did not stop loading (an unknown `CLICKUP_BRIDGE_*`
+    /// variable), for the caller to show.
+    pub warnings: Vec<String>,
 }
 
 /// A settings problem.
@@ -102,11 +105,57 @@ fn read_file(path: &Path) -> Result<Raw, SettingsError> {
         .map_err(|e| invalid(&origin, e))
 }
 
-fn read_env(vars: Vec<(String, String)>) -> Result<Raw, SettingsError> {
-    let map: config::Map<String, String> = vars
-        .into_iter()
-        .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}_")))
-        .collect();
+/// Every settings key, as `CLICKUP_BRIDGE_<KEY>` reads it.
+pub const KEYS: &[&str] = &[
+    "listen",
+    "admin_listen",
+    "admin_token",
+    "routes",
+    "templates",
+    "store",
+    "max_body",
+    "retention_days",
+    "log_format",
+    "shutdown_timeout",
+];
+
+/// Splits `CLICKUP_BRIDGE_*` variables into settings and warnings. A
+/// variable that is not a setting (`CLICKUP_BRIDGE_BIN` from a user's own
+/// script) must not stop the daemon, but a typo of a setting must not go
+/// unnoticed either: it is named, with the setting it most resembles.
+fn settings_vars(vars: Vec<(String, String)>) -> (config::Map<String, String>, Vec<String>) {
+    let prefix = format!("{ENV_PREFIX}_");
+    let mut map = config::Map::new();
+    let mut warnings = Vec::new();
+    for (k, v) in vars {
+        let Some(key) = k.strip_prefix(&prefix) else {
+            continue;
+        };
+        let key = key.to_ascii_lowercase();
+        if KEYS.contains(&key.as_str()) {
+            map.insert(k, v);
+            continue;
+        }
+        let nearest = KEYS
+            .iter()
+            .map(|known| (strsim::levenshtein(known, &key), *known))
+            .min()
+            .filter(|(d, known)| *d <= 2.max(known.len() / 4));
+        warnings.push(match nearest {
+            Some((_, known)) => format!(
+                "environment variable {k} is not a setting and is ignored; did you mean {prefix}{}?",
+                known.to_ascii_uppercase()
+            ),
+            None => format!(
+                "environment variable {k} is not a setting and is ignored (settings: {})",
+                KEYS.join(", ")
+            ),
+        });
+    }
+    (map, warnings)
+}
+
+fn read_env(map: config::Map<String, String>) -> Result<Raw, SettingsError> {
     config::Config::builder()
         .add_source(
             config::Environment::with_prefix(ENV_PREFIX)
@@ -148,6 +197,26 @@ fn store_location(url: &str, base: &Path) -> Result<StoreLocation, SettingsError
     }
 }
 
+impl StoreLocation {
+    /// Where the store is, for the log: the absolute SQLite path, or the
+    /// PostgreSQL URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            StoreLocation::Sqlite(path) => format!("sqlite://{}", path.display()),
+            StoreLocation::Postgres(url) => match reqwest::Url::parse(url) {
+                Ok(mut u) => {
+                    if u.password().is_some() {
+                        let _ = u.set_password(Some("***"));
+                    }
+                    u.set_query(None);
+                    u.to_string()
+                }
+                Err(_) => "postgres://(unparsable URL)".to_owned(),
+            },
+        }
+    }
+}
+
 impl Settings {
     /// Loads settings: defaults, then the file (if any), then `vars` (the
     /// process environment in production). `file` is the `-c` argument;
@@ -178,7 +247,8 @@ impl Settings {
                 }
             }
         };
-        let env_raw = read_env(vars)?;
+        let (env_vars, warnings) = settings_vars(vars);
+        let env_raw = read_env(env_vars)?;
         // A value from the environment wins and resolves against the working
         // directory; a value from the file resolves against the file's folder.
         let path_of = |env: &Option<String>, file: &Option<String>, default: &str| match (env, file)
@@ -219,6 +289,7 @@ impl Settings {
                 .shutdown_timeout
                 .or(file_raw.shutdown_timeout)
                 .unwrap_or(30),
+            warnings,
         })
     }
 

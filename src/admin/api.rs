@@ -285,7 +285,13 @@ async fn replay_all(
             now_millis(),
         )
         .await?;
-    tracing::info!(replayed = n, status = st.as_str(), target = ?q.target, route = ?q.route, "deliveries replayed");
+    tracing::info!(
+        replayed = n,
+        status = st.as_str(),
+        target = q.target.as_deref(),
+        route = q.route.as_deref(),
+        "deliveries replayed"
+    );
     s.wake_deliveries.notify_one();
     Ok(HttpResponse::Ok().json(json!({"replayed": n})))
 }

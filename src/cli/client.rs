@@ -1,5 +1,6 @@
 //! `events` and `deliveries`: the admin API from the shell.
 
+use super::outln;
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
 use serde_json::Value;
@@ -139,7 +140,7 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
             .enumerate()
             .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
             .collect();
-        println!("{}", parts.join("  ").trim_end());
+        outln!("{}", parts.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
     for r in rows {
@@ -148,7 +149,7 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
 }
 
 fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 fn delivery_rows(items: &[Value]) -> Vec<Vec<String>> {
@@ -218,16 +219,16 @@ pub async fn events(admin: &Admin, cmd: EventsCommand) -> anyhow::Result<i32> {
                 print_json(&v);
                 return Ok(0);
             }
-            println!("event     {}", s(&v["id"]));
-            println!("source    {}", s(&v["source"]));
-            println!("type      {}", s(&v["event_type"]));
-            println!("received  {}", s(&v["received_at"]));
-            println!("routed    {}", s(&v["routed_at"]));
+            outln!("event     {}", s(&v["id"]));
+            outln!("source    {}", s(&v["source"]));
+            outln!("type      {}", s(&v["event_type"]));
+            outln!("received  {}", s(&v["received_at"]));
+            outln!("routed    {}", s(&v["routed_at"]));
             let routes: Vec<String> = v["matched_routes"]
                 .as_array()
                 .map(|a| a.iter().map(s).collect())
                 .unwrap_or_default();
-            println!(
+            outln!(
                 "routes    {}",
                 if routes.is_empty() {
                     "(none matched)".to_owned()
@@ -235,13 +236,13 @@ pub async fn events(admin: &Admin, cmd: EventsCommand) -> anyhow::Result<i32> {
                     routes.join(", ")
                 }
             );
-            println!();
+            outln!();
             table(
                 DELIVERY_HEADERS,
                 delivery_rows(v["deliveries"].as_array().map(Vec::as_slice).unwrap_or(&[])),
             );
-            println!();
-            println!("payload:");
+            outln!();
+            outln!("payload:");
             print_json(&v["payload"]);
         }
     }
@@ -297,9 +298,9 @@ pub async fn deliveries(admin: &Admin, cmd: DeliveriesCommand) -> anyhow::Result
                 "created_at",
                 "delivered_at",
             ] {
-                println!("{key:<12} {}", s(&v[key]));
+                outln!("{key:<12} {}", s(&v[key]));
             }
-            println!();
+            outln!();
             let attempts = v["attempts_list"].as_array().cloned().unwrap_or_default();
             table(
                 &["N", "AT", "MS", "STATUS", "OUTCOME", "ERROR"],
@@ -349,7 +350,7 @@ pub async fn deliveries(admin: &Admin, cmd: DeliveriesCommand) -> anyhow::Result
             if admin.json {
                 print_json(&v);
             } else {
-                println!("replayed {}", s(&v["replayed"]));
+                outln!("replayed {}", s(&v["replayed"]));
             }
         }
     }

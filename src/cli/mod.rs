@@ -14,6 +14,49 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 
+/// `println!` for command output: a closed pipe (`... | head -1`) ends the
+/// process quietly with 0 instead of a panic, as other Unix tools do.
+macro_rules! outln {
+    () => {
+        $crate::cli::write_out(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!($($arg)*))
+    };
+}
+pub(crate) use outln;
+
+/// Writes one line to standard output; see [`outln!`].
+pub fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("clickup-bridge: cannot write to standard output: {e}");
+        std::process::exit(2);
+    }
+}
+
+/// The message of an error and its causes, each said once: a cause whose
+/// text its parent already contains (`"cannot listen on ...: {source}"`) is
+/// not repeated.
+pub fn error_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let msg = cause.to_string();
+        if msg.is_empty() || text.contains(&msg) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&msg);
+    }
+    text
+}
+
 /// clickup-bridge: verified, durable webhooks from ClickUp and Stripe to
 /// Slack, Jira, ClickUp and any HTTP endpoint.
 #[derive(Debug, Parser)]
@@ -130,6 +173,12 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let settings = settings(&cli)?;
+    // The daemon logs them once its logger runs; commands print them.
+    if !matches!(cli.command, Command::Serve) {
+        for w in &settings.warnings {
+            eprintln!("clickup-bridge: warning: {w}");
+        }
+    }
     match cli.command {
         Command::Serve => serve(settings),
         Command::Check => Ok(check(&settings.routes, &settings.templates)),
@@ -194,6 +243,9 @@ where
 
 fn serve(settings: Settings) -> anyhow::Result<i32> {
     crate::telemetry::init(settings.log_format);
+    for w in &settings.warnings {
+        tracing::warn!("{w}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -224,14 +276,14 @@ pub fn check(routes: &Path, templates: &Path) -> i32 {
     match load(routes, templates) {
         Ok(p) => {
             for w in &p.warnings {
-                println!("{w}");
+                outln!("{w}");
             }
             let warnings = match p.warnings.len() {
                 0 => String::new(),
                 1 => ", 1 warning".to_owned(),
                 n => format!(", {n} warnings"),
             };
-            println!(
+            outln!(
                 "{}: ok: {} sources, {} targets, {} routes{warnings}",
                 routes.display(),
                 p.sources.len(),
@@ -242,7 +294,7 @@ pub fn check(routes: &Path, templates: &Path) -> i32 {
         }
         Err(e) => {
             for d in &e.diagnostics {
-                println!("{d}");
+                outln!("{d}");
             }
             let errors = e
                 .diagnostics
@@ -250,7 +302,7 @@ pub fn check(routes: &Path, templates: &Path) -> i32 {
                 .filter(|d| d.severity == crate::routes_file::diag::Severity::Error)
                 .count();
             let plural = if errors == 1 { "" } else { "s" };
-            println!("{}: {errors} error{plural}", routes.display());
+            outln!("{}: {errors} error{plural}", routes.display());
             1
         }
     }
@@ -294,7 +346,7 @@ fn simulate_cmd(
     };
     match simulate::simulate(&pipeline, &input) {
         Ok(v) => {
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             Ok(0)
         }
         Err(e) => {
@@ -310,7 +362,7 @@ fn test_cmd(settings: &Settings, path: Option<PathBuf>) -> anyhow::Result<i32> {
     };
     let path = path.unwrap_or_else(|| PathBuf::from("tests/route_cases"));
     let (passed, failed) = route_test::run(&pipeline, &path);
-    println!("{passed} passed, {failed} failed");
+    outln!("{passed} passed, {failed} failed");
     Ok(if failed > 0 || passed == 0 { 1 } else { 0 })
 }
 
@@ -332,7 +384,7 @@ fn sign(settings: &Settings, source: &str, event: &Path) -> anyhow::Result<i32> 
     let body = std::fs::read(event).with_context(|| format!("cannot read {}", event.display()))?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     for (name, value) in src.verifier.sign(&body, now) {
-        println!("{name}: {value}");
+        outln!("{name}: {value}");
     }
     Ok(0)
 }

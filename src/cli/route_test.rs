@@ -17,6 +17,7 @@
 //!       body: { text: ... }                         # exact; or body_includes: a subset
 //! ```
 
+use super::outln;
 use super::simulate::{Input, simulate};
 use crate::pipeline::Pipeline;
 use crate::pipeline::reader::{self, MapReader};
@@ -360,28 +361,28 @@ pub fn run(pipeline: &Pipeline, path: &Path) -> (usize, usize) {
         let text = match std::fs::read_to_string(file) {
             Ok(t) => t,
             Err(e) => {
-                println!("FAIL {}: cannot be read: {e}", file.display());
+                outln!("FAIL {}: cannot be read: {e}", file.display());
                 failed += 1;
                 continue;
             }
         };
         match parse_case(file, &text) {
             Err(errors) => {
-                println!("FAIL {}: the case file has errors", file.display());
+                outln!("FAIL {}: the case file has errors", file.display());
                 for e in errors {
-                    println!("    {e}");
+                    outln!("    {e}");
                 }
                 failed += 1;
             }
             Ok(case) => {
                 let failures = run_case(pipeline, file, &case);
                 if failures.is_empty() {
-                    println!("ok   {}: {}", file.display(), case.name);
+                    outln!("ok   {}: {}", file.display(), case.name);
                     passed += 1;
                 } else {
-                    println!("FAIL {}: {}", file.display(), case.name);
+                    outln!("FAIL {}: {}", file.display(), case.name);
                     for f in failures {
-                        println!("    {f}");
+                        outln!("    {f}");
                     }
                     failed += 1;
                 }
@@ -389,7 +390,7 @@ pub fn run(pipeline: &Pipeline, path: &Path) -> (usize, usize) {
         }
     }
     if files.is_empty() {
-        println!("no route test cases under {}", path.display());
+        outln!("no route test cases under {}", path.display());
     }
     (passed, failed)
 }

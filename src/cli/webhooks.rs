@@ -1,5 +1,6 @@
 //! `clickup-bridge clickup webhooks list|create|delete|reactivate`.
 
+use super::outln;
 use crate::clickup::{ClickUpApi, NewWebhook};
 use crate::pipeline::{Pipeline, TargetKind};
 use crate::verify::Secret;
@@ -152,16 +153,19 @@ pub async fn run(
                     .iter()
                     .map(|h| serde_json::json!({"id": h.id, "endpoint": h.endpoint, "status": h.status, "fail_count": h.fail_count, "events": h.events, "scope": h.scope}))
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                 return Ok(0);
             }
             if hooks.is_empty() {
-                println!("no webhooks in team {team}");
+                outln!("no webhooks in team {team}");
                 return Ok(0);
             }
-            println!(
+            outln!(
                 "{:<38}  {:<10}  {:>5}  {:<6}  ENDPOINT",
-                "ID", "STATUS", "FAILS", "EVENTS"
+                "ID",
+                "STATUS",
+                "FAILS",
+                "EVENTS"
             );
             for h in &hooks {
                 let events = if h.events.len() > 3 {
@@ -169,14 +173,18 @@ pub async fn run(
                 } else {
                     h.events.join(",")
                 };
-                println!(
+                outln!(
                     "{:<38}  {:<10}  {:>5}  {:<6}  {}",
-                    h.id, h.status, h.fail_count, events, h.endpoint
+                    h.id,
+                    h.status,
+                    h.fail_count,
+                    events,
+                    h.endpoint
                 );
             }
             let unhealthy = hooks.iter().filter(|h| h.status != "active").count();
             if unhealthy > 0 {
-                println!(
+                outln!(
                     "\n{unhealthy} webhook(s) not active: ClickUp stops sending to a suspended webhook; `clickup-bridge clickup webhooks reactivate --team {team} ID` sets it back"
                 );
             }
@@ -206,24 +214,24 @@ pub async fn run(
                 write_env_file(path, &env_var, &secret)?;
             }
             if creds.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"id": hook.id, "secret": secret, "endpoint": hook.endpoint})
                 );
             } else {
-                println!("webhook  {}", hook.id);
-                println!("secret   {secret}");
+                outln!("webhook  {}", hook.id);
+                outln!("secret   {secret}");
                 if let Some(path) = &env_file {
-                    println!("written  {env_var}=... to {} (mode 0600)", path.display());
+                    outln!("written  {env_var}=... to {} (mode 0600)", path.display());
                 }
-                println!(
+                outln!(
                     "\nSet the secret of the clickup source to it (e.g. {env_var}), then reload."
                 );
             }
         }
         WebhooksCommand::Delete { id } => {
             api.delete_webhook(&id).await?;
-            println!("deleted {id}");
+            outln!("deleted {id}");
         }
         WebhooksCommand::Reactivate { team, id } => {
             let hooks = api.list_webhooks(&team).await?;
@@ -231,7 +239,7 @@ pub async fn run(
                 bail!("team {team} has no webhook {id}");
             };
             let h = api.reactivate(hook).await?;
-            println!("{} is {}", h.id, h.status);
+            outln!("{} is {}", h.id, h.status);
         }
     }
     Ok(0)

@@ -131,7 +131,7 @@ fn log_routed(r: &RoutedEvent) {
     if r.matched_routes.is_empty() {
         tracing::info!(event_id = %r.event_id, "event matched no route");
     } else {
-        tracing::info!(event_id = %r.event_id, routes = ?r.matched_routes, deliveries = r.deliveries.len(), "event routed");
+        tracing::info!(event_id = %r.event_id, routes = %crate::telemetry::list(&r.matched_routes), deliveries = r.deliveries.len(), "event routed");
     }
 }
 

@@ -140,12 +140,18 @@ fn unexpected() -> StoreError {
 
 impl SqliteStore {
     pub(super) async fn open(path: &Path) -> Result<Self, StoreError> {
+        // A missing folder is a mistake (a typo, a volume not mounted):
+        // creating it would put the events in a fresh, empty store where the
+        // operator is not looking. The file itself is created when missing.
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
+            && !dir.is_dir()
         {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
-            })?;
+            return Err(StoreError::Unavailable(format!(
+                "the folder {} of the SQLite store does not exist; create it (mkdir -p {}) or fix the store setting",
+                dir.display(),
+                dir.display()
+            )));
         }
         let mut conn = options(path).connect().await?;
         sqlx::migrate!("migrations/sqlite")

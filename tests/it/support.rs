@@ -71,6 +71,7 @@ impl TestApp {
 
 /// Settings for a test: loopback, port 0, a store file in `dir`.
 pub fn settings(dir: &Path) -> Settings {
+    std::fs::create_dir_all(dir.join("data")).unwrap();
     Settings {
         listen: "127.0.0.1:0".into(),
         admin_listen: "127.0.0.1:0".into(),
@@ -82,6 +83,7 @@ pub fn settings(dir: &Path) -> Settings {
         retention_days: 7,
         log_format: None,
         shutdown_timeout: 5,
+        warnings: Vec::new(),
     }
 }
 
