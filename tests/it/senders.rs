@@ -476,3 +476,105 @@ fn check_reports_a_standard_webhooks_secret_that_is_not_base64() {
         "routes.yaml:4:13: the secret is not valid base64 after its \"whsec_\" prefix: copy the signing secret exactly as the sender shows it (whsec_...)\nroutes.yaml: 1 error\n"
     );
 }
+
+/// `simulate` and `test` take the headers that a source reads its type and
+/// id from.
+#[test]
+fn simulate_and_route_cases_read_types_and_ids_from_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("routes.yaml"),
+        r#"
+sources:
+  github:
+    verify: hmac
+    header: X-Hub-Signature-256
+    prefix: "sha256="
+    secret: s
+    event_header: X-GitHub-Event
+    id_header: X-GitHub-Delivery
+  openai:
+    verify: standard-webhooks
+    secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
+targets:
+  t: {type: http, url: "http://127.0.0.1:1/in"}
+routes:
+  - name: issues
+    source: github
+    when: {event: issues}
+    send:
+      - target: t
+        body: {action: "{{event.action}}"}
+  - name: responses
+    source: openai
+    when: {event: response.completed}
+    send:
+      - target: t
+        body: {id: "{{event.data.id}}"}
+"#,
+    )
+    .unwrap();
+    std::fs::create_dir(d.join("templates")).unwrap();
+    std::fs::write(d.join("issue.json"), r#"{"action":"opened"}"#).unwrap();
+    std::fs::write(
+        d.join("response.json"),
+        r#"{"type":"response.completed","data":{"id":"resp_1"}}"#,
+    )
+    .unwrap();
+    let run = |args: &[&str]| run_output(Command::new(bin()).args(args).current_dir(d).env_clear());
+
+    let (code, out, err) = run(&[
+        "simulate",
+        "--source",
+        "github",
+        "--event",
+        "issue.json",
+        "--header",
+        "X-GitHub-Event: issues",
+        "-H",
+        "X-GitHub-Delivery: d-1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["event_type"].as_str(), v["dedupe_key"].as_str()), (Some("issues"), Some("d-1")));
+    assert_eq!(v["routes"][0]["matched"], true, "{v}");
+
+    let (code, out, err) = run(&[
+        "simulate",
+        "--source",
+        "openai",
+        "--event",
+        "response.json",
+        "-H",
+        "webhook-id: msg_9",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["dedupe_key"], "msg_9");
+    assert_eq!(v["routes"][1]["matched"], true, "{v}");
+
+    let (code, _, err) = run(&["simulate", "--source", "github", "--event", "issue.json", "-H", "nocolon"]);
+    assert_eq!(code, 2, "a usage error");
+    assert!(err.contains("write it as \"Name: value\""), "{err}");
+
+    std::fs::create_dir(d.join("cases")).unwrap();
+    std::fs::write(
+        d.join("cases/issue.yaml"),
+        "source: github\nevent: ../issue.json\nheaders: {X-GitHub-Event: issues}\nexpect:\n  routes: [issues]\n  requests:\n    - route: issues\n      body: {action: opened}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("cases/push.yaml"),
+        "source: github\nevent: ../issue.json\nheaders: {X-GitHub-Event: push}\nexpect:\n  routes: []\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("cases/response.yaml"),
+        "source: openai\nevent: ../response.json\nexpect:\n  routes: [responses]\n  requests:\n    - route: responses\n      body: {id: resp_1}\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(&["test", "cases"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.trim_end().ends_with("3 passed, 0 failed"), "{out}");
+}
