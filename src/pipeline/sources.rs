@@ -83,7 +83,10 @@ fn secrets(list: Vec<(String, Pos)>, standard_webhooks: bool, d: &mut Diagnostic
             .then(|| standard_webhooks_key(&s).err())
             .flatten()
         {
-            d.error(pos, e.to_string());
+            // An unset ${VAR} is already reported here: its text is no key.
+            if !d.has_error_at(pos) {
+                d.error(pos, e.to_string());
+            }
         } else {
             out.push(Secret::new(s));
         }

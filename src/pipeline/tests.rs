@@ -224,3 +224,37 @@ sources:
         ]
     );
 }
+
+/// The commented `header` source in the shipped routes.yaml works once its
+/// comment marks are removed.
+#[test]
+fn the_shipped_commented_header_source_compiles_when_uncommented() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(dir.join("routes.yaml")).unwrap();
+    let mut in_block = false;
+    let uncommented: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("  # clickup-automation:") {
+                in_block = true;
+            } else if !l.starts_with("  #   ") {
+                in_block = false;
+            }
+            if in_block {
+                format!("  {}\n", &l[4..])
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    let env = |name: &str| {
+        if name.ends_with("_URL") {
+            Some("http://127.0.0.1:1/x".to_owned())
+        } else {
+            Some("value".to_owned())
+        }
+    };
+    let p = Pipeline::compile("routes.yaml", &uncommented, &dir.join("templates"), &env)
+        .unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+    assert_eq!(p.sources["clickup-automation"].kind(), "header");
+}

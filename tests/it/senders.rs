@@ -475,6 +475,18 @@ fn check_reports_a_standard_webhooks_secret_that_is_not_base64() {
         out,
         "routes.yaml:4:13: the secret is not valid base64 after its \"whsec_\" prefix: copy the signing secret exactly as the sender shows it (whsec_...)\nroutes.yaml: 1 error\n"
     );
+    // Unset, the variable is the one cause reported.
+    let (code, out, _) = run_output(
+        Command::new(bin())
+            .args(["check", "--routes", "routes.yaml"])
+            .current_dir(dir.path())
+            .env_clear(),
+    );
+    assert_eq!(code, 1);
+    assert_eq!(
+        out,
+        "routes.yaml:4:13: environment variable OPENAI_WEBHOOK_SECRET is not set; set it, or write ${OPENAI_WEBHOOK_SECRET:-default}\nroutes.yaml: 1 error\n"
+    );
 }
 
 /// `simulate` and `test` take the headers that a source reads its type and
