@@ -88,7 +88,8 @@ pub fn simulate(pipeline: &Pipeline, input: &Input<'_>) -> Result<Value, String>
             known.join(", ")
         )
     })?;
-    let identity = identify(&source.identity, input.headers, input.body).map_err(|e| e.to_string())?;
+    let identity =
+        identify(&source.identity, input.headers, input.body).map_err(|e| e.to_string())?;
     let payload: Value = serde_json::from_slice(input.body).map_err(|e| e.to_string())?;
     let event = EventToRoute {
         id: EventId::from_stored("evt_simulated".into()),

@@ -102,7 +102,9 @@ fn header_name(node: &Node, what: &str, d: &mut Diagnostics) -> Option<String> {
         Err(_) => {
             d.error(
                 node.pos,
-                format!("{what} \"{name}\" is not a valid HTTP header name: use letters, digits and '-'"),
+                format!(
+                    "{what} \"{name}\" is not a valid HTTP header name: use letters, digits and '-'"
+                ),
             );
             None
         }
@@ -267,10 +269,7 @@ fn compile_one(name: &str, node: &Node, d: &mut Diagnostics) -> Option<Source> {
         None => {}
     }
     r.finish(d);
-    let standard_webhooks = matches!(
-        source,
-        Some((Scheme::StandardWebhooks { .. }, _, _))
-    );
+    let standard_webhooks = matches!(source, Some((Scheme::StandardWebhooks { .. }, _, _)));
     let secrets = secrets(secret_list, standard_webhooks, d);
     let (scheme, identity, watch) = source?;
     if secrets.is_empty() {

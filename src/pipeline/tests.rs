@@ -159,7 +159,10 @@ sources:
     ));
     assert!(matches!(
         &s["openai"].identity,
-        IdentityRule::StandardWebhooks { event: Field::Path(_), id: None }
+        IdentityRule::StandardWebhooks {
+            event: Field::Path(_),
+            id: None
+        }
     ));
     assert!(matches!(
         &s["resend"].identity,
@@ -170,7 +173,10 @@ sources:
     assert_eq!(s["automation"].verifier.secrets.len(), 2);
     assert!(matches!(
         &s["automation"].identity,
-        IdentityRule::Generic { event: None, id: None }
+        IdentityRule::Generic {
+            event: None,
+            id: None
+        }
     ));
     assert!(matches!(
         &s["github"].identity,

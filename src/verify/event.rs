@@ -44,7 +44,11 @@ pub enum Field {
 impl Field {
     /// The text of the field, `None` when the path matches nothing or the
     /// header is absent or empty (an empty id would make every event a repeat).
-    fn read(&self, headers: &(impl HeaderLookup + ?Sized), body: &serde_json::Value) -> Option<String> {
+    fn read(
+        &self,
+        headers: &(impl HeaderLookup + ?Sized),
+        body: &serde_json::Value,
+    ) -> Option<String> {
         match self {
             Field::Path(p) => p.first(body).map(text_of),
             Field::Header(name) => headers
@@ -259,12 +263,18 @@ mod tests {
         let body = br#"{"action":"opened"}"#;
         let with = h(&[("x-github-event", "issues"), ("X-GitHub-Delivery", "d-1")]);
         let i = identify(&rule, &with, body).unwrap();
-        assert_eq!((i.event_type.as_str(), i.dedupe_key.as_str()), ("issues", "d-1"));
+        assert_eq!(
+            (i.event_type.as_str(), i.dedupe_key.as_str()),
+            ("issues", "d-1")
+        );
         let i = identify(&rule, NO_HEADERS, body).unwrap();
         assert_eq!(i.event_type, "");
         assert_eq!(i.dedupe_key, sha256_hex(body));
         let empty = h(&[("X-GitHub-Delivery", "  ")]);
-        assert_eq!(identify(&rule, &empty, body).unwrap().dedupe_key, sha256_hex(body));
+        assert_eq!(
+            identify(&rule, &empty, body).unwrap().dedupe_key,
+            sha256_hex(body)
+        );
     }
 
     #[test]
@@ -282,12 +292,20 @@ mod tests {
                 "{name}"
             );
         }
-        assert_eq!(identify(&rule, NO_HEADERS, body).unwrap().dedupe_key, sha256_hex(body));
+        assert_eq!(
+            identify(&rule, NO_HEADERS, body).unwrap().dedupe_key,
+            sha256_hex(body)
+        );
         let by_body = IdentityRule::StandardWebhooks {
             event: Field::Header("X-Kind".into()),
             id: Some(Field::Path(JsonPath::compile("$.id").unwrap())),
         };
-        let i = identify(&by_body, &h(&[("webhook-id", "msg_1"), ("x-kind", "k")]), body).unwrap();
+        let i = identify(
+            &by_body,
+            &h(&[("webhook-id", "msg_1"), ("x-kind", "k")]),
+            body,
+        )
+        .unwrap();
         assert_eq!((i.event_type.as_str(), i.dedupe_key.as_str()), ("k", "x"));
     }
 

@@ -16,8 +16,8 @@ pub use event::{
 };
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use hmac::{KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -223,9 +223,11 @@ fn mac(key: &[u8], parts: &[&[u8]]) -> HmacSha256 {
 }
 
 fn matches_any(secrets: &[Secret], parts: &[&[u8]], signature: &[u8]) -> bool {
-    secrets
-        .iter()
-        .any(|s| mac(s.expose().as_bytes(), parts).verify_slice(signature).is_ok())
+    secrets.iter().any(|s| {
+        mac(s.expose().as_bytes(), parts)
+            .verify_slice(signature)
+            .is_ok()
+    })
 }
 
 fn compute_with_key(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
@@ -368,10 +370,8 @@ impl Verifier {
                     return Vec::new();
                 };
                 let t = now.to_string();
-                let sig = compute_with_key(
-                    &key,
-                    &[msg_id.as_bytes(), b".", t.as_bytes(), b".", body],
-                );
+                let sig =
+                    compute_with_key(&key, &[msg_id.as_bytes(), b".", t.as_bytes(), b".", body]);
                 let [id_name, t_name, sig_name] = STANDARD_WEBHOOKS_HEADERS;
                 return vec![
                     (id_name.to_owned(), msg_id.to_owned()),

@@ -27,35 +27,35 @@ fn headers_of(v: &Value) -> Vec<(String, String)> {
 fn verifier_for(v: &Value) -> Option<Verifier> {
     let scheme = v["scheme"].as_str().unwrap();
     Some(match scheme {
-            "stripe-v1" => Verifier {
-                scheme: Scheme::Stripe {
-                    tolerance_secs: v["tolerance_s"].as_u64().unwrap_or(300),
-                },
-                secrets: vec![Secret::new(v["secret"].as_str().unwrap())],
+        "stripe-v1" => Verifier {
+            scheme: Scheme::Stripe {
+                tolerance_secs: v["tolerance_s"].as_u64().unwrap_or(300),
             },
-            "github-sha256" => Verifier {
-                scheme: Scheme::Hmac {
-                    header: "X-Hub-Signature-256".into(),
-                    prefix: "sha256=".into(),
-                    encoding: Encoding::Hex,
-                },
-                secrets: vec![Secret::new(v["secret"].as_str().unwrap())],
+            secrets: vec![Secret::new(v["secret"].as_str().unwrap())],
+        },
+        "github-sha256" => Verifier {
+            scheme: Scheme::Hmac {
+                header: "X-Hub-Signature-256".into(),
+                prefix: "sha256=".into(),
+                encoding: Encoding::Hex,
             },
-            "shopify-hmac-sha256-base64" => Verifier {
-                scheme: Scheme::Hmac {
-                    header: "X-Shopify-Hmac-Sha256".into(),
-                    prefix: String::new(),
-                    encoding: Encoding::Base64,
-                },
-                secrets: vec![Secret::new(v["secret"].as_str().unwrap())],
+            secrets: vec![Secret::new(v["secret"].as_str().unwrap())],
+        },
+        "shopify-hmac-sha256-base64" => Verifier {
+            scheme: Scheme::Hmac {
+                header: "X-Shopify-Hmac-Sha256".into(),
+                prefix: String::new(),
+                encoding: Encoding::Base64,
             },
-            s if s.starts_with("standard-webhooks-v1") => Verifier {
-                scheme: Scheme::StandardWebhooks {
-                    tolerance_secs: v["tolerance_s"].as_u64().unwrap_or(300),
-                },
-                secrets: vec![Secret::new(v["secret"].as_str().unwrap())],
+            secrets: vec![Secret::new(v["secret"].as_str().unwrap())],
+        },
+        s if s.starts_with("standard-webhooks-v1") => Verifier {
+            scheme: Scheme::StandardWebhooks {
+                tolerance_secs: v["tolerance_s"].as_u64().unwrap_or(300),
             },
-            _ => return None,
+            secrets: vec![Secret::new(v["secret"].as_str().unwrap())],
+        },
+        _ => return None,
     })
 }
 
@@ -261,7 +261,8 @@ fn stdwh_headers(signature: &str, t: &str) -> Vec<(String, String)> {
 #[test]
 fn standard_webhooks_sign_reproduces_the_published_signature() {
     for secret in [STDWH_SECRET, "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"] {
-        let h = standard(secret).sign_message("msg_p5jXN8AQM9LWM0D4loKWxJek", STDWH_BODY, 1614265330);
+        let h =
+            standard(secret).sign_message("msg_p5jXN8AQM9LWM0D4loKWxJek", STDWH_BODY, 1614265330);
         assert_eq!(h, stdwh_headers(STDWH_SIG, "1614265330"), "{secret}");
     }
 }
@@ -278,14 +279,30 @@ fn standard_webhooks_skips_other_versions_and_bounds_the_clock_both_ways() {
     );
     // Undecodable entries are skipped; a later good one still passes.
     let list = format!("v1,%%% v1a,abc {STDWH_SIG}");
-    assert_eq!(v.verify(&stdwh_headers(&list, "1614265330"), STDWH_BODY, t), Ok(()));
+    assert_eq!(
+        v.verify(&stdwh_headers(&list, "1614265330"), STDWH_BODY, t),
+        Ok(())
+    );
     // Exactly the tolerance away passes, one second more does not.
     let h = stdwh_headers(STDWH_SIG, "1614265330");
-    for (now, ok) in [(t + 300, true), (t - 300, true), (t + 301, false), (t - 301, false)] {
-        assert_eq!(v.verify(&h, STDWH_BODY, now).is_ok(), ok, "now = t{:+}", now - t);
+    for (now, ok) in [
+        (t + 300, true),
+        (t - 300, true),
+        (t + 301, false),
+        (t - 301, false),
+    ] {
+        assert_eq!(
+            v.verify(&h, STDWH_BODY, now).is_ok(),
+            ok,
+            "now = t{:+}",
+            now - t
+        );
     }
     // A signature for another body does not pass.
-    assert_eq!(v.verify(&h, b"{\"test\": 1}", t), Err(VerifyError::Mismatch));
+    assert_eq!(
+        v.verify(&h, b"{\"test\": 1}", t),
+        Err(VerifyError::Mismatch)
+    );
 }
 
 #[test]
@@ -317,12 +334,19 @@ fn standard_webhooks_keys_decode_as_the_libraries_do() {
         standard_webhooks_key("whsec_McGXHcB7RO6vSZ/miXVo80qz4S0"),
         standard_webhooks_key("whsec_McGXHcB7RO6vSZ/miXVo80qz4S0=")
     );
-    assert_eq!(standard_webhooks_key("whsec_not base64!"), Err(KeyError::NotBase64));
+    assert_eq!(
+        standard_webhooks_key("whsec_not base64!"),
+        Err(KeyError::NotBase64)
+    );
     assert_eq!(standard_webhooks_key("whsec_"), Err(KeyError::Empty));
     // A verifier built by hand with a bad secret refuses, it does not panic.
     let bad = standard("whsec_***");
     assert_eq!(
-        bad.verify(&stdwh_headers(STDWH_SIG, "1614265330"), STDWH_BODY, 1614265330),
+        bad.verify(
+            &stdwh_headers(STDWH_SIG, "1614265330"),
+            STDWH_BODY,
+            1614265330
+        ),
         Err(VerifyError::Mismatch)
     );
     assert!(bad.sign(STDWH_BODY, 0).is_empty());
@@ -336,7 +360,12 @@ fn standard_webhooks_vectors_made_by_the_python_library_verify() {
         let verifier = verifier_for(v).unwrap();
         let body = v["payload"].as_str().unwrap().as_bytes();
         let now = v["now"].as_i64().unwrap();
-        assert_eq!(verifier.verify(&headers_of(v), body, now), Ok(()), "{}", v["id"]);
+        assert_eq!(
+            verifier.verify(&headers_of(v), body, now),
+            Ok(()),
+            "{}",
+            v["id"]
+        );
         let h = headers_of(v);
         let ours = verifier.sign_message(h.header("webhook-id").unwrap(), body, now);
         assert_eq!(
@@ -378,7 +407,10 @@ fn header_secret_compares_the_whole_value_and_rotates() {
         Err(VerifyError::MissingSecretHeader("X-Bridge-Token".into()))
     );
     assert_eq!(missing.unwrap_err().reason(), "signature_missing");
-    assert_eq!(VerifyError::WrongSecret(String::new()).reason(), "signature_mismatch");
+    assert_eq!(
+        VerifyError::WrongSecret(String::new()).reason(),
+        "signature_mismatch"
+    );
     assert_eq!(
         v.sign(b"{}", 0),
         vec![("X-Bridge-Token".to_owned(), "old-token".to_owned())]
@@ -389,7 +421,12 @@ fn header_secret_compares_the_whole_value_and_rotates() {
 fn sign_round_trips_for_the_new_schemes() {
     for v in [standard(STDWH_SECRET), shared(&["t0k3n"])] {
         let h = v.sign(b"{\"a\":1}", 1_700_000_000);
-        assert_eq!(v.verify(&h, b"{\"a\":1}", 1_700_000_010), Ok(()), "{:?}", v.scheme);
+        assert_eq!(
+            v.verify(&h, b"{\"a\":1}", 1_700_000_010),
+            Ok(()),
+            "{:?}",
+            v.scheme
+        );
     }
     let a = standard(STDWH_SECRET).sign(b"{}", 0);
     let b = standard(STDWH_SECRET).sign(b"{}", 0);

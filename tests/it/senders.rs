@@ -112,13 +112,8 @@ impl StandardWebhooksPy {
     fn sign(&self, dir: &Path, secret: &str, id: &str, t: i64, body: &[u8]) -> String {
         let file = dir.join(format!("{id}.json"));
         std::fs::write(&file, body).unwrap();
-        let (code, out, err) = self.run(&[
-            "sign",
-            secret,
-            id,
-            &t.to_string(),
-            file.to_str().unwrap(),
-        ]);
+        let (code, out, err) =
+            self.run(&["sign", secret, id, &t.to_string(), file.to_str().unwrap()]);
         assert_eq!(code, 0, "{err}");
         out.trim().to_owned()
     }
@@ -149,7 +144,8 @@ async fn signatures_of_the_official_standard_webhooks_library_pass_through_the_d
     };
     let app = spawn_app(ROUTES).await;
     let dir = app.dir.path().to_owned();
-    let body = br#"{"id":"evt_abc","object":"event","type":"response.completed","data":{"id":"resp_1"}}"#;
+    let body =
+        br#"{"id":"evt_abc","object":"event","type":"response.completed","data":{"id":"resp_1"}}"#;
     let t = now();
     let sig = lib.sign(&dir, STDWH_SECRET, "msg_lib_1", t, body);
     assert!(sig.starts_with("v1,"), "{sig}");
@@ -175,7 +171,11 @@ async fn signatures_of_the_official_standard_webhooks_library_pass_through_the_d
         ("svix-signature", &sig2),
     ]);
     let (status, json) = app.post("openai", body.to_vec(), &svix).await;
-    assert_eq!((status, json["duplicate"].clone()), (200, false.into()), "{json}");
+    assert_eq!(
+        (status, json["duplicate"].clone()),
+        (200, false.into()),
+        "{json}"
+    );
 
     // A signature by the library for another body is refused.
     let other = lib.sign(&dir, STDWH_SECRET, "msg_lib_3", t, b"{}");
@@ -230,9 +230,18 @@ async fn standard_webhooks_refusals_are_403_and_a_retry_of_a_message_is_a_duplic
         assert!(json["error"].is_string(), "{case}: {json}");
     }
     assert_eq!(app.store.count_events().await.unwrap(), 0);
-    assert_eq!(metric(&app, &rejected("openai", "signature_missing")).await, 3.0);
-    assert_eq!(metric(&app, &rejected("openai", "timestamp_expired")).await, 2.0);
-    assert_eq!(metric(&app, &rejected("openai", "signature_mismatch")).await, 1.0);
+    assert_eq!(
+        metric(&app, &rejected("openai", "signature_missing")).await,
+        3.0
+    );
+    assert_eq!(
+        metric(&app, &rejected("openai", "timestamp_expired")).await,
+        2.0
+    );
+    assert_eq!(
+        metric(&app, &rejected("openai", "signature_mismatch")).await,
+        1.0
+    );
 
     // Signed but not JSON: 400, after the signature.
     let (status, _) = app
@@ -253,7 +262,11 @@ async fn standard_webhooks_refusals_are_403_and_a_retry_of_a_message_is_a_duplic
             &standard_webhooks_headers(STDWH_SECRET, "msg_1", body, t + 200),
         )
         .await;
-    assert_eq!((status, first["duplicate"].clone()), (200, false.into()), "{first}");
+    assert_eq!(
+        (status, first["duplicate"].clone()),
+        (200, false.into()),
+        "{first}"
+    );
     let (status, again) = app
         .post(
             "openai",
@@ -295,13 +308,29 @@ async fn header_sources_accept_either_secret_and_refuse_everything_else_with_403
         let (status, json) = app.post("automation", r#"{"task":"x"}"#, headers).await;
         assert_eq!(status, 403, "{case}: {json}");
         let text = json.to_string();
-        assert!(json["error"].as_str().unwrap().contains("X-Bridge-Token"), "{text}");
-        assert!(!text.contains("automation-token") && !text.contains("old-token"), "{text}");
+        assert!(
+            json["error"].as_str().unwrap().contains("X-Bridge-Token"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("automation-token") && !text.contains("old-token"),
+            "{text}"
+        );
     }
     assert_eq!(app.store.count_events().await.unwrap(), 2);
-    assert_eq!(metric(&app, &rejected("automation", "signature_missing")).await, 2.0);
-    assert_eq!(metric(&app, &rejected("automation", "signature_mismatch")).await, 4.0);
-    let ev = &app.store.recent_events(Some("automation"), 1).await.unwrap()[0];
+    assert_eq!(
+        metric(&app, &rejected("automation", "signature_missing")).await,
+        2.0
+    );
+    assert_eq!(
+        metric(&app, &rejected("automation", "signature_mismatch")).await,
+        4.0
+    );
+    let ev = &app
+        .store
+        .recent_events(Some("automation"), 1)
+        .await
+        .unwrap()[0];
     assert_eq!(ev.event_type, "", "no event rule: the type is empty");
     assert_eq!(ev.dedupe_key, sha256_hex(br#"{"task":"1"}"#));
     app.stop().await;
@@ -379,7 +408,11 @@ async fn github_events_are_routed_by_their_header_and_a_redelivery_is_a_duplicat
         ("X-GitHub-Delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958"),
     ]));
     let (status, first) = app.post("github", body.clone(), &headers).await;
-    assert_eq!((status, first["duplicate"].clone()), (200, false.into()), "{first}");
+    assert_eq!(
+        (status, first["duplicate"].clone()),
+        (200, false.into()),
+        "{first}"
+    );
     let id = first["event_id"].as_str().unwrap().to_owned();
     let rows = app.settled(&id, 20).await;
     assert_eq!(rows.len(), 1, "only the issues route matches");
@@ -406,7 +439,11 @@ async fn github_events_are_routed_by_their_header_and_a_redelivery_is_a_duplicat
 
     // Without the named headers: type "" and the body's SHA-256 as the id.
     let (status, bare) = app.post("github", body.clone(), &vector_headers(&v)).await;
-    assert_eq!((status, bare["duplicate"].clone()), (200, false.into()), "{bare}");
+    assert_eq!(
+        (status, bare["duplicate"].clone()),
+        (200, false.into()),
+        "{bare}"
+    );
     let ev = &app.store.recent_events(Some("github"), 1).await.unwrap()[0];
     assert_eq!(ev.event_type, "");
     assert_eq!(ev.dedupe_key, sha256_hex(&body));
@@ -415,7 +452,11 @@ async fn github_events_are_routed_by_their_header_and_a_redelivery_is_a_duplicat
     // octokit's garbage-signature vector is refused.
     let bad = vector("github-octokit-garbage-signature");
     let (status, _) = app
-        .post("github", bad["payload"].as_str().unwrap(), &vector_headers(&bad))
+        .post(
+            "github",
+            bad["payload"].as_str().unwrap(),
+            &vector_headers(&bad),
+        )
         .await;
     assert_eq!(status, 403);
     app.stop().await;
@@ -447,7 +488,11 @@ async fn shopify_events_take_their_topic_and_id_from_headers() {
     assert_eq!((status, again["duplicate"].clone()), (200, true.into()));
     let bad = vector("shopify-invalid");
     let (status, _) = app
-        .post("shopify", bad["payload"].as_str().unwrap(), &vector_headers(&bad))
+        .post(
+            "shopify",
+            bad["payload"].as_str().unwrap(),
+            &vector_headers(&bad),
+        )
         .await;
     assert_eq!(status, 403);
     app.stop().await;
@@ -549,7 +594,10 @@ routes:
     ]);
     assert_eq!(code, 0, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!((v["event_type"].as_str(), v["dedupe_key"].as_str()), (Some("issues"), Some("d-1")));
+    assert_eq!(
+        (v["event_type"].as_str(), v["dedupe_key"].as_str()),
+        (Some("issues"), Some("d-1"))
+    );
     assert_eq!(v["routes"][0]["matched"], true, "{v}");
 
     let (code, out, err) = run(&[
@@ -566,7 +614,15 @@ routes:
     assert_eq!(v["dedupe_key"], "msg_9");
     assert_eq!(v["routes"][1]["matched"], true, "{v}");
 
-    let (code, _, err) = run(&["simulate", "--source", "github", "--event", "issue.json", "-H", "nocolon"]);
+    let (code, _, err) = run(&[
+        "simulate",
+        "--source",
+        "github",
+        "--event",
+        "issue.json",
+        "-H",
+        "nocolon",
+    ]);
     assert_eq!(code, 2, "a usage error");
     assert!(err.contains("write it as \"Name: value\""), "{err}");
 
