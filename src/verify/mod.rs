@@ -144,10 +144,13 @@ pub enum KeyError {
     Empty,
 }
 
-/// Base64 as the official libraries read secrets: padding optional.
+/// Base64 as the official libraries read secrets: padding optional, unused
+/// bits of the last symbol ignored.
 const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
 );
 
 /// The HMAC key of a Standard Webhooks secret: the base64 decoding of what

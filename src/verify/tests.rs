@@ -334,6 +334,11 @@ fn standard_webhooks_keys_decode_as_the_libraries_do() {
         standard_webhooks_key("whsec_McGXHcB7RO6vSZ/miXVo80qz4S0"),
         standard_webhooks_key("whsec_McGXHcB7RO6vSZ/miXVo80qz4S0=")
     );
+    // Unused bits of the last symbol are ignored, as Python's b64decode does.
+    assert_eq!(
+        standard_webhooks_key("whsec_McGXHcB7RO6vSZ/miXVo80qz4S1"),
+        standard_webhooks_key("whsec_McGXHcB7RO6vSZ/miXVo80qz4S0")
+    );
     assert_eq!(
         standard_webhooks_key("whsec_not base64!"),
         Err(KeyError::NotBase64)
