@@ -102,6 +102,11 @@ pub enum Command {
         /// A ClickUp task (GET /task answer) standing in for enrichment.
         #[arg(long, value_name = "FILE")]
         task: Option<PathBuf>,
+        /// A request header, as `Name: value` (repeatable), for sources that
+        /// take the event type or id from headers (`event_header`,
+        /// `id_header`, Standard Webhooks' `webhook-id`).
+        #[arg(long = "header", short = 'H', value_name = "NAME: VALUE", value_parser = parse_header)]
+        headers: Vec<(String, String)>,
     },
     /// Run route test cases (YAML files: an event and what must happen).
     Test {
@@ -193,7 +198,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             source,
             event,
             task,
-        } => simulate_cmd(&settings, &source, &event, task.as_deref()),
+            headers,
+        } => simulate_cmd(&settings, &source, &event, task.as_deref(), &headers),
         Command::Test { path } => test_cmd(&settings, path),
         Command::Clickup {
             cmd: ClickupCommand::Webhooks { creds, cmd },
@@ -318,11 +324,24 @@ fn load_or_report(settings: &Settings) -> Option<Pipeline> {
     }
 }
 
+/// `Name: value`, as curl's `-H` takes it.
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(format!(
+            "\"{s}\" is not a header: write it as \"Name: value\""
+        )),
+    }
+}
+
 fn simulate_cmd(
     settings: &Settings,
     source: &str,
     event: &Path,
     task: Option<&Path>,
+    headers: &[(String, String)],
 ) -> anyhow::Result<i32> {
     let Some(pipeline) = load_or_report(settings) else {
         return Ok(1);
@@ -341,6 +360,7 @@ fn simulate_cmd(
     let input = simulate::Input {
         source,
         body: &body,
+        headers,
         task,
         links: serde_json::Map::new(),
     };

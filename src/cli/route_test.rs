@@ -5,6 +5,8 @@
 //! name: a completed task is announced in Slack   # optional
 //! source: clickup
 //! event: ../../examples/events/clickup-task-completed.json  # a file, or inline
+//! headers: { X-GitHub-Event: issues }    # optional: request headers, for sources
+//!                                        # that read the type or id from one
 //! task: { name: Ship v2, url: https://app.clickup.com/t/1 } # optional: the enriched task
 //! links: { jira_issue: OPS-1 }                               # optional
 //! expect:
@@ -49,6 +51,7 @@ struct Case {
     name: String,
     source: String,
     body: Vec<u8>,
+    headers: Vec<(String, String)>,
     task: Option<Value>,
     links: Map<String, Value>,
     routes: Option<Vec<String>>,
@@ -124,6 +127,7 @@ fn parse_case(file: &Path, text: &str) -> Result<Case, Vec<String>> {
             .unwrap_or_default(),
         source: String::new(),
         body: Vec::new(),
+        headers: Vec::new(),
         task: None,
         links: Map::new(),
         routes: None,
@@ -145,6 +149,13 @@ fn parse_case(file: &Path, text: &str) -> Result<Case, Vec<String>> {
             .and_then(|n| json_or_file(n, base, "event", &mut d))
         {
             case.body = bytes;
+        }
+        if let Some(n) = r.take("headers") {
+            for (k, _, v) in reader::entries(n, "headers", &mut d) {
+                if let Some(v) = reader::string(v, "a header value", &mut d) {
+                    case.headers.push((k.to_owned(), v));
+                }
+            }
         }
         case.task = r
             .take("task")
@@ -228,6 +239,7 @@ fn run_case(pipeline: &Pipeline, file: &Path, case: &Case) -> Vec<String> {
     let input = Input {
         source: &case.source,
         body: &case.body,
+        headers: &case.headers,
         task: case.task.clone(),
         links: case.links.clone(),
     };

@@ -19,6 +19,9 @@ pub struct Input<'a> {
     pub source: &'a str,
     /// The exact body.
     pub body: &'a [u8],
+    /// Request headers, for sources that take the event type or id from one
+    /// (`event_header`, `id_header`, Standard Webhooks' `webhook-id`).
+    pub headers: &'a [(String, String)],
     /// Stands in for the enriched ClickUp task.
     pub task: Option<Value>,
     /// Stands in for remembered links.
@@ -85,7 +88,8 @@ pub fn simulate(pipeline: &Pipeline, input: &Input<'_>) -> Result<Value, String>
             known.join(", ")
         )
     })?;
-    let identity = identify(&source.identity, input.body).map_err(|e| e.to_string())?;
+    let identity =
+        identify(&source.identity, input.headers, input.body).map_err(|e| e.to_string())?;
     let payload: Value = serde_json::from_slice(input.body).map_err(|e| e.to_string())?;
     let event = EventToRoute {
         id: EventId::from_stored("evt_simulated".into()),

@@ -75,6 +75,14 @@ impl Diagnostics {
         self.items.iter().any(|d| d.severity == Severity::Error)
     }
 
+    /// True when an error was already recorded at `pos` (a later check of
+    /// the same value would only repeat the cause).
+    pub fn has_error_at(&self, pos: Pos) -> bool {
+        self.items
+            .iter()
+            .any(|d| d.severity == Severity::Error && d.pos == pos)
+    }
+
     /// All diagnostics, sorted by position (the order a reader scans the file).
     pub fn into_sorted(mut self) -> Vec<Diagnostic> {
         self.items

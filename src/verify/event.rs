@@ -1,7 +1,8 @@
 //! From verified bytes to a [`VerifiedEvent`]: JSON check, event type and the
-//! dedupe id, per SPEC section 3.
+//! dedupe id (from the body, or from the request's headers), per the source's
+//! rule.
 
-use super::{HeaderLookup, Verifier, VerifyError};
+use super::{HeaderLookup, Verifier, VerifyError, standard_webhooks_header};
 use crate::transform::jsonpath::JsonPath;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -13,13 +14,50 @@ pub enum IdentityRule {
     ClickUp,
     /// Type `$.type`; id `$.id`.
     Stripe,
-    /// Type from `event` (else `""`); id from `id` (else the body hash).
+    /// Type from `event` / `event_header` (else `""`); id from `id` /
+    /// `id_header` (else the body hash).
     Generic {
-        /// JSONPath of the event type.
-        event: Option<JsonPath>,
-        /// JSONPath of the dedupe id.
-        id: Option<JsonPath>,
+        /// Where the event type is.
+        event: Option<Field>,
+        /// Where the dedupe id is.
+        id: Option<Field>,
     },
+    /// Standard Webhooks: type from `event` (`$.type` unless overridden); id
+    /// from `id` when given, else the `webhook-id` (`svix-id`) header.
+    StandardWebhooks {
+        /// Where the event type is.
+        event: Field,
+        /// Where the dedupe id is, when not the message id.
+        id: Option<Field>,
+    },
+}
+
+/// Where a value of the event is read: a JSONPath in the body or a header.
+#[derive(Debug, Clone)]
+pub enum Field {
+    /// The first match of a JSONPath in the body.
+    Path(JsonPath),
+    /// The value of a request header (case-insensitive name).
+    Header(String),
+}
+
+impl Field {
+    /// The text of the field, `None` when the path matches nothing or the
+    /// header is absent or empty (an empty id would make every event a repeat).
+    fn read(
+        &self,
+        headers: &(impl HeaderLookup + ?Sized),
+        body: &serde_json::Value,
+    ) -> Option<String> {
+        match self {
+            Field::Path(p) => p.first(body).map(text_of),
+            Field::Header(name) => headers
+                .header(name)
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned),
+        }
+    }
 }
 
 /// The type and dedupe id of an event.
@@ -81,7 +119,7 @@ pub fn verify_event(
     now: i64,
 ) -> Result<VerifiedEvent, RejectReason> {
     verifier.verify(headers, &body, now)?;
-    let identity = identify(rule, &body)?;
+    let identity = identify(rule, headers, &body)?;
     Ok(VerifiedEvent {
         source: source.to_owned(),
         identity,
@@ -127,9 +165,13 @@ fn text_of(v: &serde_json::Value) -> String {
     }
 }
 
-/// Derives the event type and dedupe key from a body (pure; used by tests and
-/// `simulate` too).
-pub fn identify(rule: &IdentityRule, body: &[u8]) -> Result<EventIdentity, RejectReason> {
+/// Derives the event type and dedupe key from a body and the request's
+/// headers (pure; used by tests and `simulate` too).
+pub fn identify(
+    rule: &IdentityRule,
+    headers: &(impl HeaderLookup + ?Sized),
+    body: &[u8],
+) -> Result<EventIdentity, RejectReason> {
     match rule {
         IdentityRule::ClickUp => {
             let head: ClickUpHead = serde_json::from_slice(body).map_err(not_json)?;
@@ -169,14 +211,28 @@ pub fn identify(rule: &IdentityRule, body: &[u8]) -> Result<EventIdentity, Rejec
             let value: serde_json::Value = serde_json::from_slice(body).map_err(not_json)?;
             let event_type = event
                 .as_ref()
-                .and_then(|p| p.first(&value))
-                .map(text_of)
+                .and_then(|f| f.read(headers, &value))
                 .unwrap_or_default();
             let dedupe_key = id
                 .as_ref()
-                .and_then(|p| p.first(&value))
-                .map(text_of)
+                .and_then(|f| f.read(headers, &value))
                 .unwrap_or_else(|| sha256_hex(body));
+            Ok(EventIdentity {
+                event_type,
+                dedupe_key,
+            })
+        }
+        IdentityRule::StandardWebhooks { event, id } => {
+            let value: serde_json::Value = serde_json::from_slice(body).map_err(not_json)?;
+            let event_type = event.read(headers, &value).unwrap_or_default();
+            let dedupe_key = match id {
+                Some(f) => f.read(headers, &value),
+                None => standard_webhooks_header(headers, "id")
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_owned),
+            }
+            .unwrap_or_else(|| sha256_hex(body));
             Ok(EventIdentity {
                 event_type,
                 dedupe_key,
@@ -189,13 +245,77 @@ pub fn identify(rule: &IdentityRule, body: &[u8]) -> Result<EventIdentity, Rejec
 mod tests {
     use super::*;
 
+    const NO_HEADERS: &[(String, String)] = &[];
+
+    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn generic_rules_read_headers_and_fall_back_when_they_are_missing() {
+        let rule = IdentityRule::Generic {
+            event: Some(Field::Header("X-GitHub-Event".into())),
+            id: Some(Field::Header("X-GitHub-Delivery".into())),
+        };
+        let body = br#"{"action":"opened"}"#;
+        let with = h(&[("x-github-event", "issues"), ("X-GitHub-Delivery", "d-1")]);
+        let i = identify(&rule, &with, body).unwrap();
+        assert_eq!(
+            (i.event_type.as_str(), i.dedupe_key.as_str()),
+            ("issues", "d-1")
+        );
+        let i = identify(&rule, NO_HEADERS, body).unwrap();
+        assert_eq!(i.event_type, "");
+        assert_eq!(i.dedupe_key, sha256_hex(body));
+        let empty = h(&[("X-GitHub-Delivery", "  ")]);
+        assert_eq!(
+            identify(&rule, &empty, body).unwrap().dedupe_key,
+            sha256_hex(body)
+        );
+    }
+
+    #[test]
+    fn standard_webhooks_rule_takes_the_message_id_unless_told_otherwise() {
+        let rule = IdentityRule::StandardWebhooks {
+            event: Field::Path(JsonPath::compile("$.type").unwrap()),
+            id: None,
+        };
+        let body = br#"{"type":"response.completed","id":"x"}"#;
+        for name in ["webhook-id", "svix-id"] {
+            let i = identify(&rule, &h(&[(name, "msg_1")]), body).unwrap();
+            assert_eq!(
+                (i.event_type.as_str(), i.dedupe_key.as_str()),
+                ("response.completed", "msg_1"),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            identify(&rule, NO_HEADERS, body).unwrap().dedupe_key,
+            sha256_hex(body)
+        );
+        let by_body = IdentityRule::StandardWebhooks {
+            event: Field::Header("X-Kind".into()),
+            id: Some(Field::Path(JsonPath::compile("$.id").unwrap())),
+        };
+        let i = identify(
+            &by_body,
+            &h(&[("webhook-id", "msg_1"), ("x-kind", "k")]),
+            body,
+        )
+        .unwrap();
+        assert_eq!((i.event_type.as_str(), i.dedupe_key.as_str()), ("k", "x"));
+    }
+
     #[test]
     fn clickup_key_includes_the_event_name_and_history_ids() {
         let a =
             br#"{"event":"taskUpdated","webhook_id":"w","history_items":[{"id":"1"},{"id":2}]}"#;
         let b = br#"{"event":"taskStatusUpdated","webhook_id":"w","history_items":[{"id":"1"},{"id":2}]}"#;
-        let ia = identify(&IdentityRule::ClickUp, a).unwrap();
-        let ib = identify(&IdentityRule::ClickUp, b).unwrap();
+        let ia = identify(&IdentityRule::ClickUp, NO_HEADERS, a).unwrap();
+        let ib = identify(&IdentityRule::ClickUp, NO_HEADERS, b).unwrap();
         assert_eq!(ia.dedupe_key, "w:taskUpdated:1,2");
         assert_eq!(ib.dedupe_key, "w:taskStatusUpdated:1,2");
         assert_eq!(ia.event_type, "taskUpdated");
@@ -204,7 +324,7 @@ mod tests {
     #[test]
     fn clickup_without_history_uses_the_body_hash() {
         let body = br#"{"webhook_id":"w","event":"taskCreated","task_id":"c0j"}"#;
-        let id = identify(&IdentityRule::ClickUp, body).unwrap();
+        let id = identify(&IdentityRule::ClickUp, NO_HEADERS, body).unwrap();
         assert_eq!(id.dedupe_key, format!("w:taskCreated:{}", sha256_hex(body)));
     }
 
@@ -217,7 +337,7 @@ mod tests {
             let name = path.file_name().unwrap().to_string_lossy().to_string();
             if path.extension().is_some_and(|e| e == "json") && !name.starts_with("signature") {
                 let body = std::fs::read(&path).unwrap();
-                let id = identify(&IdentityRule::ClickUp, &body)
+                let id = identify(&IdentityRule::ClickUp, NO_HEADERS, &body)
                     .unwrap_or_else(|e| panic!("{name}: {e}"));
                 assert!(
                     name.starts_with(&id.event_type),
@@ -234,6 +354,7 @@ mod tests {
     fn stripe_and_generic_rules() {
         let s = identify(
             &IdentityRule::Stripe,
+            NO_HEADERS,
             br#"{"id":"evt_1","type":"invoice.paid"}"#,
         )
         .unwrap();
@@ -242,10 +363,10 @@ mod tests {
             ("invoice.paid", "evt_1")
         );
         let g = IdentityRule::Generic {
-            event: Some(JsonPath::compile("$.action").unwrap()),
-            id: Some(JsonPath::compile("$.hook_id").unwrap()),
+            event: Some(Field::Path(JsonPath::compile("$.action").unwrap())),
+            id: Some(Field::Path(JsonPath::compile("$.hook_id").unwrap())),
         };
-        let i = identify(&g, br#"{"action":"opened","hook_id":42}"#).unwrap();
+        let i = identify(&g, NO_HEADERS, br#"{"action":"opened","hook_id":42}"#).unwrap();
         assert_eq!(
             (i.event_type.as_str(), i.dedupe_key.as_str()),
             ("opened", "42")
@@ -254,11 +375,11 @@ mod tests {
             event: None,
             id: None,
         };
-        let i = identify(&bare, b"{}").unwrap();
+        let i = identify(&bare, NO_HEADERS, b"{}").unwrap();
         assert_eq!(i.event_type, "");
         assert_eq!(i.dedupe_key, sha256_hex(b"{}"));
         assert!(matches!(
-            identify(&bare, b"{nope"),
+            identify(&bare, NO_HEADERS, b"{nope"),
             Err(RejectReason::BadBody(_))
         ));
     }

@@ -319,7 +319,7 @@ async fn reload_through_the_api_activates_a_valid_file_and_refuses_an_invalid_on
     let (status, r) = app.admin("POST", "/api/v1/reload").await;
     assert_eq!(status, 400);
     let diag = r["diagnostics"][0].as_str().unwrap();
-    assert!(diag.ends_with("routes.yaml:2:19: unknown verify kind \"clickupp\"; did you mean \"clickup\"? (clickup, stripe or hmac)"), "{diag}");
+    assert!(diag.ends_with("routes.yaml:2:19: unknown verify kind \"clickupp\"; did you mean \"clickup\"? (clickup, stripe, hmac, standard-webhooks or header)"), "{diag}");
     let (status, _) = app.post("extra", b"{}".to_vec(), &[]).await;
     assert_eq!(status, 403, "the previous routes stay in force");
     assert_eq!(

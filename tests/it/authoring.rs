@@ -191,6 +191,11 @@ async fn sign_output_is_accepted_by_the_daemon_for_every_verifier() {
             br#"{"id":"evt_sign_1","type":"invoice.paid"}"#.to_vec(),
         ),
         ("github", br#"{"action":"opened","hook_id":7}"#.to_vec()),
+        (
+            "openai",
+            br#"{"type":"response.completed","data":{"id":"resp_1"}}"#.to_vec(),
+        ),
+        ("automation", br#"{"task":"86a1"}"#.to_vec()),
     ];
     for (source, body) in cases {
         let file = app.dir.path().join(format!("{source}.json"));
@@ -222,9 +227,26 @@ async fn sign_output_is_accepted_by_the_daemon_for_every_verifier() {
                 (k.to_owned(), v.to_owned())
             })
             .collect();
-        assert_eq!(headers.len(), 1, "{headers:?}");
+        let names: Vec<&str> = headers.iter().map(|(k, _)| k.as_str()).collect();
+        match source {
+            "openai" => {
+                assert_eq!(
+                    names,
+                    ["webhook-id", "webhook-timestamp", "webhook-signature"]
+                );
+                assert!(headers[0].1.starts_with("msg_"), "{headers:?}");
+                let t: i64 = headers[1].1.parse().unwrap();
+                assert!((t - now()).abs() < 60, "the current time: {t}");
+            }
+            "automation" => assert_eq!(
+                headers,
+                [("X-Bridge-Token".to_owned(), "old-token".to_owned())]
+            ),
+            _ => assert_eq!(headers.len(), 1, "{headers:?}"),
+        }
         let (status, json) = app.post(source, body, &headers).await;
         assert_eq!(status, 200, "{source}: {json}");
+        assert_eq!(json["duplicate"], false, "{source}: {json}");
     }
     app.stop().await;
 }

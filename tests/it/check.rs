@@ -218,7 +218,7 @@ fn wrong_types_and_values_say_what_would_be_right() {
         check(text, &[]),
         (
             1,
-            "routes.yaml:3:13: unknown verify kind \"clickupp\"; did you mean \"clickup\"? (clickup, stripe or hmac)\n\
+            "routes.yaml:3:13: unknown verify kind \"clickupp\"; did you mean \"clickup\"? (clickup, stripe, hmac, standard-webhooks or header)\n\
              routes.yaml:8:18: webhook_url must be an absolute http:// or https:// URL\n\
              routes.yaml:9:17: rate_limit \"fast\" is not N/s or N/min (e.g. 1/s, 100/min)\n\
              routes.yaml:10:14: timeout must be a non-negative number, found a list\n\

@@ -11,6 +11,7 @@ mod deploy;
 mod inbound;
 mod lifecycle;
 mod recovery;
+mod senders;
 mod store;
 mod support;
 mod targets;

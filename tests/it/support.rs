@@ -153,8 +153,35 @@ sources:
     secret: mysecret
     event: $.action
     id: $.hook_id
+  openai:
+    verify: standard-webhooks
+    secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
+  automation:
+    verify: header
+    header: X-Bridge-Token
+    secret: [old-token, automation-token]
 routes: []
 "#;
+
+/// The Standard Webhooks secret of the `openai` source in [`ROUTES`] (the
+/// standard-webhooks repository's test key).
+pub const STDWH_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// Signs like a Standard Webhooks sender, message `id` at time `t`.
+pub fn standard_webhooks_headers(
+    secret: &str,
+    id: &str,
+    body: &[u8],
+    t: i64,
+) -> Vec<(String, String)> {
+    Verifier {
+        scheme: Scheme::StandardWebhooks {
+            tolerance_secs: 300,
+        },
+        secrets: vec![Secret::new(secret)],
+    }
+    .sign_message(id, body, t)
+}
 
 /// Signs like ClickUp does.
 pub fn clickup_headers(secret: &str, body: &[u8]) -> Vec<(String, String)> {
