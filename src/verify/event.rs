@@ -165,16 +165,41 @@ fn text_of(v: &serde_json::Value) -> String {
     }
 }
 
+/// The deepest nesting of arrays and objects an event may have (serde_json's
+/// own recursion limit: a deeper body could be stored but never read back).
+pub const MAX_DEPTH: usize = 128;
+
+/// Parses the whole body strictly: UTF-8, escapes (a lone surrogate such as
+/// `"\ud83d"`, what a JavaScript sender leaves of a truncated emoji, is
+/// refused) and nesting up to [`MAX_DEPTH`]. What passes here parses again
+/// later in the router and the deliverer, so a stored payload is never read
+/// as null.
+pub fn parse_body(body: &[u8]) -> Result<serde_json::Value, RejectReason> {
+    // serde_json reports invalid UTF-8 inside strings, lone surrogates in
+    // `\u` escapes and "recursion limit exceeded" past 128 levels when it
+    // builds a `Value` (its skipping parsers do not: that is why the whole
+    // body is built, not only the fields identity needs).
+    serde_json::from_slice(body).map_err(not_json)
+}
+
+fn head<'a, T: Deserialize<'a>>(value: &'a serde_json::Value) -> Result<T, RejectReason> {
+    T::deserialize(value).map_err(|e| {
+        RejectReason::BadBody(format!("body is JSON but not an event of this source: {e}"))
+    })
+}
+
 /// Derives the event type and dedupe key from a body and the request's
-/// headers (pure; used by tests and `simulate` too).
+/// headers (pure; used by tests and `simulate` too). The whole body is
+/// validated first ([`parse_body`]).
 pub fn identify(
     rule: &IdentityRule,
     headers: &(impl HeaderLookup + ?Sized),
     body: &[u8],
 ) -> Result<EventIdentity, RejectReason> {
+    let value = parse_body(body)?;
     match rule {
         IdentityRule::ClickUp => {
-            let head: ClickUpHead = serde_json::from_slice(body).map_err(not_json)?;
+            let head: ClickUpHead = head(&value)?;
             let event = head.event.ok_or_else(|| {
                 RejectReason::BadBody("clickup event has no \"event\" field".into())
             })?;
@@ -195,7 +220,7 @@ pub fn identify(
             })
         }
         IdentityRule::Stripe => {
-            let head: StripeHead = serde_json::from_slice(body).map_err(not_json)?;
+            let head: StripeHead = head(&value)?;
             let id = head
                 .id
                 .ok_or_else(|| RejectReason::BadBody("stripe event has no \"id\" field".into()))?;
@@ -208,7 +233,6 @@ pub fn identify(
             })
         }
         IdentityRule::Generic { event, id } => {
-            let value: serde_json::Value = serde_json::from_slice(body).map_err(not_json)?;
             let event_type = event
                 .as_ref()
                 .and_then(|f| f.read(headers, &value))
@@ -223,7 +247,6 @@ pub fn identify(
             })
         }
         IdentityRule::StandardWebhooks { event, id } => {
-            let value: serde_json::Value = serde_json::from_slice(body).map_err(not_json)?;
             let event_type = event.read(headers, &value).unwrap_or_default();
             let dedupe_key = match id {
                 Some(f) => f.read(headers, &value),
@@ -382,5 +405,61 @@ mod tests {
             identify(&bare, NO_HEADERS, b"{nope"),
             Err(RejectReason::BadBody(_))
         ));
+    }
+
+    #[test]
+    fn the_whole_body_is_validated_for_every_rule() {
+        let deep = format!(
+            "{{\"event\":\"x\",\"type\":\"x\",\"id\":\"1\",\"deep\":{}{}}}",
+            "[".repeat(MAX_DEPTH + 10),
+            "]".repeat(MAX_DEPTH + 10)
+        );
+        let ok_depth = format!(
+            "{{\"event\":\"x\",\"type\":\"x\",\"id\":\"1\",\"deep\":{}{}}}",
+            "[".repeat(MAX_DEPTH - 2),
+            "]".repeat(MAX_DEPTH - 2)
+        );
+        let mut bad_utf8 = br#"{"event":"x","type":"x","id":"1","note":"caf"#.to_vec();
+        bad_utf8.extend_from_slice(&[0xC3, 0x28]);
+        bad_utf8.extend_from_slice(br#""}"#);
+        let bad: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "lone surrogate",
+                br#"{"event":"x","type":"x","id":"1","note":"\ud83d"}"#.to_vec(),
+            ),
+            (
+                "lone low surrogate",
+                br#"{"event":"x","type":"x","id":"1","note":"\ude00 x"}"#.to_vec(),
+            ),
+            ("invalid utf-8", bad_utf8),
+            ("too deep", deep.into_bytes()),
+        ];
+        let rules = [
+            IdentityRule::ClickUp,
+            IdentityRule::Stripe,
+            IdentityRule::Generic {
+                event: None,
+                id: None,
+            },
+            IdentityRule::StandardWebhooks {
+                event: Field::Path(JsonPath::compile("$.type").unwrap()),
+                id: None,
+            },
+        ];
+        for rule in &rules {
+            for (name, body) in &bad {
+                let got = identify(rule, NO_HEADERS, body);
+                assert!(
+                    matches!(&got, Err(RejectReason::BadBody(m)) if m.contains("not valid JSON")),
+                    "{name} under {rule:?}: {got:?}"
+                );
+            }
+            let paired = br#"{"event":"x","type":"x","id":"1","note":"\ud83d\ude00"}"#;
+            assert!(identify(rule, NO_HEADERS, paired).is_ok(), "{rule:?}");
+            assert!(
+                identify(rule, NO_HEADERS, ok_depth.as_bytes()).is_ok(),
+                "{rule:?}"
+            );
+        }
     }
 }

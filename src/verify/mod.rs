@@ -12,7 +12,8 @@
 mod event;
 
 pub use event::{
-    EventIdentity, Field, IdentityRule, RejectReason, VerifiedEvent, identify, verify_event,
+    EventIdentity, Field, IdentityRule, MAX_DEPTH, RejectReason, VerifiedEvent, identify,
+    parse_body, verify_event,
 };
 
 use base64::Engine as _;

@@ -8,6 +8,7 @@ mod check;
 mod cli;
 mod deliver;
 mod deploy;
+mod hardening;
 mod inbound;
 mod lifecycle;
 mod recovery;
