@@ -2,7 +2,7 @@
 //! Pure: `simulate` and the delivery worker share it.
 
 use crate::pipeline::{Action, Body, BodyNode, SendStep, Target, TargetKind};
-use crate::transform::render::{RenderError, Templates};
+use crate::transform::render::{RenderError, Templates, is_dot_segment};
 use handlebars::Context;
 use serde_json::{Map, Value};
 
@@ -282,6 +282,20 @@ fn json_headers() -> Vec<(String, String)> {
     )]
 }
 
+/// Refuses a rendered http `path` with a `.` or `..` segment (also
+/// percent-encoded): URL parsing would resolve it and move the request
+/// elsewhere on the host, above the target's `url`.
+fn check_path(path: &str) -> Result<(), String> {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    match path.split(['/', '\\']).find(|s| is_dot_segment(s)) {
+        Some(seg) => Err(format!(
+            "rendered path {path:?} has a \"{seg}\" segment, which would move the request \
+             outside the target's url; check the values the path template reads"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Builds the request(s) of a rendered step for `target`. An error is a
 /// reason for a dead delivery (the request can never be valid).
 ///
@@ -400,10 +414,26 @@ pub fn plan(
             let mut full = match path.as_deref() {
                 None | Some("") => base.clone(),
                 Some(p) => {
+                    check_path(p)?;
                     let sep = if p.starts_with('/') { "" } else { "/" };
                     parse_url(&format!("{}{sep}{p}", url.trim_end_matches('/')))?
                 }
             };
+            // The same guarantee for the base path: whatever was rendered,
+            // the request stays under the target's `url`.
+            let base_path = base.path().trim_end_matches('/');
+            let under = full
+                .path()
+                .strip_prefix(base_path)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+            if !under {
+                return Err(format!(
+                    "rendered path {} is outside the target's url path {}; check the \
+                     step's path and the values it reads",
+                    full.path(),
+                    base.path()
+                ));
+            }
             // Architecture Invariant: a target's host comes from routes.yaml
             // alone. Path values are percent-encoded when rendered; this
             // check makes the guarantee independent of that.

@@ -95,6 +95,35 @@ pub fn percent_encode(s: &str) -> String {
     out
 }
 
+/// Whether a URL path segment is `.` or `..`, also in the percent-encoded
+/// forms (`%2e`, `.%2E`, ...) that URL parsers resolve the same way
+/// (WHATWG URL: "single-dot" and "double-dot" segments).
+pub fn is_dot_segment(segment: &str) -> bool {
+    let s = segment.to_ascii_lowercase().replace("%2e", ".");
+    s == "." || s == ".."
+}
+
+/// A rendered value used as one whole path segment (a task id, an issue
+/// key): trimmed, never empty, never `.` or `..` (which would move the
+/// request to another API path), percent-encoded. `kind` names the field in
+/// the error, which becomes the dead delivery's reason.
+pub fn path_segment(kind: &str, value: &str) -> Result<String, String> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Err(format!("{kind} rendered empty"));
+    }
+    // Checked on the encoded form, which is what URL parsing sees: `%2e`
+    // in the value is sent as `%252e`, one ordinary segment.
+    let encoded = percent_encode(v);
+    if is_dot_segment(&encoded) {
+        return Err(format!(
+            "{kind} rendered as \"{v}\", which would change the request path; \
+             check the value the template reads"
+        ));
+    }
+    Ok(encoded)
+}
+
 fn registry(escape: fn(&str) -> String) -> Handlebars<'static> {
     let mut r = Handlebars::new();
     r.set_strict_mode(true);
@@ -298,6 +327,25 @@ fn collect_unknown_helpers(t: &Template, out: &mut Vec<String>) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn dot_segments_are_recognised_in_every_spelling() {
+        for s in [".", "..", "%2e", "%2E", ".%2e", "%2E.", "%2e%2E"] {
+            assert!(is_dot_segment(s), "{s}");
+        }
+        for s in ["...", "a.", ".a", "%252e", "", "%2e%2e%2e", "v1.2"] {
+            assert!(!is_dot_segment(s), "{s}");
+        }
+        assert!(
+            path_segment("task_id", " .. ")
+                .unwrap_err()
+                .contains("\"..\"")
+        );
+        assert!(path_segment("task_id", ".").is_err());
+        assert_eq!(path_segment("task_id", "%2e%2e").unwrap(), "%252e%252e");
+        assert_eq!(path_segment("task_id", "a/b").unwrap(), "a%2Fb");
+        assert_eq!(path_segment("task_id", "...").unwrap(), "...");
+    }
 
     #[test]
     fn compile_errors_name_the_problem() {

@@ -70,3 +70,71 @@ async fn invalid_json_anywhere_in_the_body_is_400_and_not_stored() {
     assert_eq!(app.store.count_events().await.unwrap(), 1);
     app.stop().await;
 }
+
+/// A task id of `..` would turn `POST .../task/{id}/comment` into `POST
+/// /api/v2/comment`, and an http `path` of `/{{id}}` could climb above the
+/// target's `url`: both deliveries are dead with the reason and nothing is
+/// sent; a value that only looks like a dot segment once decoded stays one
+/// encoded segment.
+#[tokio::test]
+async fn rendered_dot_segments_never_change_the_request_path() {
+    use clickup_bridge::store::DeliveryStatus;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let server = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"id": "1"})))
+        .mount(&server)
+        .await;
+    let routes = format!(
+        "version: 1\nsources:\n  clickup:\n    verify: clickup\n    secret: {CLICKUP_SECRET}\n\
+targets:\n  cu:\n    type: clickup\n    token: pk_1\n    base_url: {uri}/api/v2\n  \
+hook:\n    type: http\n    url: {uri}/base/in\n\
+routes:\n  - name: r\n    source: clickup\n    send:\n      - target: cu\n        action: comment\n        task_id: '{{{{event.task_id}}}}'\n        text: hi\n      \
+- target: hook\n        path: '/x/{{{{event.task_id}}}}'\n        body: {{a: 1}}\n",
+        uri = server.uri()
+    );
+    let app = spawn_app(&routes).await;
+    for bad in ["..", ".", "%2e%2E", ".%2e"] {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "event": "taskCreated", "webhook_id": "w", "task_id": bad,
+            "history_items": [{"id": format!("h-{bad}")}],
+        }))
+        .unwrap();
+        let id = app.post_clickup(&body).await;
+        let rows = app.settled(&id, 10).await;
+        assert_eq!(rows.len(), 2);
+        for d in &rows {
+            // "%2e%2E" percent-encodes to "%252e%252E": one harmless segment.
+            if bad.contains('%') {
+                assert_eq!(d.status, DeliveryStatus::Delivered, "{bad}: {d:?}");
+            } else {
+                assert_eq!(d.status, DeliveryStatus::Dead, "{bad}: {d:?}");
+                assert_eq!(d.attempts, 1);
+                let err = d.last_error.clone().unwrap_or_default();
+                assert!(
+                    err.contains("request path") || err.contains("outside the target"),
+                    "{bad}: {err}"
+                );
+            }
+        }
+    }
+    let paths: Vec<String> = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.url.path().to_owned())
+        .collect();
+    let mut paths = paths;
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "/api/v2/task/%252e%252E/comment",
+            "/api/v2/task/.%252e/comment",
+            "/base/in/x/%252e%252E",
+            "/base/in/x/.%252e",
+        ]
+    );
+    app.stop().await;
+}

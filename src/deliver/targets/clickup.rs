@@ -1,7 +1,7 @@
 //! ClickUp API v2: authorization and the requests of each action.
 
 use super::super::request::PlannedRequest;
-use crate::transform::render::percent_encode;
+use crate::transform::render::path_segment;
 use crate::verify::Secret;
 use serde_json::{Map, Value, json};
 
@@ -31,11 +31,7 @@ fn request(
 }
 
 fn id(kind: &str, v: &str) -> Result<String, String> {
-    let v = v.trim();
-    if v.is_empty() {
-        return Err(format!("{kind} rendered empty"));
-    }
-    Ok(percent_encode(v))
+    path_segment(kind, v)
 }
 
 /// GET the task (enrichment).

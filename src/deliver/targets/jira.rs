@@ -3,7 +3,7 @@
 
 use super::super::request::PlannedRequest;
 use crate::pipeline::targets::JiraAuth;
-use crate::transform::render::percent_encode;
+use crate::transform::render::path_segment;
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
@@ -65,11 +65,7 @@ fn request(
 }
 
 fn key(kind: &str, v: &str) -> Result<String, String> {
-    let v = v.trim();
-    if v.is_empty() {
-        return Err(format!("{kind} rendered empty"));
-    }
-    Ok(percent_encode(v))
+    path_segment(kind, v)
 }
 
 /// What `create_issue` sends.
