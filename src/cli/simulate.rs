@@ -128,6 +128,7 @@ pub fn simulate(pipeline: &Pipeline, input: &Input<'_>) -> Result<Value, String>
                 target: step.target.clone(),
                 attempts: 0,
                 attempts_base: 0,
+                unfinished_claims: 0,
                 context: Value::Object(context.clone()),
                 source: event.source.clone(),
                 event_type: event.event_type.clone(),

@@ -251,6 +251,10 @@ pub fn render_context(
     Value::Object(ctx)
 }
 
+/// Claims of one delivery that may end without an attempt record (the
+/// process stopped meanwhile) before it is made dead instead of tried again.
+pub const MAX_UNFINISHED_CLAIMS: u32 = 3;
+
 async fn run_one(
     shared: Arc<Shared>,
     d: ClaimedDelivery,
@@ -259,6 +263,34 @@ async fn run_one(
 ) {
     let pipeline = shared.pipeline.load_full();
     let n = d.attempts + 1;
+    if d.unfinished_claims >= MAX_UNFINISHED_CLAIMS {
+        // The process stopped every time it worked on this delivery: most
+        // likely something in it crashes the process (or it was killed
+        // mid-request each time). Do not walk into the same crash again.
+        let reason = format!(
+            "the process stopped {} times while this delivery was being rendered or sent, so it \
+             is not tried again; find the cause in the log, then replay it",
+            d.unfinished_claims
+        );
+        tracing::error!(delivery_id = %d.id, event_id = %d.event_id, route = %d.route, target = %d.target, "delivery dead: {reason}");
+        let record = AttemptRecord {
+            delivery_id: d.id.clone(),
+            n,
+            at: now_millis(),
+            duration_ms: 0,
+            status_code: None,
+            response: None,
+            error: Some(reason),
+            outcome: AttemptOutcome::Dead,
+            link: None,
+        };
+        if let Err(e) = shared.store.record_attempt(record).await {
+            tracing::error!(delivery_id = %d.id, error = %e, "cannot record the attempt");
+        }
+        shared.metrics.attempt(&d.target, "dead");
+        shared.wake.notify_one();
+        return;
+    }
     let event: Value = serde_json::from_slice(&d.payload).unwrap_or(Value::Null);
     let task_id = task_id_of(&d.context, &event);
     let step = pipeline

@@ -152,6 +152,10 @@ pub struct ClaimedDelivery {
     pub attempts: u32,
     /// Attempts made before the last replay (the retry budget starts there).
     pub attempts_base: u32,
+    /// Earlier claims that ended without an attempt being recorded: each is
+    /// a process that stopped (crashed, or was killed) while this delivery
+    /// was being rendered or sent.
+    pub unfinished_claims: u32,
     /// Extracted values.
     pub context: serde_json::Value,
     /// The event's source.

@@ -818,8 +818,8 @@ async fn record_attempts(
         q.execute(&mut *tx).await?;
         let update = format!(
             "UPDATE deliveries SET status = v.column2, attempts = v.column3, next_attempt_at = v.column4, \
-             lease_until = NULL, last_error = v.column5, updated_at = v.column6, delivered_at = v.column7 \
-             FROM (VALUES {}) AS v WHERE deliveries.id = v.column1",
+             lease_until = NULL, claims = 0, last_error = v.column5, updated_at = v.column6, \
+             delivered_at = v.column7 FROM (VALUES {}) AS v WHERE deliveries.id = v.column1",
             rows(7)
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(update));
@@ -986,7 +986,7 @@ async fn run_op(tx: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error>
         } => {
             let rows = sqlx::query(
                 "SELECT d.id, d.event_id, d.route, d.step, d.target, d.attempts, d.attempts_base, d.context, \
-                        e.source, e.event_type, e.payload, e.received_at \
+                        d.claims, e.source, e.event_type, e.payload, e.received_at \
                  FROM deliveries d JOIN events e ON e.id = d.event_id \
                  WHERE d.status = 'pending' AND d.target = ?1 AND d.next_attempt_at <= ?2 \
                    AND (d.lease_until IS NULL OR d.lease_until < ?2) \
@@ -1010,6 +1010,8 @@ async fn run_op(tx: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error>
                         attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
                         attempts_base: u32::try_from(r.try_get::<i64, _>("attempts_base")?)
                             .unwrap_or(0),
+                        unfinished_claims: u32::try_from(r.try_get::<i64, _>("claims")?)
+                            .unwrap_or(0),
                         context: serde_json::from_str(&context).unwrap_or(serde_json::Value::Null),
                         source: r.try_get("source")?,
                         event_type: r.try_get("event_type")?,
@@ -1020,7 +1022,7 @@ async fn run_op(tx: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error>
                 .collect::<Result<Vec<_>, sqlx::Error>>()?;
             if !claimed.is_empty() {
                 let sql = format!(
-                    "UPDATE deliveries SET lease_until = ?1 WHERE id IN ({})",
+                    "UPDATE deliveries SET lease_until = ?1, claims = claims + 1 WHERE id IN ({})",
                     placeholders(2, claimed.len())
                 );
                 // Only placeholders are formatted in; the ids are bound.
@@ -1042,7 +1044,7 @@ async fn run_op(tx: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error>
                 ReplayFilter::One(id) => {
                     sqlx::query(
                         "UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, lease_until = NULL, \
-                         attempts_base = attempts, updated_at = ?1 WHERE id = ?2 AND status IN ('dead', 'delivered')",
+                         attempts_base = attempts, claims = 0, updated_at = ?1 WHERE id = ?2 AND status IN ('dead', 'delivered')",
                     )
                     .bind(*now)
                     .bind(id.as_str())
@@ -1052,7 +1054,7 @@ async fn run_op(tx: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error>
                 ReplayFilter::All { status, target, route } => {
                     sqlx::query(
                         "UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, lease_until = NULL, \
-                         attempts_base = attempts, updated_at = ?1 \
+                         attempts_base = attempts, claims = 0, updated_at = ?1 \
                          WHERE status = ?2 AND status != 'pending' AND (?3 IS NULL OR target = ?3) AND (?4 IS NULL OR route = ?4)",
                     )
                     .bind(*now)

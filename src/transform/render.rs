@@ -13,6 +13,42 @@ use super::helpers;
 use handlebars::template::{Parameter, Template, TemplateElement};
 use handlebars::{Context, Handlebars};
 use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+/// The most one template may write in one render (1 MiB): a nested `each`
+/// over a large payload can multiply its output without bound.
+pub const MAX_RENDER_BYTES: usize = 1024 * 1024;
+
+/// The longest one template may render.
+pub const MAX_RENDER_TIME: Duration = Duration::from_secs(2);
+
+/// Collects a render's output and stops it past [`MAX_RENDER_BYTES`] or
+/// [`MAX_RENDER_TIME`] (checked at every write).
+struct CappedOutput {
+    buf: Vec<u8>,
+    deadline: Instant,
+    tripped: Option<String>,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > MAX_RENDER_BYTES {
+            self.tripped = Some(format!("its output is over {MAX_RENDER_BYTES} bytes"));
+        } else if Instant::now() > self.deadline {
+            self.tripped = Some(format!("it took over {} s", MAX_RENDER_TIME.as_secs_f32()));
+        }
+        if self.tripped.is_some() {
+            return Err(std::io::Error::other("render limit reached"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// Helpers clickup-bridge provides on top of Handlebars' built-ins.
 pub const CUSTOM_HELPERS: &[&str] = &[
@@ -201,10 +237,27 @@ impl Templates {
     }
 
     /// Renders a template to text.
+    /// Output and time are bounded ([`MAX_RENDER_BYTES`], [`MAX_RENDER_TIME`]):
+    /// past either the render stops with an error, never a crash.
     pub fn render_text(&self, id: &TemplateId, ctx: &Context) -> Result<String, RenderError> {
-        self.registry_of(id.kind)
-            .render_with_context(&id.name, ctx)
-            .map_err(|e| RenderError(describe(&e)))
+        let mut out = CappedOutput {
+            buf: Vec::new(),
+            deadline: Instant::now() + MAX_RENDER_TIME,
+            tripped: None,
+        };
+        let rendered = self
+            .registry_of(id.kind)
+            .render_with_context_to_write(&id.name, ctx, &mut out);
+        if let Some(why) = out.tripped {
+            return Err(RenderError(format!(
+                "render of {} stopped because {why}; make the template write less (a nested \
+                 each over a large list?)",
+                id.name.trim_start_matches("file:")
+            )));
+        }
+        rendered.map_err(|e| RenderError(describe(&e)))?;
+        String::from_utf8(out.buf)
+            .map_err(|_| RenderError(format!("render of {} is not UTF-8", id.name)))
     }
 
     /// Renders a template to a JSON value: a string for plain and path
@@ -252,6 +305,7 @@ fn check(source: &str) -> Result<(), String> {
             None => format!("template error: {reason}"),
         }
     })?;
+    check_partials(&template)?;
     let mut unknown = Vec::new();
     collect_unknown_helpers(&template, &mut unknown);
     if let Some(h) = unknown.first() {
@@ -262,6 +316,120 @@ fn check(source: &str) -> Result<(), String> {
             .collect();
         let hint = crate::routes_file::diag::suggestion(h, &known, "helpers");
         return Err(format!("template error: helper \"{h}\" not found{hint}"));
+    }
+    Ok(())
+}
+
+/// Partials are the one way a Handlebars template can recurse, and a
+/// template that calls itself overflows the stack and aborts the process (on
+/// every restart, as its delivery stays pending). So a template may call only
+/// inline partials it defines itself (`{{#*inline "p"}}...{{/inline}}`), by a
+/// name written out, and those calls may not form a cycle. Without a cycle
+/// the nesting of a render is bounded by the template's own text.
+fn check_partials(t: &Template) -> Result<(), String> {
+    let mut defs: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut calls: Vec<(Option<String>, String)> = Vec::new();
+    walk_partials(t, None, &mut defs, &mut calls)?;
+    for (owner, name) in calls {
+        if !defs.contains_key(&name) {
+            return Err(format!(
+                "template error: partial \"{name}\" is not defined in this template; only \
+                 inline partials defined in the same template ({{{{#*inline \"{name}\"}}}}...\
+                 {{{{/inline}}}}) can be used"
+            ));
+        }
+        if let Some(owner) = owner {
+            defs.entry(owner).or_default().insert(name);
+        }
+    }
+    // Depth-first search for a cycle; the path names it.
+    fn visit(
+        name: &str,
+        defs: &BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(i) = path.iter().position(|p| p == name) {
+            let mut cycle = path[i..].to_vec();
+            cycle.push(name.to_owned());
+            return Some(cycle);
+        }
+        if done.contains(name) {
+            return None;
+        }
+        path.push(name.to_owned());
+        for next in defs.get(name).into_iter().flatten() {
+            if let Some(c) = visit(next, defs, path, done) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        done.insert(name.to_owned());
+        None
+    }
+    let mut done = BTreeSet::new();
+    for name in defs.keys() {
+        if let Some(cycle) = visit(name, &defs, &mut Vec::new(), &mut done) {
+            return Err(format!(
+                "template error: partial \"{}\" calls itself ({}); recursive partials are \
+                 refused because they can recurse without end; write the repetition with \
+                 {{{{#each}}}}",
+                cycle[0],
+                cycle.join(" -> ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn walk_partials(
+    t: &Template,
+    owner: Option<&str>,
+    defs: &mut BTreeMap<String, BTreeSet<String>>,
+    calls: &mut Vec<(Option<String>, String)>,
+) -> Result<(), String> {
+    for el in &t.elements {
+        match el {
+            TemplateElement::DecoratorBlock(d) | TemplateElement::DecoratorExpression(d) => {
+                let inline = d.name.as_name() == Some("inline");
+                let name = match (inline, d.params.first()) {
+                    (false, _) => None,
+                    (true, Some(Parameter::Literal(Value::String(n)))) => Some(n.clone()),
+                    (true, _) => {
+                        return Err("template error: an inline partial needs a quoted name, \
+                                    as in {{#*inline \"name\"}}"
+                            .to_owned());
+                    }
+                };
+                if let Some(n) = &name {
+                    defs.entry(n.clone()).or_default();
+                }
+                if let Some(body) = &d.template {
+                    walk_partials(body, name.as_deref().or(owner), defs, calls)?;
+                }
+            }
+            TemplateElement::PartialExpression(d) | TemplateElement::PartialBlock(d) => {
+                let name = match (&d.name, d.name.as_name()) {
+                    (Parameter::Literal(Value::String(n)), _) => n.clone(),
+                    (Parameter::Name(_) | Parameter::Path(_), Some(n)) => n.to_owned(),
+                    _ => {
+                        return Err("template error: a partial's name must be written out, not \
+                                    computed, so that recursion can be ruled out"
+                            .to_owned());
+                    }
+                };
+                calls.push((owner.map(str::to_owned), name));
+                if let Some(body) = &d.template {
+                    walk_partials(body, owner, defs, calls)?;
+                }
+            }
+            TemplateElement::HelperBlock(h) => {
+                for inner in [&h.template, &h.inverse].into_iter().flatten() {
+                    walk_partials(inner, owner, defs, calls)?;
+                }
+            }
+            _ => {}
+        }
     }
     Ok(())
 }
@@ -327,6 +495,51 @@ fn collect_unknown_helpers(t: &Template, out: &mut Vec<String>) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn recursive_partials_are_refused_and_others_accepted() {
+        let mut t = Templates::new();
+        for (src, want) in [
+            (r#"{{#*inline "p"}}a{{> p}}{{/inline}}{{> p}}"#, "p -> p"),
+            (
+                r#"{{#*inline "a"}}{{> b}}{{/inline}}{{#*inline "b"}}{{#if x}}{{> a}}{{/if}}{{/inline}}{{> a}}"#,
+                "a -> b -> a",
+            ),
+            (r#"{{> nowhere}}"#, "not defined"),
+            (r#"{{> (lookup this "p")}}"#, "written out"),
+            (r#"{{#*inline "p"}}{{#> p}}x{{/p}}{{/inline}}"#, "p -> p"),
+        ] {
+            let e = t.add("r", src, Kind::Plain).unwrap_err();
+            assert!(e.contains(want), "{src}: {e}");
+        }
+        let id = t
+            .add(
+                "ok",
+                r#"{{#*inline "item"}}[{{this}}]{{/inline}}{{#*inline "list"}}{{#each xs}}{{> item}}{{/each}}{{/inline}}{{> list}}"#,
+                Kind::Plain,
+            )
+            .unwrap();
+        let ctx = Context::wraps(json!({"xs": [1, 2]})).unwrap();
+        assert_eq!(t.render_text(&id, &ctx).unwrap(), "[1][2]");
+    }
+
+    #[test]
+    fn an_exploding_render_is_cut_with_an_error() {
+        let mut t = Templates::new();
+        let id = t
+            .add(
+                "boom",
+                "{{#each xs}}{{#each ../xs}}{{#each ../../xs}}{{../../../pad}}{{/each}}{{/each}}{{/each}}",
+                Kind::Plain,
+            )
+            .unwrap();
+        let xs: Vec<u32> = (0..100).collect();
+        let ctx = Context::wraps(json!({"xs": xs, "pad": "x".repeat(100)})).unwrap();
+        let started = Instant::now();
+        let e = t.render_text(&id, &ctx).unwrap_err();
+        assert!(e.0.contains("over 1048576 bytes"), "{e}");
+        assert!(started.elapsed() < MAX_RENDER_TIME * 2);
+    }
 
     #[test]
     fn dot_segments_are_recognised_in_every_spelling() {

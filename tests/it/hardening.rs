@@ -138,3 +138,113 @@ routes:\n  - name: r\n    source: clickup\n    send:\n      - target: cu\n      
     );
     app.stop().await;
 }
+
+/// The poison template of the security probe (a partial that calls itself)
+/// is refused by `check` with the cycle named, instead of overflowing the
+/// stack when the first event arrives.
+#[test]
+fn check_refuses_a_self_recursive_partial() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = "version: 1\nsources:\n  s:\n    verify: header\n    header: X-T\n    secret: t\n\
+targets:\n  h:\n    type: http\n    url: http://127.0.0.1:9/in\n\
+routes:\n  - name: r\n    source: s\n    send:\n      - target: h\n        body:\n          text: '{{#*inline \"p\"}}a{{> p}}{{/inline}}{{> p}}'\n";
+    std::fs::write(dir.path().join("routes.yaml"), routes).unwrap();
+    std::fs::create_dir_all(dir.path().join("templates")).unwrap();
+    let (code, out, err) = run_output(
+        std::process::Command::new(bin())
+            .args(["check", "--routes", "routes.yaml"])
+            .current_dir(dir.path())
+            .env_clear(),
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        (out.clone() + &err).contains("partial \"p\" calls itself (p -> p)"),
+        "{out}{err}"
+    );
+}
+
+/// A delivery during which the process was killed three times (what a
+/// template that crashes the daemon does) is made dead with the reason on
+/// the next start instead of being tried into the same crash again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_that_stopped_the_process_three_times_is_dead_not_retried() {
+    use crate::lifecycle::Daemon;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // A target that accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    {
+        let accepted = accepted.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in listener.incoming().map_while(Result::ok) {
+                held.push(s);
+                accepted.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let routes = format!(
+        "version: 1\nsources:\n  clickup:\n    verify: clickup\n    secret: {CLICKUP_SECRET}\n\
+targets:\n  t:\n    type: http\n    url: http://{target}/in\n    timeout: 60\n\
+routes:\n  - name: r\n    source: clickup\n    send:\n      - target: t\n        body: {{a: 1}}\n"
+    );
+    std::fs::write(dir.path().join("routes.yaml"), routes).unwrap();
+    let mut d = Daemon::start_on(dir.path(), 0, &[("RUST_LOG", "info")]);
+    d.wait_for_log("clickup-bridge serving");
+    let body = clickup_event(7);
+    let mut req = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}/hooks/clickup", d.port))
+        .body(body.clone());
+    for (k, v) in clickup_headers(CLICKUP_SECRET, &body) {
+        req = req.header(k, v);
+    }
+    assert_eq!(req.send().await.unwrap().status(), 200);
+    for kill in 1..=3 {
+        wait_for(20, "the delivery in flight", || {
+            let n = accepted.load(Ordering::SeqCst);
+            async move { (n >= kill).then_some(()) }
+        })
+        .await;
+        d.signal("-KILL");
+        d.wait_exit();
+        if kill < 3 {
+            d = Daemon::start_on(dir.path(), 0, &[("RUST_LOG", "info")]);
+            d.wait_for_log("clickup-bridge serving");
+        }
+    }
+    let mut d = Daemon::start_on(dir.path(), 0, &[("RUST_LOG", "info")]);
+    d.wait_for_log("the process stopped 3 times while this delivery was being rendered or sent");
+    d.signal("-TERM");
+    assert_eq!(d.wait_exit(), 0);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        3,
+        "tried again after the third stop"
+    );
+    let store = clickup_bridge::store::Store::open(
+        &clickup_bridge::settings::StoreLocation::Sqlite(dir.path().join("clickup-bridge.db")),
+    )
+    .await
+    .unwrap();
+    let rows = store
+        .deliveries(&clickup_bridge::store::DeliveryFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, clickup_bridge::store::DeliveryStatus::Dead);
+    assert!(
+        rows[0]
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("replay it"),
+        "{:?}",
+        rows[0].last_error
+    );
+}
