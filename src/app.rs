@@ -136,6 +136,9 @@ fn bind(setting: &'static str, addr: &str) -> Result<TcpListener, StartError> {
     })
 }
 
+/// Connections the admin listener holds at once (operators and probes).
+const ADMIN_MAX_CONNECTIONS: usize = 256;
+
 fn is_loopback(addr: &SocketAddr) -> bool {
     addr.ip().is_loopback()
 }
@@ -197,15 +200,21 @@ impl Application {
             pipeline: pipeline.clone(),
             store: store.clone(),
             max_body: settings.max_body,
+            body_timeout: settings.http.body_timeout,
             in_flight: in_flight.clone(),
             wake_router: wake_router.clone(),
             metrics: metrics.clone(),
         });
+        let webhook_workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(inbound_state.clone())
                 .configure(inbound::configure)
         })
+        .workers(webhook_workers)
+        .max_connections(settings.http.max_connections.div_ceil(webhook_workers))
+        .client_request_timeout(settings.http.body_timeout)
+        .client_disconnect_timeout(Duration::from_secs(1))
         .disable_signals()
         .shutdown_timeout(settings.shutdown_timeout)
         .listen(listener)
@@ -231,6 +240,11 @@ impl Application {
                 .configure(admin::configure)
         })
         .workers(1)
+        // Its own cap and deadlines: the admin listener keeps answering
+        // (probes, the API) while the webhook listener is flooded.
+        .max_connections(ADMIN_MAX_CONNECTIONS)
+        .client_request_timeout(settings.http.body_timeout)
+        .client_disconnect_timeout(Duration::from_secs(1))
         .disable_signals()
         .shutdown_timeout(settings.shutdown_timeout)
         .listen(admin_listener)

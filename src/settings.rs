@@ -53,6 +53,29 @@ pub struct Settings {
     /// Problems that did not stop loading (an unknown `CLICKUP_BRIDGE_*`
     /// variable), for the caller to show.
     pub warnings: Vec<String>,
+    /// How the listeners protect themselves (deadlines, connection caps).
+    pub http: HttpSettings,
+}
+
+/// Listener settings that bound what one sender can hold (`body_timeout`,
+/// `max_connections`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// How long a sender may take to send a request's headers, and then its
+    /// body; slower requests are answered 408 and closed.
+    pub body_timeout: std::time::Duration,
+    /// Connections the webhook listener holds at once; more wait in the
+    /// kernel's backlog.
+    pub max_connections: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            body_timeout: std::time::Duration::from_secs(5),
+            max_connections: 4096,
+        }
+    }
 }
 
 /// A settings problem.
@@ -84,6 +107,8 @@ struct Raw {
     retention_days: Option<u32>,
     log_format: Option<LogFormat>,
     shutdown_timeout: Option<u64>,
+    body_timeout: Option<u64>,
+    max_connections: Option<u64>,
 }
 
 /// Prefix of the environment overrides.
@@ -117,6 +142,8 @@ pub const KEYS: &[&str] = &[
     "retention_days",
     "log_format",
     "shutdown_timeout",
+    "body_timeout",
+    "max_connections",
 ];
 
 /// Splits `CLICKUP_BRIDGE_*` variables into settings and warnings. A
@@ -263,6 +290,27 @@ impl Settings {
             (None, None) => store_location("sqlite://clickup-bridge.db", &file_dir)?,
         };
         let max_body = env_raw.max_body.or(file_raw.max_body).unwrap_or(1_048_576);
+        let defaults = HttpSettings::default();
+        let body_timeout = match env_raw.body_timeout.or(file_raw.body_timeout) {
+            Some(0) => {
+                return Err(SettingsError::Invalid {
+                    origin: "body_timeout".into(),
+                    message: "body_timeout must be at least 1 second (default 5)".into(),
+                });
+            }
+            Some(n) => std::time::Duration::from_secs(n),
+            None => defaults.body_timeout,
+        };
+        let max_connections = match env_raw.max_connections.or(file_raw.max_connections) {
+            Some(0) => {
+                return Err(SettingsError::Invalid {
+                    origin: "max_connections".into(),
+                    message: "max_connections must be at least 1 (default 4096)".into(),
+                });
+            }
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            None => defaults.max_connections,
+        };
         Ok(Settings {
             listen: env_raw
                 .listen
@@ -290,6 +338,10 @@ impl Settings {
                 .or(file_raw.shutdown_timeout)
                 .unwrap_or(30),
             warnings,
+            http: HttpSettings {
+                body_timeout,
+                max_connections,
+            },
         })
     }
 

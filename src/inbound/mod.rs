@@ -23,6 +23,8 @@ pub struct InboundState {
     pub store: Store,
     /// Largest accepted body in bytes.
     pub max_body: usize,
+    /// How long reading the body may take (then 408).
+    pub body_timeout: std::time::Duration,
     /// Requests in flight, for graceful shutdown.
     pub in_flight: Arc<crate::lifecycle::InFlight>,
     /// Wakes the router after a new event is stored.
@@ -49,6 +51,10 @@ pub enum InboundError {
     /// The body could not be read from the connection: 400.
     #[error("body could not be read: {0}")]
     Read(String),
+    /// The body did not arrive within `body_timeout`: 408, and the
+    /// connection is closed (a stalled sender must not hold it).
+    #[error("body not received within {0} s; send the whole body at once")]
+    Timeout(u64),
     /// The store did not answer: 503, so the sender retries.
     #[error("store unavailable, retry later")]
     Store(#[source] StoreError),
@@ -66,6 +72,7 @@ impl InboundError {
             InboundError::Signature(e) => e.reason(),
             InboundError::BadBody(_) => "bad_body",
             InboundError::Read(_) => "read_error",
+            InboundError::Timeout(_) => "body_timeout",
             InboundError::Store(_) => "store_unavailable",
             InboundError::ShuttingDown => "shutting_down",
         }
@@ -79,14 +86,19 @@ impl ResponseError for InboundError {
             InboundError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             InboundError::Signature(_) => StatusCode::FORBIDDEN,
             InboundError::BadBody(_) | InboundError::Read(_) => StatusCode::BAD_REQUEST,
+            InboundError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             InboundError::Store(_) | InboundError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
         // Messages name headers and reasons, never secrets or signatures.
-        HttpResponse::build(self.status_code())
-            .json(serde_json::json!({ "error": self.to_string() }))
+        let mut answer = HttpResponse::build(self.status_code());
+        if matches!(self, InboundError::Timeout(_) | InboundError::Read(_)) {
+            // The rest of the body may never come: do not wait for it.
+            answer.force_close();
+        }
+        answer.json(serde_json::json!({ "error": self.to_string() }))
     }
 }
 
@@ -173,7 +185,16 @@ async fn accept(
         .sources
         .get(source)
         .ok_or_else(|| InboundError::UnknownSource(source.to_owned()))?;
-    let body = read_capped(req, payload, state.max_body).await?;
+    // A sender that declares a body and stalls must not hold the connection
+    // (nor, thousands of times over, the file descriptors): the whole body
+    // arrives within `body_timeout` or the request is cut. A body cut short
+    // is a read error, never processed as complete.
+    let body = tokio::time::timeout(
+        state.body_timeout,
+        read_capped(req, payload, state.max_body),
+    )
+    .await
+    .map_err(|_| InboundError::Timeout(state.body_timeout.as_secs()))??;
     let received_at = now_millis();
     let event = verify::verify_event(
         source,

@@ -248,3 +248,101 @@ routes:\n  - name: r\n    source: clickup\n    send:\n      - target: t\n       
         rows[0].last_error
     );
 }
+
+/// Opens a connection that declares a body of `len` bytes, sends `sent` of
+/// them and then nothing.
+fn stalled_request(url: &str, len: usize, sent: &[u8]) -> std::net::TcpStream {
+    use std::io::Write;
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST /hooks/clickup HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+    )
+    .unwrap();
+    s.write_all(sent).unwrap();
+    s
+}
+
+/// Reads the status line of the answer (or "" when the connection closes
+/// without one).
+fn status_line(s: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(2).any(|w| w == b"\r\n") {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&buf)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A sender that declares Content-Length 1048576 and sends nothing is cut
+/// with 408 within `body_timeout`; a hundred of them at once do not keep
+/// the admin listener (or the webhook listener's own probe) from answering;
+/// a body cut short is never stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_bodies_are_cut_with_408_and_the_admin_listener_keeps_answering() {
+    let app = spawn_app_with(ROUTES, |s| {
+        s.max_body = 2 * 1024 * 1024;
+        s.http.body_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let url = app.url.clone();
+    let started = std::time::Instant::now();
+    let flood = tokio::task::spawn_blocking(move || {
+        let mut conns: Vec<_> = (0..100)
+            .map(|_| stalled_request(&url, 1_048_576, b""))
+            .collect();
+        for c in &mut conns {
+            c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+        }
+        conns.iter_mut().map(status_line).collect::<Vec<_>>()
+    });
+    // While the flood holds its connections, both probes answer at once.
+    for probe in [
+        format!("{}/healthz", app.admin_url),
+        format!("{}/readyz", app.admin_url),
+        format!("{}/healthz", app.url),
+    ] {
+        let r = app
+            .client
+            .get(&probe)
+            .timeout(std::time::Duration::from_millis(900))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{probe}: {e}"));
+        assert_eq!(r.status(), 200, "{probe}");
+    }
+    let answers = flood.await.unwrap();
+    let elapsed = started.elapsed();
+    assert!(
+        answers.iter().all(|l| l.starts_with("HTTP/1.1 408")),
+        "{answers:?}"
+    );
+    assert!(
+        elapsed < std::time::Duration::from_secs(5),
+        "cut after {elapsed:?}"
+    );
+
+    // Half a signed body, then the sender goes away: nothing is stored.
+    let body = clickup_event(1);
+    let (half, _) = body.split_at(body.len() / 2);
+    let mut s = stalled_request(&app.url, body.len(), half);
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let line = status_line(&mut s);
+    assert!(line.is_empty() || line.starts_with("HTTP/1.1 4"), "{line}");
+    assert_eq!(app.store.count_events().await.unwrap(), 0);
+    let id = app.post_clickup(&body).await;
+    assert!(id.starts_with("evt_"));
+    app.stop().await;
+}

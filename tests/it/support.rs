@@ -84,6 +84,7 @@ pub fn settings(dir: &Path) -> Settings {
         log_format: None,
         shutdown_timeout: 5,
         warnings: Vec::new(),
+        http: Default::default(),
     }
 }
 
