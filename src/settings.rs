@@ -290,6 +290,18 @@ impl Settings {
             (None, None) => store_location("sqlite://clickup-bridge.db", &file_dir)?,
         };
         let max_body = env_raw.max_body.or(file_raw.max_body).unwrap_or(1_048_576);
+        let admin_token = env_raw.admin_token.or(file_raw.admin_token);
+        if admin_token
+            .as_deref()
+            .is_some_and(|t| !t.is_empty() && t.trim().is_empty())
+        {
+            return Err(SettingsError::Invalid {
+                origin: "admin_token".into(),
+                message: "admin_token is only whitespace, which protects nothing; set a real \
+                          token or leave the setting out"
+                    .into(),
+            });
+        }
         let defaults = HttpSettings::default();
         let body_timeout = match env_raw.body_timeout.or(file_raw.body_timeout) {
             Some(0) => {
@@ -320,10 +332,7 @@ impl Settings {
                 .admin_listen
                 .or(file_raw.admin_listen)
                 .unwrap_or_else(|| "127.0.0.1:9090".into()),
-            admin_token: env_raw
-                .admin_token
-                .or(file_raw.admin_token)
-                .filter(|t| !t.is_empty()),
+            admin_token: admin_token.filter(|t| !t.is_empty()),
             routes: path_of(&env_raw.routes, &file_raw.routes, "routes.yaml"),
             templates: path_of(&env_raw.templates, &file_raw.templates, "templates"),
             store,

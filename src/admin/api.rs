@@ -122,13 +122,40 @@ fn limit(l: Option<&str>) -> Result<u32, ApiError> {
         None => 50,
         Some(v) => v.parse::<u32>().map_err(|_| {
             ApiError::BadRequest(format!(
-                "limit must be a whole number from 1 to 1000, not \"{v}\""
+                "limit must be a whole number from 1 to {MAX_LIMIT}, not \"{v}\""
             ))
         })?,
     };
     match n {
-        0 => Err(ApiError::BadRequest("limit must be at least 1".into())),
-        n => Ok(n.min(1000)),
+        1..=MAX_LIMIT => Ok(n),
+        _ => Err(ApiError::BadRequest(format!(
+            "limit must be a whole number from 1 to {MAX_LIMIT}, not {n}"
+        ))),
+    }
+}
+
+/// The largest page a list answers.
+pub const MAX_LIMIT: u32 = 1000;
+
+/// A cursor is the id of the last item of the previous page (`evt_...` or
+/// `dlv_...`, lowercase hex); anything else is a 400 rather than an empty
+/// or arbitrary page.
+fn cursor<'a>(c: Option<&'a str>, prefix: &str) -> Result<Option<&'a str>, ApiError> {
+    let Some(c) = c else { return Ok(None) };
+    let ok = c.strip_prefix(prefix).is_some_and(|rest| {
+        !rest.is_empty()
+            && rest.len() <= 64
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    });
+    if ok {
+        Ok(Some(c))
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "cursor must be the \"next\" value of the previous page (a {prefix}... id), not \"{}\"",
+            c.chars().take(80).collect::<String>()
+        )))
     }
 }
 
@@ -148,7 +175,11 @@ async fn list_events(
     let limit = limit(q.limit.as_deref())?;
     let events = s
         .store
-        .events_page(q.source.as_deref(), limit, q.cursor.as_deref())
+        .events_page(
+            q.source.as_deref(),
+            limit,
+            cursor(q.cursor.as_deref(), "evt_")?,
+        )
         .await?;
     Ok(page(events.iter().map(event_json).collect(), limit))
 }
@@ -215,7 +246,7 @@ async fn list_deliveries(
             route: q.route.clone(),
             event_id: None,
             limit,
-            before: q.cursor.clone(),
+            before: cursor(q.cursor.as_deref(), "dlv_")?.map(str::to_owned),
         })
         .await?;
     Ok(page(rows.iter().map(delivery_json).collect(), limit))

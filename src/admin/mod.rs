@@ -120,11 +120,14 @@ fn check(req: &HttpRequest) -> Result<Authorized, Unauthorized> {
     let Some(token) = &state.token else {
         return Ok(Authorized);
     };
+    // The scheme is case-insensitive (RFC 9110): "bearer t0k" is as good.
     let given = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim_start())
         .unwrap_or_default();
     use subtle::ConstantTimeEq;
     if given.len() == token.len() && bool::from(given.as_bytes().ct_eq(token.as_bytes())) {

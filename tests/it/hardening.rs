@@ -346,3 +346,63 @@ async fn stalled_bodies_are_cut_with_408_and_the_admin_listener_keeps_answering(
     assert!(id.starts_with("evt_"));
     app.stop().await;
 }
+
+/// The bearer scheme is case-insensitive; a malformed cursor and a limit
+/// above the maximum are 400s that say what is expected; an admin token of
+/// only whitespace is refused before anything listens.
+#[tokio::test]
+async fn admin_small_ones_scheme_cursor_limit_and_blank_token() {
+    let app = spawn_app_with(ROUTES, |s| s.admin_token = Some("t0k".into())).await;
+    let get = |path: &str, auth: &str| {
+        let req = app
+            .client
+            .get(format!("{}{path}", app.admin_url))
+            .header("Authorization", auth);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (
+                status,
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    for auth in ["Bearer t0k", "bearer t0k", "BEARER  t0k"] {
+        assert_eq!(get("/api/v1/events", auth).await.0, 200, "{auth}");
+    }
+    for auth in ["Basic t0k", "t0k", "Bearer", "Bearer t0", "Bearert0k"] {
+        assert_eq!(get("/api/v1/events", auth).await.0, 401, "{auth}");
+    }
+    for (path, needle) in [
+        ("/api/v1/events?cursor=nope", "cursor"),
+        ("/api/v1/events?cursor=dlv_0123", "evt_"),
+        ("/api/v1/deliveries?cursor=evt_0123", "dlv_"),
+        ("/api/v1/deliveries?cursor=dlv_' OR 1=1", "cursor"),
+        ("/api/v1/events?limit=1001", "1 to 1000"),
+        ("/api/v1/deliveries?limit=0", "1 to 1000"),
+    ] {
+        let (status, json) = get(path, "Bearer t0k").await;
+        assert_eq!(status, 400, "{path}: {json}");
+        assert!(
+            json["error"].as_str().is_some_and(|e| e.contains(needle)),
+            "{path}: {json}"
+        );
+    }
+    let (status, json) = get("/api/v1/events?limit=1000&cursor=evt_01a2", "Bearer t0k").await;
+    assert_eq!(status, 200, "{json}");
+    app.stop().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("routes.yaml"), ROUTES).unwrap();
+    let (code, out, err) = run_output(
+        std::process::Command::new(bin())
+            .arg("serve")
+            .current_dir(dir.path())
+            .env_clear()
+            .env("CLICKUP_BRIDGE_ADMIN_TOKEN", " \t ")
+            .env("CLICKUP_BRIDGE_LISTEN", "127.0.0.1:0")
+            .env("CLICKUP_BRIDGE_ADMIN_LISTEN", "127.0.0.1:0"),
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("admin_token is only whitespace"), "{err}");
+}
