@@ -345,6 +345,10 @@ impl Application {
             })
         });
         shutdown.await;
+        // One deadline for the whole shutdown: requests, then workers, then
+        // the store, each with what is left of it (a wedged store must not
+        // stretch SIGTERM beyond shutdown_timeout).
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
         crate::lifecycle::systemd::stopping();
         tracing::info!(
             timeout_secs = self.shutdown_timeout.as_secs(),
@@ -355,7 +359,10 @@ impl Application {
         // connections, and requests that arrived meanwhile and were answered
         // 503 so their senders retry.
         tokio::join!(handle.pause(), admin_handle.pause());
-        let left = self.in_flight.drain(self.shutdown_timeout).await;
+        let left = self
+            .in_flight
+            .drain(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .await;
         if left > 0 {
             tracing::warn!(
                 left,
@@ -366,13 +373,30 @@ impl Application {
         // Workers: stop claiming, let deliveries in flight finish (bounded);
         // whatever is left is pending in the store and resumes on restart.
         cancel.cancel();
-        let _ = router.await;
-        let _ = deliverer.await;
-        let _ = retention.await;
-        let _ = watch.await;
+        let workers = [router, deliverer, retention, watch];
+        let aborts: Vec<_> = workers.iter().map(|t| t.abort_handle()).collect();
+        let finished = tokio::time::timeout_at(deadline, async {
+            for task in workers {
+                let _ = task.await;
+            }
+        })
+        .await;
+        if finished.is_err() {
+            tracing::warn!(
+                "shutdown timeout reached with work in flight; what was not committed is done again after the restart"
+            );
+            aborts.iter().for_each(tokio::task::AbortHandle::abort);
+        }
         let _ = server.await;
         let _ = admin.await;
-        self.store.close().await;
+        // The store gets a moment past the deadline to close cleanly.
+        let close_by = deadline.max(tokio::time::Instant::now()) + Duration::from_secs(1);
+        if tokio::time::timeout_at(close_by, self.store.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the store did not close in time; exiting anyway");
+        }
         for task in [watchdog, reloader].into_iter().flatten() {
             task.abort();
         }

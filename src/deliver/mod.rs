@@ -33,6 +33,30 @@ struct Shared {
     client: reqwest::Client,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+    /// Deliveries whose task was dropped before it recorded an attempt (cut
+    /// at shutdown): their claims are released, so a stop that waited for
+    /// nothing is not counted as a crash.
+    abandoned: std::sync::Mutex<Vec<crate::ids::DeliveryId>>,
+}
+
+/// Notes a delivery as abandoned when its task is dropped unfinished.
+struct Unfinished<'a> {
+    shared: &'a Shared,
+    id: Option<crate::ids::DeliveryId>,
+}
+
+impl Unfinished<'_> {
+    fn done(mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let (Some(id), Ok(mut list)) = (self.id.take(), self.shared.abandoned.lock()) {
+            list.push(id);
+        }
+    }
 }
 
 /// The HTTP client of the workers: no redirects (a target's host comes from
@@ -73,6 +97,7 @@ impl Deliverer {
                 client,
                 wake,
                 metrics,
+                abandoned: std::sync::Mutex::new(Vec::new()),
             }),
             limits,
             tasks: JoinSet::new(),
@@ -200,6 +225,18 @@ impl Deliverer {
                     "deliveries still in flight at shutdown; they will be sent again after restart"
                 );
                 self.tasks.abort_all();
+                while self.tasks.join_next().await.is_some() {}
+                let ids = self
+                    .shared
+                    .abandoned
+                    .lock()
+                    .map(|mut l| std::mem::take(&mut *l))
+                    .unwrap_or_default();
+                if !ids.is_empty()
+                    && let Err(e) = self.shared.store.release_deliveries(&ids).await
+                {
+                    tracing::warn!(error = %e, "cannot release the claims of deliveries cut at shutdown");
+                }
             }
         }
     }
@@ -261,6 +298,15 @@ async fn run_one(
     limits: Arc<TargetLimits>,
     _slot: OwnedSemaphorePermit,
 ) {
+    let unfinished = Unfinished {
+        shared: &shared,
+        id: Some(d.id.clone()),
+    };
+    attempt_one(&shared, d, limits).await;
+    unfinished.done();
+}
+
+async fn attempt_one(shared: &Shared, d: ClaimedDelivery, limits: Arc<TargetLimits>) {
     let pipeline = shared.pipeline.load_full();
     let n = d.attempts + 1;
     if d.unfinished_claims >= MAX_UNFINISHED_CLAIMS {
@@ -284,9 +330,7 @@ async fn run_one(
             outcome: AttemptOutcome::Dead,
             link: None,
         };
-        if let Err(e) = shared.store.record_attempt(record).await {
-            tracing::error!(delivery_id = %d.id, error = %e, "cannot record the attempt");
-        }
+        record_attempt(&shared.store, record).await;
         shared.metrics.attempt(&d.target, "dead");
         shared.wake.notify_one();
         return;
@@ -377,11 +421,31 @@ async fn run_one(
         outcome: stored,
         link,
     };
-    if let Err(e) = shared.store.record_attempt(record).await {
-        // The lease expires and the delivery is attempted again: at least once.
-        tracing::error!(delivery_id = %d.id, error = %e, "cannot record the attempt");
-    }
+    record_attempt(&shared.store, record).await;
     shared.wake.notify_one();
+}
+
+/// Records an attempt, trying again for a while when the store fails (a
+/// full disk freed, a lock released): the request was made, and forgetting
+/// that would send it again once the lease expires. If the store stays down,
+/// that is what happens (with the same Idempotency-Key: at least once).
+async fn record_attempt(store: &crate::store::Store, record: AttemptRecord) {
+    let mut wait = Duration::from_millis(100);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match store.record_attempt(record.clone()).await {
+            Ok(()) => return,
+            Err(e) if Instant::now() + wait < deadline => {
+                tracing::warn!(delivery_id = %record.delivery_id, error = %e, retry_in_ms = wait.as_millis() as u64, "cannot record the attempt; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                tracing::error!(delivery_id = %record.delivery_id, error = %e, "cannot record the attempt; it is made again when its lease expires");
+                return;
+            }
+        }
+    }
 }
 
 fn log_attempt(

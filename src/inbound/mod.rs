@@ -15,6 +15,9 @@ use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use std::sync::Arc;
 
+/// The longest an inbound request waits for its event to be committed.
+pub const STORE_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What the webhook handlers share.
 pub struct InboundState {
     /// The routes in force (swapped atomically on reload).
@@ -209,11 +212,21 @@ async fn accept(
         RejectReason::BadBody(m) => InboundError::BadBody(m),
     })?;
     let event_type = event.identity().event_type.clone();
-    let inserted = state
-        .store
-        .insert_event(event, received_at)
-        .await
-        .map_err(InboundError::Store)?;
+    // ClickUp gives up after 7 s: a store that does not commit in time is a
+    // 503 (the sender retries; a commit that lands anyway makes the retry a
+    // duplicate), never a request left hanging.
+    let inserted = tokio::time::timeout(
+        STORE_ANSWER_TIMEOUT,
+        state.store.insert_event(event, received_at),
+    )
+    .await
+    .map_err(|_| {
+        InboundError::Store(StoreError::Unavailable(format!(
+            "no commit within {} s",
+            STORE_ANSWER_TIMEOUT.as_secs()
+        )))
+    })?
+    .map_err(InboundError::Store)?;
     if !inserted.duplicate {
         state.wake_router.notify_one();
     }

@@ -139,9 +139,31 @@ async fn complete(shared: &RouterShared, routed: Vec<RoutedEvent>) -> Result<(),
     if routed.is_empty() {
         return Ok(());
     }
-    routed.iter().for_each(log_routed);
     let created = routed.iter().any(|r| !r.deliveries.is_empty());
-    shared.store.complete_routing(routed, now_millis()).await?;
+    let routed = Arc::new(routed);
+    // The events are claimed: keep trying to store their results while the
+    // store recovers (a full disk freed, a lock released) rather than
+    // leaving them to wait out their lease. Bounded: after that the lease
+    // expires and they are routed again.
+    let mut wait = Duration::from_millis(100);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match shared
+            .store
+            .complete_routing(routed.clone(), now_millis())
+            .await
+        {
+            Ok(()) => break,
+            Err(e) if std::time::Instant::now() + wait < deadline => {
+                tracing::warn!(error = %e, events = routed.len(), retry_in_ms = wait.as_millis() as u64, "cannot store routing results; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    // Logged after the commit: "event routed" means it is stored.
+    routed.iter().for_each(log_routed);
     if created {
         shared.wake_deliveries.notify_one();
     }

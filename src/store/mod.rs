@@ -363,7 +363,18 @@ impl Store {
         }
     }
 
-    /// Whether the store answers.
+    /// Frees deliveries claimed by this process whose work was cut short
+    /// (shutdown): claimable again at once, and not counted as a crash.
+    pub async fn release_deliveries(&self, ids: &[DeliveryId]) -> Result<(), StoreError> {
+        match self.backend.as_ref() {
+            Backend::Sqlite(s) => s.release_deliveries(ids).await,
+        }
+    }
+
+    /// Whether the store can commit: readiness and the systemd watchdog ask
+    /// this. Every backend answers with a real write (SQLite: a probe row
+    /// through the writer), bounded in time, so a store that cannot commit
+    /// is reported instead of hanging its callers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self.backend.as_ref() {
             Backend::Sqlite(s) => s.ping().await,
@@ -402,9 +413,11 @@ impl Store {
 
     /// Stores routing results: inserts each event's deliveries and marks it
     /// routed, in one transaction per call.
+    /// Shared (`Arc`), so a caller can try again with the same results
+    /// without copying them.
     pub async fn complete_routing(
         &self,
-        routed: Vec<RoutedEvent>,
+        routed: std::sync::Arc<Vec<RoutedEvent>>,
         now: i64,
     ) -> Result<(), StoreError> {
         match self.backend.as_ref() {

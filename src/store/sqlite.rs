@@ -50,7 +50,7 @@ enum Op {
         lease_ms: i64,
     },
     CompleteRouting {
-        routed: Vec<RoutedEvent>,
+        routed: std::sync::Arc<Vec<RoutedEvent>>,
         now: i64,
     },
     ClaimDeliveries {
@@ -72,6 +72,12 @@ enum Op {
         event: EventId,
         retry_at: i64,
         error: String,
+    },
+    /// Release claims of work not done.
+    Release(Vec<DeliveryId>),
+    /// A real write, so health reports whether a commit succeeds.
+    Probe {
+        now: i64,
     },
 }
 
@@ -96,13 +102,21 @@ pub(super) struct SqliteStore {
     read: SqlitePool,
 }
 
+/// How long the health probe may take: the writer must commit within it
+/// (a wedged writer, a lock held elsewhere or a full disk all fail it).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a writer connection waits for SQLite's lock before an
+/// operation fails (it fails the whole batch at once, never op by op).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(3);
+
 fn options(path: &Path) -> SqliteConnectOptions {
     SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(Duration::from_secs(5))
+        .busy_timeout(BUSY_TIMEOUT)
         .foreign_keys(true)
         // Checkpoints run in the background (see `checkpointer`), not inside
         // a commit on the writer, where they would stall every request
@@ -177,7 +191,11 @@ impl SqliteStore {
             .connect_with(options(path))
             .await?;
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(writer(conn, fast, rx));
+        let conns = Conns {
+            path: path.to_path_buf(),
+            open: Some((conn, fast)),
+        };
+        tokio::spawn(writer(conns, rx));
         tokio::spawn(checkpointer(read.clone()));
         Ok(SqliteStore { writer: tx, read })
     }
@@ -232,7 +250,7 @@ impl SqliteStore {
 
     pub(super) async fn complete_routing(
         &self,
-        routed: Vec<RoutedEvent>,
+        routed: std::sync::Arc<Vec<RoutedEvent>>,
         now: i64,
     ) -> Result<(), StoreError> {
         self.run(Op::CompleteRouting { routed, now })
@@ -290,16 +308,31 @@ impl SqliteStore {
         Ok(out)
     }
 
+    pub(super) async fn release_deliveries(&self, ids: &[DeliveryId]) -> Result<(), StoreError> {
+        self.run(Op::Release(ids.to_vec())).await.map(|_| ())
+    }
+
     pub(super) async fn record_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
         self.run(Op::RecordAttempt(record)).await.map(|_| ())
     }
 
+    /// Healthy when a read answers and the writer commits a probe row within
+    /// [`PROBE_TIMEOUT`].
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.read).await?;
-        if self.writer.is_closed() {
-            return Err(stopped());
-        }
-        Ok(())
+        let probe = async {
+            sqlx::query("SELECT 1").execute(&self.read).await?;
+            let now = crate::ids::now_millis();
+            self.run(Op::Probe { now }).await.map(|_| ())
+        };
+        tokio::time::timeout(PROBE_TIMEOUT, probe)
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!(
+                    "the store did not commit a probe within {} s (disk full, file system \
+                     read-only, or the database locked by another process?)",
+                    PROBE_TIMEOUT.as_secs()
+                ))
+            })?
     }
 
     pub(super) async fn events_page(
@@ -561,11 +594,7 @@ fn delivery_row(r: &SqliteRow) -> Result<DeliveryRow, sqlx::Error> {
 /// costs: an event routed again gets the same delivery ids
 /// (`DeliveryId::for_step`), and a lost attempt record sends that delivery
 /// again with the same Idempotency-Key: at least once, as promised.
-async fn writer(
-    mut durable: SqliteConnection,
-    mut fast: SqliteConnection,
-    mut rx: mpsc::Receiver<Msg>,
-) {
+async fn writer(mut conns: Conns, mut rx: mpsc::Receiver<Msg>) {
     let mut batch: Vec<(Op, Reply)> = Vec::with_capacity(MAX_BATCH);
     let mut shutdown: Option<oneshot::Sender<()>> = None;
     while let Some(first) = rx.recv().await {
@@ -585,26 +614,125 @@ async fn writer(
         let (inserts, rest): (Vec<_>, Vec<_>) = batch
             .drain(..)
             .partition(|(op, _)| matches!(op, Op::InsertEvent(_)));
-        run_group(&mut durable, inserts).await;
-        run_group(&mut fast, rest).await;
+        match conns.get().await {
+            Ok((durable, fast)) => {
+                let broken = if run_group(durable, inserts).await {
+                    // Not tried on a store that just failed: answered now,
+                    // retried by their callers after the reconnect.
+                    for (_, reply) in rest {
+                        let _ = reply.send(Err(StoreError::Unavailable(
+                            "the store failed a write just now; retry".into(),
+                        )));
+                    }
+                    true
+                } else {
+                    run_group(fast, rest).await
+                };
+                if broken {
+                    conns.reset().await;
+                }
+            }
+            Err(e) => {
+                // Fail fast: every waiting sender hears at once, and the next
+                // batch tries to reopen.
+                for (_, reply) in inserts.into_iter().chain(rest) {
+                    let _ = reply.send(Err(StoreError::Unavailable(e.clone())));
+                }
+            }
+        }
         if shutdown.is_some() {
             break;
         }
     }
     rx.close();
-    let _ = durable.close().await;
-    let _ = fast.close().await;
+    conns.reset().await;
     if let Some(done) = shutdown {
         let _ = done.send(());
+    }
+}
+
+/// The writer's two connections, reopened after a store-level failure.
+///
+/// After a failed commit (disk full, I/O error, a lock that timed out) a
+/// connection may still hold SQLite's write lock or a half-open transaction,
+/// and every later write by the other connection would wait on it (the
+/// "database is locked by the daemon itself" of a full disk). Closing both
+/// and opening fresh ones is the one state known to be clean.
+struct Conns {
+    path: std::path::PathBuf,
+    open: Option<(SqliteConnection, SqliteConnection)>,
+}
+
+impl Conns {
+    async fn get(&mut self) -> Result<(&mut SqliteConnection, &mut SqliteConnection), String> {
+        if self.open.is_none() {
+            let durable = options(&self.path).connect().await;
+            let fast = options(&self.path)
+                .synchronous(SqliteSynchronous::Normal)
+                .connect()
+                .await;
+            match (durable, fast) {
+                (Ok(d), Ok(f)) => {
+                    tracing::info!("store writer reconnected");
+                    self.open = Some((d, f));
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    return Err(format!("cannot reopen the store for writing: {e}"));
+                }
+            }
+        }
+        match &mut self.open {
+            Some((d, f)) => Ok((d, f)),
+            None => Err("the store writer has no connection".to_owned()),
+        }
+    }
+
+    async fn reset(&mut self) {
+        if let Some((d, f)) = self.open.take() {
+            // Closing rolls back whatever the connection still held; bounded,
+            // since a wedged connection must not wedge the writer too.
+            let close = async {
+                let _ = d.close().await;
+                let _ = f.close().await;
+            };
+            if tokio::time::timeout(Duration::from_secs(2), close)
+                .await
+                .is_err()
+            {
+                tracing::warn!("store connections did not close within 2 s; dropped");
+            }
+        }
+    }
+}
+
+/// Whether an error is about the database as a whole (lock, disk, file
+/// system, connection) rather than one operation's data: then retrying the
+/// batch's operations one by one would only wait the lock timeout once per
+/// operation.
+fn store_level(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => d
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            // Primary result codes: BUSY 5, LOCKED 6, NOMEM 7, READONLY 8,
+            // IOERR 10, CORRUPT 11, FULL 13, CANTOPEN 14, PROTOCOL 15, NOTADB 26.
+            .is_some_and(|c| matches!(c & 0xff, 5..=8 | 10 | 11 | 13..=15 | 26)),
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        _ => false,
     }
 }
 
 /// Runs a group of operations together and answers each; when the group
 /// fails, its operations are retried one by one so one bad operation cannot
 /// fail its neighbours.
-async fn run_group(conn: &mut SqliteConnection, mut group: Vec<(Op, Reply)>) {
+/// Returns whether the connection must be reopened (a store-level failure).
+async fn run_group(conn: &mut SqliteConnection, mut group: Vec<(Op, Reply)>) -> bool {
     if group.is_empty() {
-        return;
+        return false;
     }
     let ops: Vec<&Op> = group.iter().map(|(op, _)| op).collect();
     match run_batch(conn, &ops).await {
@@ -612,22 +740,35 @@ async fn run_group(conn: &mut SqliteConnection, mut group: Vec<(Op, Reply)>) {
             for ((_, reply), r) in group.drain(..).zip(results) {
                 let _ = reply.send(Ok(r));
             }
+            false
         }
-        Err(e) if group.len() > 1 => {
+        Err(e) if group.len() > 1 && !store_level(&e) => {
             tracing::warn!(error = %e, batch = group.len(), "store batch failed; retrying its operations one by one");
+            let mut broken = false;
             for (op, reply) in group.drain(..) {
-                let r = run_batch(conn, &[&op]).await;
-                let _ = reply.send(
-                    r.map_err(|e| StoreError::Unavailable(e.to_string()))
-                        .and_then(|mut v| v.pop().ok_or_else(unexpected)),
-                );
+                let r = if broken {
+                    Err(StoreError::Unavailable(
+                        "the store failed earlier in this batch".into(),
+                    ))
+                } else {
+                    match run_batch(conn, &[&op]).await {
+                        Ok(mut v) => v.pop().ok_or_else(unexpected),
+                        Err(e) => {
+                            broken = store_level(&e);
+                            Err(StoreError::Unavailable(e.to_string()))
+                        }
+                    }
+                };
+                let _ = reply.send(r);
             }
+            broken
         }
         Err(e) => {
-            tracing::error!(error = %e, "store write failed");
+            tracing::error!(error = %e, batch = group.len(), "store write failed; nothing of this batch was committed");
             for (_, reply) in group.drain(..) {
                 let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
             }
+            store_level(&e)
         }
     }
 }
@@ -938,6 +1079,32 @@ fn placeholders(start: usize, n: usize) -> String {
 
 async fn run_op(tx: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error> {
     match op {
+        Op::Release(ids) => {
+            for chunk in ids.chunks(500) {
+                let sql = format!(
+                    "UPDATE deliveries SET lease_until = NULL, claims = MAX(claims - 1, 0) \
+                     WHERE id IN ({}) AND status = 'pending'",
+                    placeholders(1, chunk.len())
+                );
+                // Only placeholders are formatted in; the ids are bound.
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for id in chunk {
+                    q = q.bind(id.as_str());
+                }
+                q.execute(&mut *tx).await?;
+            }
+            Ok(Done::Unit)
+        }
+        Op::Probe { now } => {
+            sqlx::query(
+                "INSERT INTO store_probe (id, at) VALUES (1, ?1) \
+                 ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+            )
+            .bind(*now)
+            .execute(&mut *tx)
+            .await?;
+            Ok(Done::Unit)
+        }
         Op::InsertEvent(e) => insert_event(tx, e).await.map(Done::Inserted),
         Op::ClaimEvents {
             limit,

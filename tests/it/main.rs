@@ -14,6 +14,7 @@ mod lifecycle;
 mod recovery;
 mod senders;
 mod store;
+mod store_health;
 mod support;
 mod targets;
 mod tidy;
