@@ -43,6 +43,9 @@ pub enum StartError {
     /// The HTTP client for deliveries cannot be built (TLS roots).
     #[error("cannot build the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    /// `tls_cert` / `tls_key` do not load.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The admin listener is reachable from the network without a token.
     #[error(
         "admin_listen {0} is not a loopback address: set admin_token (CLICKUP_BRIDGE_ADMIN_TOKEN) or listen on 127.0.0.1"
@@ -70,6 +73,7 @@ pub struct Application {
     retention_days: u32,
     client: reqwest::Client,
     hangup: Option<tokio::signal::unix::Signal>,
+    certificates: Option<Arc<crate::tls::Certificates>>,
 }
 
 /// Loads routes.yaml again and swaps it in; an invalid file leaves the
@@ -176,6 +180,16 @@ impl Application {
                 settings.admin_listen.clone(),
             ));
         }
+        let certificates = settings
+            .http
+            .tls
+            .as_ref()
+            .map(crate::tls::Certificates::open)
+            .transpose()?;
+        let tls_config = certificates
+            .as_ref()
+            .map(|c| c.server_config())
+            .transpose()?;
         let store = Store::open(&settings.store).await?;
         tracing::info!(store = %settings.store.describe(), "store opened");
         let pipeline = Arc::new(ArcSwap::from_pointee(pipeline));
@@ -216,8 +230,12 @@ impl Application {
         .client_request_timeout(settings.http.body_timeout)
         .client_disconnect_timeout(Duration::from_secs(1))
         .disable_signals()
-        .shutdown_timeout(settings.shutdown_timeout)
-        .listen(listener)
+        .shutdown_timeout(settings.shutdown_timeout);
+        // With a certificate the webhook listener speaks HTTPS only.
+        let server = match &tls_config {
+            Some(config) => server.listen_rustls_0_23(listener, config.clone()),
+            None => server.listen(listener),
+        }
         .map_err(|cause| StartError::Bind {
             setting: "listen",
             addr: settings.listen.clone(),
@@ -246,8 +264,15 @@ impl Application {
         .client_request_timeout(settings.http.body_timeout)
         .client_disconnect_timeout(Duration::from_secs(1))
         .disable_signals()
-        .shutdown_timeout(settings.shutdown_timeout)
-        .listen(admin_listener)
+        .shutdown_timeout(settings.shutdown_timeout);
+        // The admin token must not cross a network in clear: HTTPS too when
+        // the admin listener is reachable from other machines.
+        let admin_server = match &tls_config {
+            Some(config) if !is_loopback(&admin_addr) => {
+                admin_server.listen_rustls_0_23(admin_listener, config.clone())
+            }
+            _ => admin_server.listen(admin_listener),
+        }
         .map_err(|cause| StartError::Bind {
             setting: "admin_listen",
             addr: settings.admin_listen.clone(),
@@ -274,6 +299,7 @@ impl Application {
             retention_days: settings.retention_days,
             client,
             hangup,
+            certificates,
         })
     }
 
@@ -305,7 +331,9 @@ impl Application {
     ) -> std::io::Result<()> {
         let handle: ServerHandle = self.server.handle();
         let admin_handle: ServerHandle = self.admin_server.handle();
-        tracing::info!(listen = %self.listen_addr, admin = %self.admin_addr, "clickup-bridge serving");
+        let https = self.certificates.is_some();
+        let admin_https = https && !is_loopback(&self.admin_addr);
+        tracing::info!(listen = %self.listen_addr, admin = %self.admin_addr, https, admin_https, "clickup-bridge serving");
         let server = tokio::spawn(self.server);
         let admin = tokio::spawn(self.admin_server);
         let cancel = CancellationToken::new();
@@ -339,9 +367,13 @@ impl Application {
             self.templates_path.clone(),
             self.metrics.clone(),
         );
+        let certificates = self.certificates.clone();
         let reloader = self.hangup.map(|hup| {
             crate::lifecycle::spawn_reload_on_sighup(hup, move || {
                 let _ = reload(&pipeline, &routes, &templates, &metrics);
+                if let Some(c) = &certificates {
+                    c.reload_logged();
+                }
             })
         });
         shutdown.await;

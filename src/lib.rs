@@ -38,5 +38,6 @@ pub mod routes_file;
 pub mod settings;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod transform;
 pub mod verify;

@@ -67,6 +67,9 @@ pub struct HttpSettings {
     /// Connections the webhook listener holds at once; more wait in the
     /// kernel's backlog.
     pub max_connections: usize,
+    /// `tls_cert` and `tls_key`: HTTPS on the webhook listener (and on the
+    /// admin listener when it is not loopback).
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 impl Default for HttpSettings {
@@ -74,6 +77,7 @@ impl Default for HttpSettings {
         HttpSettings {
             body_timeout: std::time::Duration::from_secs(5),
             max_connections: 4096,
+            tls: None,
         }
     }
 }
@@ -109,6 +113,8 @@ struct Raw {
     shutdown_timeout: Option<u64>,
     body_timeout: Option<u64>,
     max_connections: Option<u64>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
 }
 
 /// Prefix of the environment overrides.
@@ -144,6 +150,8 @@ pub const KEYS: &[&str] = &[
     "shutdown_timeout",
     "body_timeout",
     "max_connections",
+    "tls_cert",
+    "tls_key",
 ];
 
 /// Splits `CLICKUP_BRIDGE_*` variables into settings and warnings. A
@@ -284,6 +292,25 @@ impl Settings {
             (None, Some(f)) => resolve(&file_dir, f),
             (None, None) => resolve(&file_dir, default),
         };
+        let file_or_env = |env: &Option<String>, file: &Option<String>| match (env, file) {
+            (Some(e), _) if !e.is_empty() => Some(resolve(cwd, e)),
+            (_, Some(f)) if !f.is_empty() => Some(resolve(&file_dir, f)),
+            _ => None,
+        };
+        let tls = match (
+            file_or_env(&env_raw.tls_cert, &file_raw.tls_cert),
+            file_or_env(&env_raw.tls_key, &file_raw.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(SettingsError::Invalid {
+                    origin: "tls_cert".into(),
+                    message: "tls_cert and tls_key go together: set both for HTTPS, or neither"
+                        .into(),
+                });
+            }
+        };
         let store = match (&env_raw.store, &file_raw.store) {
             (Some(e), _) => store_location(e, cwd)?,
             (None, Some(f)) => store_location(f, &file_dir)?,
@@ -350,6 +377,7 @@ impl Settings {
             http: HttpSettings {
                 body_timeout,
                 max_connections,
+                tls,
             },
         })
     }

@@ -161,6 +161,43 @@ pub fn url(node: &Node, what: &str, d: &mut Diagnostics) -> Option<String> {
     }
 }
 
+/// Whether a URL's host is this machine (`localhost`, 127.0.0.0/8, `::1`),
+/// where plain http never crosses a network.
+pub fn is_loopback_url(u: &reqwest::Url) -> bool {
+    let Some(host) = u.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => {
+            let h = host.to_ascii_lowercase();
+            h == "localhost" || h.ends_with(".localhost")
+        }
+    }
+}
+
+/// A target URL: [`url`], and `https://` unless the host is loopback or the
+/// target sets `allow_http: true` (event data leaves encrypted or not at all).
+fn target_url(node: &Node, what: &str, allow_http: bool, d: &mut Diagnostics) -> Option<String> {
+    let s = url(node, what, d)?;
+    let parsed = reqwest::Url::parse(&s).ok()?;
+    if parsed.scheme() == "http" && !allow_http && !is_loopback_url(&parsed) {
+        // The host is named, never the path (a Slack webhook URL's path is
+        // its secret).
+        d.error(
+            node.pos,
+            format!(
+                "{what} is http:// to {}, so event data would cross the network unencrypted; \
+                 use https://, or set allow_http: true on this target if that network is trusted",
+                parsed.host_str().unwrap_or_default()
+            ),
+        );
+        return None;
+    }
+    Some(s)
+}
+
 fn secret(r: &mut MapReader<'_>, key: &'static str, d: &mut Diagnostics) -> Option<Secret> {
     let n = r.require(key, d)?;
     let s = reader::string(n, key, d)?;
@@ -226,6 +263,11 @@ fn compile_one(name: &str, node: &Node, d: &mut Diagnostics) -> Option<Target> {
     let mut r = MapReader::new(node, &format!("target \"{name}\""), d)?;
     let type_node = r.require("type", d);
     let type_name = type_node.and_then(|n| reader::string(n, "type", d));
+    let allow_http = r
+        .take("allow_http")
+        .and_then(|n| reader::boolean(n, "allow_http", d))
+        .unwrap_or(false);
+    let url = |n: &Node, what: &str, d: &mut Diagnostics| target_url(n, what, allow_http, d);
     let kind = match type_name.as_deref() {
         Some("slack") => {
             if r.key_pos("webhook_url").is_some() {

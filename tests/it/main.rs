@@ -9,6 +9,7 @@ mod cli;
 mod deliver;
 mod deploy;
 mod hardening;
+mod https;
 mod inbound;
 mod lifecycle;
 mod recovery;
