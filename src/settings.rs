@@ -324,8 +324,8 @@ impl Settings {
         {
             return Err(SettingsError::Invalid {
                 origin: "admin_token".into(),
-                message: "admin_token is only whitespace, which protects nothing; set a real \
-                          token or leave the setting out"
+                message: "it is only whitespace, which protects nothing; set a real token or \
+                          leave the setting out"
                     .into(),
             });
         }

@@ -153,7 +153,7 @@ fn cursor<'a>(c: Option<&'a str>, prefix: &str) -> Result<Option<&'a str>, ApiEr
         Ok(Some(c))
     } else {
         Err(ApiError::BadRequest(format!(
-            "cursor must be the \"next\" value of the previous page (a {prefix}... id), not \"{}\"",
+            "cursor must be the \"next\" value of the previous page ({prefix}...), not \"{}\"",
             c.chars().take(80).collect::<String>()
         )))
     }
