@@ -251,6 +251,7 @@ impl Application {
             routes: settings.routes.clone(),
             templates: settings.templates.clone(),
             wake_deliveries: wake_deliveries.clone(),
+            certificates: certificates.clone(),
         });
         let admin_server = HttpServer::new(move || {
             App::new()

@@ -328,6 +328,9 @@ async fn replay_all(
 }
 
 async fn reload(_a: Authorized, s: web::Data<AdminState>) -> HttpResponse {
+    if let Some(c) = &s.certificates {
+        c.reload_logged();
+    }
     match crate::app::reload(&s.pipeline, &s.routes, &s.templates, &s.metrics) {
         Ok(()) => HttpResponse::Ok()
             .json(json!({"reloaded": true, "routes": s.pipeline.load().routes.len()})),

@@ -35,6 +35,8 @@ pub struct AdminState {
     pub templates: PathBuf,
     /// Wakes the delivery worker after a replay.
     pub wake_deliveries: Arc<Notify>,
+    /// The HTTPS certificate, reloaded with the routes (as on SIGHUP).
+    pub certificates: Option<Arc<crate::tls::Certificates>>,
 }
 
 /// Registers the admin routes.

@@ -87,6 +87,36 @@ async fn the_webhook_listener_and_a_public_admin_listener_serve_https() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(app.store.count_events().await.unwrap(), 2);
+
+    // POST /api/v1/reload reloads the certificate too, as SIGHUP does.
+    let renewed = self_signed(certs.path(), "b");
+    std::fs::copy(certs.path().join("b.crt"), &files.cert).unwrap();
+    std::fs::copy(certs.path().join("b.key"), &files.key).unwrap();
+    let either = reqwest::Client::builder()
+        .tls_certs_only([
+            reqwest::Certificate::from_pem(pem.as_bytes()).unwrap(),
+            reqwest::Certificate::from_pem(renewed.as_bytes()).unwrap(),
+        ])
+        .build()
+        .unwrap();
+    let r = either
+        .post(format!("https://127.0.0.1:{admin_port}/api/v1/reload"))
+        .bearer_auth("t0k")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        post_signed(&client_trusting(&renewed), &https, 3)
+            .await
+            .unwrap(),
+        200
+    );
+    assert!(
+        post_signed(&client_trusting(&pem), &https, 4)
+            .await
+            .is_err()
+    );
     app.stop().await;
 }
 
