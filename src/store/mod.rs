@@ -421,15 +421,21 @@ impl Store {
         }
     }
 
-    /// Leaves an event unrouted until `retry_at` (its enrichment failed).
+    /// Leaves an event unrouted until `retry_at` (its enrichment failed),
+    /// storing in the same transaction the deliveries of its routes that did
+    /// not need the failed fetch (`ready`), so they go out meanwhile. When the
+    /// event is routed again, the same deliveries (same ids) are not created
+    /// twice.
     pub async fn defer_routing(
         &self,
         event: &EventId,
         retry_at: i64,
         error: &str,
+        ready: Vec<NewDelivery>,
+        now: i64,
     ) -> Result<(), StoreError> {
         match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.defer_routing(event, retry_at, error).await,
+            Backend::Sqlite(s) => s.defer_routing(event, retry_at, error, ready, now).await,
         }
     }
 

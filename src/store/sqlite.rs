@@ -72,6 +72,8 @@ enum Op {
         event: EventId,
         retry_at: i64,
         error: String,
+        ready: Vec<super::NewDelivery>,
+        now: i64,
     },
 }
 
@@ -264,11 +266,15 @@ impl SqliteStore {
         event: &EventId,
         retry_at: i64,
         error: &str,
+        ready: Vec<super::NewDelivery>,
+        now: i64,
     ) -> Result<(), StoreError> {
         let op = Op::DeferRouting {
             event: event.clone(),
             retry_at,
             error: error.to_owned(),
+            ready,
+            now,
         };
         self.run(op).await.map(|_| ())
     }
@@ -698,18 +704,13 @@ async fn run_batch(conn: &mut SqliteConnection, ops: &[&Op]) -> Result<Vec<Done>
 /// Rows per multi-row INSERT of deliveries (10 values each).
 const DELIVERY_CHUNK: usize = 256;
 
-/// Inserts the deliveries of routed events and marks the events routed: one
-/// multi-row INSERT per chunk of deliveries, one UPDATE ... FROM (VALUES ...)
-/// per chunk of events.
-async fn complete_routing(
+/// Inserts deliveries (one multi-row INSERT per chunk); a delivery that
+/// exists already (same event, route and step) is left as it is.
+async fn insert_deliveries(
     tx: &mut SqliteConnection,
-    routed: &[RoutedEvent],
+    all: &[(&EventId, &super::NewDelivery)],
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    let all: Vec<(&EventId, &super::NewDelivery)> = routed
-        .iter()
-        .flat_map(|ev| ev.deliveries.iter().map(move |d| (&ev.event_id, d)))
-        .collect();
     for chunk in all.chunks(DELIVERY_CHUNK) {
         let rows = (0..chunk.len())
             .map(|r| {
@@ -749,6 +750,22 @@ async fn complete_routing(
         }
         q.execute(&mut *tx).await?;
     }
+    Ok(())
+}
+
+/// Inserts the deliveries of routed events and marks the events routed: one
+/// multi-row INSERT per chunk of deliveries, one UPDATE ... FROM (VALUES ...)
+/// per chunk of events.
+async fn complete_routing(
+    tx: &mut SqliteConnection,
+    routed: &[RoutedEvent],
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let all: Vec<(&EventId, &super::NewDelivery)> = routed
+        .iter()
+        .flat_map(|ev| ev.deliveries.iter().map(move |d| (&ev.event_id, d)))
+        .collect();
+    insert_deliveries(tx, &all, now).await?;
     for chunk in routed.chunks(DELIVERY_CHUNK) {
         let rows = (0..chunk.len())
             .map(|r| format!("(?{}, ?{})", r * 2 + 2, r * 2 + 3))
@@ -1108,7 +1125,12 @@ async fn run_op(tx: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error>
             event,
             retry_at,
             error,
+            ready,
+            now,
         } => {
+            let ready: Vec<(&EventId, &super::NewDelivery)> =
+                ready.iter().map(|d| (event, d)).collect();
+            insert_deliveries(tx, &ready, *now).await?;
             sqlx::query(
                 "UPDATE events SET lease_until = ?1, route_attempts = route_attempts + 1, route_error = ?2 WHERE id = ?3",
             )
