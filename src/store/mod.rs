@@ -308,7 +308,8 @@ pub struct DeliveryFilter {
 /// Which deliveries to replay.
 #[derive(Debug, Clone)]
 pub enum ReplayFilter {
-    /// One delivery (dead or delivered).
+    /// One delivery: a dead or delivered one is queued again with a fresh
+    /// retry budget; a pending one is made due now.
     One(DeliveryId),
     /// Every delivery in this state, optionally of one target and route.
     All {
@@ -526,6 +527,19 @@ impl Store {
     pub async fn replay(&self, filter: ReplayFilter, now: i64) -> Result<u64, StoreError> {
         match self.backend.as_ref() {
             Backend::Sqlite(s) => s.replay(filter, now).await,
+        }
+    }
+
+    /// How many deliveries a bulk replay with this filter would queue (its
+    /// dry run).
+    pub async fn count_replayable(
+        &self,
+        status: DeliveryStatus,
+        target: Option<&str>,
+        route: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        match self.backend.as_ref() {
+            Backend::Sqlite(s) => s.count_replayable(status, target, route).await,
         }
     }
 

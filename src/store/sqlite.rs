@@ -406,6 +406,26 @@ impl SqliteStore {
         }
     }
 
+    pub(super) async fn count_replayable(
+        &self,
+        status: DeliveryStatus,
+        target: Option<&str>,
+        route: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        // ?1 is unused here; it keeps the placeholders of the shared clause.
+        let n: i64 = sqlx::query_scalar(concat!(
+            "SELECT COUNT(*) FROM deliveries WHERE ?1 IS NULL AND ",
+            replay_all_where!()
+        ))
+        .bind(None::<i64>)
+        .bind(status.as_str())
+        .bind(target)
+        .bind(route)
+        .fetch_one(&self.read)
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     pub(super) async fn prune(&self, cutoff: i64, batch: u32) -> Result<Pruned, StoreError> {
         match self.run(Op::Prune { cutoff, batch }).await? {
             Done::Pruned(p) => Ok(p),
@@ -518,6 +538,14 @@ macro_rules! event_columns {
 }
 use event_columns;
 
+/// The deliveries a bulk replay takes (?2 status, ?3 target, ?4 route):
+/// written once for the replay and for its dry run's count.
+macro_rules! replay_all_where {
+    () => {
+        "status = ?2 AND status != 'pending' AND (?3 IS NULL OR target = ?3) AND (?4 IS NULL OR route = ?4)"
+    };
+}
+
 /// The columns [`delivery_row`] reads.
 macro_rules! delivery_columns {
     () => {
@@ -525,6 +553,7 @@ macro_rules! delivery_columns {
     };
 }
 use delivery_columns;
+use replay_all_where;
 
 fn stored_event(r: &SqliteRow) -> Result<StoredEvent, sqlx::Error> {
     Ok(StoredEvent {
@@ -1057,9 +1086,14 @@ async fn run_op(tx: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error>
         Op::Replay { filter, now } => {
             let done = match filter {
                 ReplayFilter::One(id) => {
+                    // A finished one is queued with a fresh retry budget; a
+                    // pending one waiting for its retry is made due now with
+                    // the budget it has. One in flight (leased) is left alone.
                     sqlx::query(
                         "UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, lease_until = NULL, \
-                         attempts_base = attempts, updated_at = ?1 WHERE id = ?2 AND status IN ('dead', 'delivered')",
+                         attempts_base = CASE WHEN status = 'pending' THEN attempts_base ELSE attempts END, updated_at = ?1 \
+                         WHERE id = ?2 AND (status IN ('dead', 'delivered') \
+                         OR (status = 'pending' AND (lease_until IS NULL OR lease_until <= ?1)))",
                     )
                     .bind(*now)
                     .bind(id.as_str())
@@ -1068,9 +1102,11 @@ async fn run_op(tx: &mut SqliteConnection, op: &Op) -> Result<Done, sqlx::Error>
                 }
                 ReplayFilter::All { status, target, route } => {
                     sqlx::query(
-                        "UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, lease_until = NULL, \
-                         attempts_base = attempts, updated_at = ?1 \
-                         WHERE status = ?2 AND status != 'pending' AND (?3 IS NULL OR target = ?3) AND (?4 IS NULL OR route = ?4)",
+                        concat!(
+                            "UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, lease_until = NULL, \
+                             attempts_base = attempts, updated_at = ?1 WHERE ",
+                            replay_all_where!()
+                        ),
                     )
                     .bind(*now)
                     .bind(status.as_str())
