@@ -6,6 +6,7 @@ mod admin;
 mod authoring;
 mod check;
 mod cli;
+mod console;
 mod deliver;
 mod deploy;
 mod inbound;
