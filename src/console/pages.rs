@@ -544,10 +544,10 @@ fn nonempty(v: &Option<String>) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn scope_text(target: Option<&str>, route: Option<&str>) -> Markup {
+fn scope_text(target: Option<&str>, route: Option<&str>, every: &str) -> Markup {
     html! {
         @match (target, route) {
-            (None, None) => "of every target and route",
+            (None, None) => (every),
             (Some(t), None) => { "to target " strong { (t) } }
             (None, Some(r)) => { "of route " strong { (r) } }
             (Some(t), Some(r)) => { "to target " strong { (t) } " of route " strong { (r) } }
@@ -580,13 +580,13 @@ async fn replay_confirm(
     );
     let body = html! {
         @if count == 0 {
-            p #replay-count { "There is no dead delivery " (scope_text(target.as_deref(), route.as_deref())) "." }
+            p #replay-count { "There is no dead delivery " (scope_text(target.as_deref(), route.as_deref(), "to any target")) "." }
             p { a href=(back) { "Back to the deliveries" } }
         } @else {
             p #replay-count {
                 "This queues " strong { (count) } " dead "
                 @if count == 1 { "delivery" } @else { "deliveries" } " "
-                (scope_text(target.as_deref(), route.as_deref()))
+                (scope_text(target.as_deref(), route.as_deref(), "of every target and route"))
                 " again, each with a fresh retry budget."
             }
             form.replay method="post" action="/console/replay" {
@@ -747,7 +747,8 @@ async fn routes(v: Viewer, s: web::Data<AdminState>) -> Result<HttpResponse, Con
     let file = s.routes.display().to_string();
     let body = html! {
         p {
-            (pipeline.routes.len()) " routes loaded from " code { (file) } ". "
+            (pipeline.routes.len()) @if pipeline.routes.len() == 1 { " route" } @else { " routes" }
+            " loaded from " code { (file) } ". "
             "A simulation runs the pasted event through every route of its source, as "
             code { "clickup-bridge simulate" } " does: no request is sent."
         }

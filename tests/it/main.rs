@@ -4,6 +4,7 @@
 
 mod admin;
 mod authoring;
+mod browser;
 mod check;
 mod cli;
 mod console;
