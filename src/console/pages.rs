@@ -112,7 +112,7 @@ async fn login(
             .content_type("text/html; charset=utf-8")
             .body(views::login(next, true).into_string());
     }
-    tracing::info!("console login");
+    tracing::info!("console session started");
     let value = s.console.new_session(now_millis());
     HttpResponse::SeeOther()
         .cookie(session_cookie(value, super::is_https(&req)))

@@ -777,3 +777,51 @@ async fn the_routes_page_shows_each_route_and_simulates_like_the_cli() {
     assert!(reload.body.contains("the running routes stay in force"));
     app.stop().await;
 }
+
+/// The admin token typed into the login form appears in no log line, at
+/// debug level, whether the login succeeds or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_never_appears_in_the_logs() {
+    use crate::lifecycle::Daemon;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("routes.yaml"), ROUTES).unwrap();
+    let mut d = Daemon::start_on(
+        dir.path(),
+        0,
+        &[("CLICKUP_BRIDGE_ADMIN_TOKEN", TOKEN), ("RUST_LOG", "debug")],
+    );
+    d.wait_for_log("clickup-bridge serving");
+    let c = Console {
+        url: format!("http://127.0.0.1:{}", d.admin_port),
+        client: browserless(),
+    };
+    let wrong = format!("{TOKEN}-wrong");
+    assert_eq!(
+        c.post("/console/login", None, &[("token", &wrong)])
+            .await
+            .status,
+        401
+    );
+    let s = c.login().await;
+    let page = c.get("/console/events", Some(&s)).await;
+    assert_eq!(page.status, 200);
+    let bearer = browserless()
+        .get(format!("{}/console", c.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status().as_u16(), 200);
+    d.wait_for_all(&["console login refused", "console session started"]);
+    d.signal("-TERM");
+    assert_eq!(d.wait_exit(), 0);
+    let logs = d.seen.join("\n");
+    assert!(
+        !logs.contains(TOKEN),
+        "the token appears in the logs:\n{logs}"
+    );
+    assert!(
+        !logs.contains(&s),
+        "the session appears in the logs:\n{logs}"
+    );
+}
