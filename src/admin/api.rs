@@ -91,6 +91,7 @@ pub fn delivery_json(d: &DeliveryRow) -> Value {
         "last_error": d.last_error,
         "created_at": time(d.created_at),
         "delivered_at": d.delivered_at.map(time),
+        "next_attempt_at": d.next_attempt_at.map(time),
     })
 }
 

@@ -463,6 +463,7 @@ async fn delivery(
         .ok_or_else(|| ConsoleError::NotFound(format!("delivery {id}")))?;
     let attempts = s.store.attempts(&id).await?;
     let pending = d.status == DeliveryStatus::Pending;
+    let now = now_millis();
     let body = html! {
         @if q.replayed.is_some() {
             p.notice role="status" { "Queued again: the new attempt shows below once it is made." }
@@ -484,7 +485,14 @@ async fn delivery(
                 button #replay type="submit" { "Replay this delivery" }
             }
         } @else {
-            p.muted { "Pending: it is attempted when due; this page refreshes by itself." }
+            p.muted #waiting {
+                "Pending: it waits for its next attempt"
+                @if let Some(t) = d.next_attempt_at {
+                    ", due " (datetime(t)) " UTC"
+                    @if t > now { " (in " (views::age(t - now)) ")" }
+                }
+                ". This page refreshes by itself."
+            }
         }
         h2 { "Attempts" }
         @if attempts.is_empty() {

@@ -245,6 +245,8 @@ pub struct DeliveryRow {
     pub created_at: i64,
     /// Delivered, Unix ms.
     pub delivered_at: Option<i64>,
+    /// While pending: when its next attempt is due, Unix ms.
+    pub next_attempt_at: Option<i64>,
 }
 
 /// One recorded attempt as read back.

@@ -580,7 +580,7 @@ use event_columns;
 /// The columns [`delivery_row`] reads.
 macro_rules! delivery_columns {
     () => {
-        "id, event_id, route, step, target, status, attempts, last_error, created_at, delivered_at"
+        "id, event_id, route, step, target, status, attempts, last_error, created_at, delivered_at, next_attempt_at"
     };
 }
 use delivery_columns;
@@ -610,6 +610,11 @@ fn delivery_row(r: &SqliteRow) -> Result<DeliveryRow, sqlx::Error> {
         last_error: r.try_get("last_error")?,
         created_at: r.try_get("created_at")?,
         delivered_at: r.try_get("delivered_at")?,
+        next_attempt_at: if status == "pending" {
+            r.try_get("next_attempt_at")?
+        } else {
+            None
+        },
     })
 }
 

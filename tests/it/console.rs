@@ -825,3 +825,51 @@ async fn the_token_never_appears_in_the_logs() {
         "the session appears in the logs:\n{logs}"
     );
 }
+
+#[tokio::test]
+async fn a_pending_delivery_says_what_it_waits_for_and_refreshes_itself() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503).insert_header("Retry-After", "3600"))
+        .mount(&server)
+        .await;
+    let app = spawn_app_with(&routes(&server), |s| s.admin_token = Some(TOKEN.into())).await;
+    let event = app.post_clickup(&clickup_event(1)).await;
+    let rows = app
+        .wait_deliveries(&event, 20, "a first attempt", |r| {
+            r.len() == 1 && r[0].attempts == 1
+        })
+        .await;
+    assert_eq!(rows[0].status, DeliveryStatus::Pending);
+    let c = Console::new(&app);
+    let s = c.login().await;
+    let page = c
+        .get(&format!("/console/deliveries/{}", rows[0].id), Some(&s))
+        .await
+        .body;
+    assert!(page.contains("<body data-refresh=\"2\">"), "{page}");
+    assert!(
+        page.contains("Pending: it waits for its next attempt, due "),
+        "{page}"
+    );
+    assert!(page.contains("(in 59 min "), "{page}");
+    assert!(
+        !page.contains("id=\"replay\""),
+        "a pending one is not replayed"
+    );
+    let api: serde_json::Value = app
+        .client
+        .get(format!(
+            "{}/api/v1/deliveries/{}",
+            app.admin_url, rows[0].id
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(api["next_attempt_at"].is_string(), "{api}");
+    app.stop().await;
+}
