@@ -70,6 +70,7 @@ pub struct Application {
     retention_days: u32,
     client: reqwest::Client,
     hangup: Option<tokio::signal::unix::Signal>,
+    webhooks: Arc<crate::clickup::watch::HealthBoard>,
 }
 
 /// Loads routes.yaml again and swaps it in; an invalid file leaves the
@@ -216,6 +217,7 @@ impl Application {
         })?
         .run();
 
+        let webhooks = Arc::new(crate::clickup::watch::HealthBoard::default());
         let admin_state = web::Data::new(AdminState {
             store: store.clone(),
             metrics: metrics.clone(),
@@ -224,6 +226,8 @@ impl Application {
             routes: settings.routes.clone(),
             templates: settings.templates.clone(),
             wake_deliveries: wake_deliveries.clone(),
+            webhooks: webhooks.clone(),
+            console: crate::console::Keys::new(settings.admin_token.as_deref()),
         });
         let admin_server = HttpServer::new(move || {
             App::new()
@@ -260,6 +264,7 @@ impl Application {
             retention_days: settings.retention_days,
             client,
             hangup,
+            webhooks,
         })
     }
 
@@ -315,6 +320,7 @@ impl Application {
             self.pipeline.clone(),
             self.client.clone(),
             self.metrics.clone(),
+            self.webhooks.clone(),
             cancel.clone(),
         ));
         crate::lifecycle::systemd::ready();

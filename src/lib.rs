@@ -27,6 +27,7 @@ pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod clickup;
+pub mod console;
 pub mod deliver;
 pub mod ids;
 pub mod inbound;

@@ -35,6 +35,10 @@ pub struct AdminState {
     pub templates: PathBuf,
     /// Wakes the delivery worker after a replay.
     pub wake_deliveries: Arc<Notify>,
+    /// ClickUp webhook health, as the watch last saw it.
+    pub webhooks: Arc<crate::clickup::watch::HealthBoard>,
+    /// The console's session and CSRF keys.
+    pub console: crate::console::Keys,
 }
 
 /// Registers the admin routes.
@@ -49,7 +53,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics_text))
-        .service(web::scope("/api/v1").configure(api::configure));
+        .service(web::scope("/api/v1").configure(api::configure))
+        .service(crate::console::scope());
 }
 
 async fn healthz() -> HttpResponse {
@@ -120,18 +125,27 @@ fn check(req: &HttpRequest) -> Result<Authorized, Unauthorized> {
     let Some(token) = &state.token else {
         return Ok(Authorized);
     };
-    let given = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    use subtle::ConstantTimeEq;
-    if given.len() == token.len() && bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+    if bearer_matches(req, token) {
         Ok(Authorized)
     } else {
         Err(Unauthorized)
     }
+}
+
+/// Whether `given` is `token`, compared in constant time (the API's bearer
+/// token and the console's login share it).
+pub fn token_matches(given: &str, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    given.len() == token.len() && bool::from(given.as_bytes().ct_eq(token.as_bytes()))
+}
+
+/// Whether the request carries `Authorization: Bearer <admin_token>`.
+pub fn bearer_matches(req: &HttpRequest, token: &str) -> bool {
+    req.headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| token_matches(given, token))
 }
 
 impl FromRequest for Authorized {

@@ -245,6 +245,8 @@ pub struct DeliveryRow {
     pub created_at: i64,
     /// Delivered, Unix ms.
     pub delivered_at: Option<i64>,
+    /// While pending: when its next attempt is due, Unix ms.
+    pub next_attempt_at: Option<i64>,
 }
 
 /// One recorded attempt as read back.
@@ -303,6 +305,50 @@ pub struct DeliveryFilter {
     pub limit: u32,
     /// Only ids older than this one (the cursor of the previous page).
     pub before: Option<String>,
+}
+
+/// Filters for listing events.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Only this source.
+    pub source: Option<String>,
+    /// Only this event type.
+    pub event_type: Option<String>,
+    /// Only events accepted at or after this time (Unix ms).
+    pub since: Option<i64>,
+    /// Only events accepted before this time (Unix ms).
+    pub until: Option<i64>,
+    /// At most this many (newest first).
+    pub limit: u32,
+    /// Only ids older than this one (the cursor of the previous page).
+    pub before: Option<String>,
+}
+
+/// How many events (per source) or deliveries (per target and status) fell
+/// in one time bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivityCount {
+    /// The source (events) or target (deliveries).
+    pub name: String,
+    /// The delivery's status now (`None` for events).
+    pub status: Option<DeliveryStatus>,
+    /// Bucket number: 0 starts at [`Activity::since`].
+    pub bucket: u32,
+    /// How many.
+    pub count: u64,
+}
+
+/// Events and deliveries since a time, counted per bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activity {
+    /// Start of bucket 0, Unix ms.
+    pub since: i64,
+    /// Width of a bucket, ms.
+    pub bucket_ms: i64,
+    /// Events accepted, per source and bucket.
+    pub events: Vec<ActivityCount>,
+    /// Deliveries created, per target, status and bucket.
+    pub deliveries: Vec<ActivityCount>,
 }
 
 /// Which deliveries to replay.
@@ -373,8 +419,28 @@ impl Store {
         source: Option<&str>,
         limit: u32,
     ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.events_page(source, limit, None).await
+    }
+
+    /// Events matching `filter`, newest first.
+    pub async fn events(&self, filter: &EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
         match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.events_page(source, limit, None).await,
+            Backend::Sqlite(s) => s.events(filter).await,
+        }
+    }
+
+    /// How many deliveries match `filter` (its `limit` and `before` aside).
+    pub async fn count_deliveries(&self, filter: &DeliveryFilter) -> Result<u64, StoreError> {
+        match self.backend.as_ref() {
+            Backend::Sqlite(s) => s.count_deliveries(filter).await,
+        }
+    }
+
+    /// Events accepted and deliveries created since `since` (Unix ms), per
+    /// bucket of `bucket_ms`.
+    pub async fn activity(&self, since: i64, bucket_ms: i64) -> Result<Activity, StoreError> {
+        match self.backend.as_ref() {
+            Backend::Sqlite(s) => s.activity(since, bucket_ms).await,
         }
     }
 
@@ -495,9 +561,13 @@ impl Store {
         limit: u32,
         before: Option<&str>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.events_page(source, limit, before).await,
-        }
+        self.events(&EventFilter {
+            source: source.map(str::to_owned),
+            limit,
+            before: before.map(str::to_owned),
+            ..Default::default()
+        })
+        .await
     }
 
     /// One event.

@@ -15,9 +15,9 @@
 //! process are cleared when the store opens.
 
 use super::{
-    AttemptOutcome, AttemptRecord, AttemptRow, ClaimedDelivery, DeliveryFilter, DeliveryRow,
-    DeliveryStatus, EventToRoute, Inserted, Pruned, QueueStats, ReplayFilter, RoutedEvent,
-    StoreError, StoredEvent,
+    Activity, ActivityCount, AttemptOutcome, AttemptRecord, AttemptRow, ClaimedDelivery,
+    DeliveryFilter, DeliveryRow, DeliveryStatus, EventFilter, EventToRoute, Inserted, Pruned,
+    QueueStats, ReplayFilter, RoutedEvent, StoreError, StoredEvent,
 };
 use crate::ids::{DeliveryId, EventId};
 use crate::verify::VerifiedEvent;
@@ -32,6 +32,10 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Most operations committed in one transaction.
 const MAX_BATCH: usize = 512;
+
+/// An id's time may precede the row's recorded time by a little (the id is
+/// made first); a time window's id range starts this much earlier.
+const ID_CLOCK_SLACK_MS: i64 = 1_000;
 
 struct NewEvent {
     id: EventId,
@@ -308,28 +312,95 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub(super) async fn events_page(
-        &self,
-        source: Option<&str>,
-        limit: u32,
-        before: Option<&str>,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
-        let rows = sqlx::query(
-            concat!(
+    pub(super) async fn events(&self, f: &EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
+        // Ids are time-ordered (UUID v7), so a time window is also an id
+        // range the primary key serves; received_at keeps it exact.
+        let floor = f
+            .since
+            .map(|t| EventId::floor(t.saturating_sub(ID_CLOCK_SLACK_MS)));
+        let rows = sqlx::query(concat!(
             "SELECT ",
             event_columns!(),
             " FROM events \
-             WHERE (?1 IS NULL OR source = ?1) AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3"
+             WHERE (?1 IS NULL OR source = ?1) AND (?2 IS NULL OR id < ?2) \
+             AND (?4 IS NULL OR event_type = ?4) AND (?5 IS NULL OR id >= ?5) \
+             AND (?6 IS NULL OR received_at >= ?6) AND (?7 IS NULL OR received_at < ?7) \
+             ORDER BY id DESC LIMIT ?3"
         ))
-        .bind(source)
-        .bind(before)
-        .bind(i64::from(limit))
+        .bind(f.source.as_deref())
+        .bind(f.before.as_deref())
+        .bind(i64::from(if f.limit == 0 { 100 } else { f.limit }))
+        .bind(f.event_type.as_deref())
+        .bind(floor)
+        .bind(f.since)
+        .bind(f.until)
         .fetch_all(&self.read)
         .await?;
         rows.iter()
             .map(stored_event)
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
+    }
+
+    pub(super) async fn count_deliveries(&self, f: &DeliveryFilter) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deliveries WHERE (?1 IS NULL OR status = ?1) \
+             AND (?2 IS NULL OR target = ?2) AND (?3 IS NULL OR route = ?3) \
+             AND (?4 IS NULL OR event_id = ?4)",
+        )
+        .bind(f.status.map(DeliveryStatus::as_str))
+        .bind(f.target.as_deref())
+        .bind(f.route.as_deref())
+        .bind(f.event_id.as_ref().map(EventId::as_str))
+        .fetch_one(&self.read)
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    pub(super) async fn activity(
+        &self,
+        since: i64,
+        bucket_ms: i64,
+    ) -> Result<Activity, StoreError> {
+        let bucket_ms = bucket_ms.max(1);
+        let slack = since.saturating_sub(ID_CLOCK_SLACK_MS);
+        let events = sqlx::query(
+            "SELECT source AS name, NULL AS status, (received_at - ?1) / ?2 AS bucket, COUNT(*) AS n \
+             FROM events WHERE id >= ?3 AND received_at >= ?1 GROUP BY source, bucket",
+        )
+        .bind(since)
+        .bind(bucket_ms)
+        .bind(EventId::floor(slack))
+        .fetch_all(&self.read)
+        .await?;
+        let deliveries = sqlx::query(
+            "SELECT target AS name, status, (created_at - ?1) / ?2 AS bucket, COUNT(*) AS n \
+             FROM deliveries WHERE id >= ?3 AND created_at >= ?1 GROUP BY target, status, bucket",
+        )
+        .bind(since)
+        .bind(bucket_ms)
+        .bind(DeliveryId::floor(slack))
+        .fetch_all(&self.read)
+        .await?;
+        let rows = |rows: Vec<SqliteRow>| -> Result<Vec<ActivityCount>, sqlx::Error> {
+            rows.iter()
+                .map(|r| {
+                    let status: Option<String> = r.try_get("status")?;
+                    Ok(ActivityCount {
+                        name: r.try_get("name")?,
+                        status: status.as_deref().and_then(DeliveryStatus::parse),
+                        bucket: u32::try_from(r.try_get::<i64, _>("bucket")?).unwrap_or(0),
+                        count: u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
+                    })
+                })
+                .collect()
+        };
+        Ok(Activity {
+            since,
+            bucket_ms,
+            events: rows(events)?,
+            deliveries: rows(deliveries)?,
+        })
     }
 
     pub(super) async fn event(&self, id: &EventId) -> Result<Option<StoredEvent>, StoreError> {
@@ -549,7 +620,7 @@ macro_rules! replay_all_where {
 /// The columns [`delivery_row`] reads.
 macro_rules! delivery_columns {
     () => {
-        "id, event_id, route, step, target, status, attempts, last_error, created_at, delivered_at"
+        "id, event_id, route, step, target, status, attempts, last_error, created_at, delivered_at, next_attempt_at"
     };
 }
 use delivery_columns;
@@ -580,6 +651,11 @@ fn delivery_row(r: &SqliteRow) -> Result<DeliveryRow, sqlx::Error> {
         last_error: r.try_get("last_error")?,
         created_at: r.try_get("created_at")?,
         delivered_at: r.try_get("delivered_at")?,
+        next_attempt_at: if status == "pending" {
+            r.try_get("next_attempt_at")?
+        } else {
+            None
+        },
     })
 }
 

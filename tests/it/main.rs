@@ -4,8 +4,10 @@
 
 mod admin;
 mod authoring;
+mod browser;
 mod check;
 mod cli;
+mod console;
 mod deliver;
 mod deploy;
 mod inbound;
