@@ -376,9 +376,37 @@ mod tests {
         assert_eq!(s.store, StoreLocation::Sqlite("/var/lib/x.db".into()));
         let env = vec![("CLICKUP_BRIDGE_STORE".to_owned(), "mysql://x".to_owned())];
         assert!(Settings::load(None, env, Path::new("/srv")).is_err());
-        let env = vec![("CLICKUP_BRIDGE_LISTN".to_owned(), "x".to_owned())];
-        let e = Settings::load(None, env, Path::new("/srv")).unwrap_err();
-        assert!(e.to_string().contains("listn"), "{e}");
         assert!(Settings::load(Some(Path::new("/nope.toml")), vec![], Path::new("/")).is_err());
+    }
+
+    /// A variable of someone else's (CLICKUP_BRIDGE_BIN from a user's
+    /// script) must not stop the daemon; a typo of a setting is named with
+    /// the setting it resembles; both are warnings and change nothing.
+    #[test]
+    fn unknown_environment_variables_warn_and_name_the_nearest_setting() {
+        let env = vec![
+            ("CLICKUP_BRIDGE_LISTN".to_owned(), "127.0.0.1:1".to_owned()),
+            ("CLICKUP_BRIDGE_BIN".to_owned(), "/usr/bin/x".to_owned()),
+            ("CLICKUP_BRIDGE_MAX_BODY".to_owned(), "10".to_owned()),
+        ];
+        let s = Settings::load(None, env, Path::new("/srv")).unwrap();
+        assert_eq!(s.listen, "0.0.0.0:8080");
+        assert_eq!(s.max_body, 10);
+        assert_eq!(
+            s.warnings,
+            [
+                "environment variable CLICKUP_BRIDGE_LISTN is not a setting and is ignored; did you mean CLICKUP_BRIDGE_LISTEN?",
+                "environment variable CLICKUP_BRIDGE_BIN is not a setting and is ignored (settings: listen, admin_listen, admin_token, routes, templates, store, max_body, retention_days, log_format, shutdown_timeout)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_file_with_an_unknown_key_is_still_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "listn = \"x\"\n").unwrap();
+        let e = Settings::load(Some(&f), vec![], dir.path()).unwrap_err();
+        assert!(e.to_string().contains("listn"), "{e}");
     }
 }

@@ -93,10 +93,37 @@ async fn the_cli_lists_shows_and_replays_through_the_admin_api() {
         .respond_with(ResponseTemplate::new(200))
         .mount(&server)
         .await;
-    let (code, out, _) = cli(
+    // A bulk replay shows its count and needs a yes; a script says --yes.
+    let (code, out, err) = cli(
         &admin,
         TOKEN,
         &["deliveries", "replay", "--all-dead", "--target", "t"],
+    );
+    assert_eq!(code, 2, "{out}");
+    assert_eq!(
+        err.trim(),
+        "clickup-bridge: 1 dead deliveries match; nothing was replayed (add --yes to replay them without asking)"
+    );
+    let (code, out, _) = cli(
+        &admin,
+        TOKEN,
+        &["deliveries", "replay", "--status", "delivered", "--yes"],
+    );
+    assert_eq!(
+        (code, out.trim()),
+        (0, "no delivered deliveries match; nothing replayed")
+    );
+    let (code, out, _) = cli(
+        &admin,
+        TOKEN,
+        &[
+            "deliveries",
+            "replay",
+            "--all-dead",
+            "--target",
+            "t",
+            "--yes",
+        ],
     );
     assert_eq!((code, out.trim()), (0, "replayed 1"));
     wait_for(20, "the replayed delivery", || {
@@ -112,6 +139,24 @@ async fn the_cli_lists_shows_and_replays_through_the_admin_api() {
     let (code, _, err) = cli(&admin, TOKEN, &["deliveries", "replay"]);
     assert_eq!(code, 2, "an id or --all-dead is needed");
     assert!(err.contains("give a delivery id, or --all-dead"), "{err}");
+    // The reader of a listing goes away before it is written (`... | head
+    // -1`): a quiet exit, no panic. Closing our end of the pipe before the
+    // child writes makes its write fail every time.
+    let mut child = Command::new(bin())
+        .args(["deliveries", "--admin", &admin, "--token", TOKEN, "list"])
+        .env_clear()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+        "{stderr}"
+    );
     d.signal("-TERM");
     assert_eq!(d.wait_exit(), 0);
 }
