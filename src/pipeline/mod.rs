@@ -196,6 +196,7 @@ fn compile_tree(root: &Node, templates_dir: &Path, d: &mut Diagnostics) -> Optio
     };
     let sources = sources::compile(r.take("sources"), d);
     let targets = targets::compile(r.take("targets"), d);
+    targets::warn_loopback(&targets, d);
     let mut templates = Templates::new();
     let mut ctx = routes::Ctx {
         declared: &declared,

@@ -49,7 +49,9 @@ impl<'a> MapReader<'a> {
 
     /// The value of `key`, if present.
     pub fn take(&mut self, key: &'static str) -> Option<&'a Node> {
-        self.asked.push(key);
+        if !self.asked.contains(&key) {
+            self.asked.push(key);
+        }
         let entries = self.entries;
         for (i, (k, v)) in entries.iter().enumerate() {
             if k.as_str() == Some(key) {
@@ -58,6 +60,17 @@ impl<'a> MapReader<'a> {
             }
         }
         None
+    }
+
+    /// Declares keys this mapping accepts without reading them yet, so that
+    /// an unknown key is reported with the whole list (and the nearest one)
+    /// even when a branch never asks for some of them.
+    pub fn know(&mut self, keys: &[&'static str]) {
+        for k in keys {
+            if !self.asked.contains(k) {
+                self.asked.push(k);
+            }
+        }
     }
 
     /// The position of `key` itself, if present.

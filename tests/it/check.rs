@@ -46,7 +46,7 @@ sources:
 targets:
   team-slack:
     type: slack
-    webhook_url: http://127.0.0.1:1/slack
+    webhook_url: https://hooks.slack.com/services/T0/B0/X
 ";
 
 fn with_route(route: &str) -> String {
@@ -69,12 +69,52 @@ fn a_valid_file_prints_a_one_line_summary_and_exits_zero() {
 
 #[test]
 fn yaml_syntax_errors_point_at_the_spot() {
+    // The parser notices the unclosed "[" on line 3; the mistake is on 2.
     let text = "sources:\n  clickup: [verify: clickup\nroutes: []\n";
-    let (code, out) = check(text, &[]);
-    assert_eq!(code, 1);
-    assert!(out.starts_with("routes.yaml:3:"), "{out}");
-    assert!(out.contains("YAML syntax error"), "{out}");
-    assert!(out.ends_with("routes.yaml: 1 error\n"), "{out}");
+    assert_eq!(
+        check(text, &[]),
+        (1, "routes.yaml:2:12: YAML syntax error: this \"[\" is never closed: add \"]\" (the parser noticed at line 3)\nroutes.yaml: 1 error\n".into())
+    );
+    let text = "sources:\n  clickup\n    verify: clickup\n";
+    assert_eq!(
+        check(text, &[]),
+        (1, "routes.yaml:2:10: YAML syntax error: missing \":\" after \"clickup\" (the parser noticed at line 3)\nroutes.yaml: 1 error\n".into())
+    );
+}
+
+#[test]
+fn an_unknown_key_in_a_target_lists_that_types_keys_and_the_nearest() {
+    let text = "sources: {}\ntargets:\n  s:\n    type: slack\n    webhok_url: https://hooks.slack.com/x\n  j:\n    type: jira\n    base_url: https://x.atlassian.net\n    token: t\n    projekt: OPS\nroutes: []\n";
+    assert_eq!(
+        check(text, &[]),
+        (1, "routes.yaml:4:5: slack target \"s\" needs webhook_url, or token and channel\n\
+routes.yaml:5:5: unknown key \"webhok_url\" in target \"s\"; did you mean \"webhook_url\"?\n\
+routes.yaml:10:5: unknown key \"projekt\" in target \"j\"; known keys: type, base_url, email, api_token, token, timeout, rate_limit, concurrency, retry\n\
+routes.yaml: 3 errors\n".into())
+    );
+}
+
+#[test]
+fn an_event_clickup_never_sends_is_a_warning_naming_the_real_one() {
+    let text = with_route(
+        "  - name: r\n    source: clickup\n    when: {event: [taskStatusUpdate, \"task*\", \"zzz*\"]}\n    send:\n      - target: team-slack\n        text: hi\n",
+    );
+    assert_eq!(
+        check(&text, &[]),
+        (0, "routes.yaml:12:20: warning: ClickUp never sends the event \"taskStatusUpdate\", so this route would not fire; did you mean \"taskStatusUpdated\"?\n\
+routes.yaml:12:47: warning: ClickUp never sends the event \"zzz*\", so this route would not fire; known events: taskCreated, taskUpdated, taskDeleted, taskPriorityUpdated, taskStatusUpdated, taskAssigneeUpdated, taskDueDateUpdated, taskTagUpdated, taskMoved, taskCommentPosted, taskCommentUpdated, taskTimeEstimateUpdated, taskTimeTrackedUpdated, listCreated, listUpdated, listDeleted, folderCreated, folderUpdated, folderDeleted, spaceCreated, spaceUpdated, spaceDeleted, goalCreated, goalUpdated, goalDeleted, keyResultCreated, keyResultUpdated, keyResultDeleted\n\
+routes.yaml: ok: 1 sources, 1 targets, 1 routes, 2 warnings\n".into())
+    );
+}
+
+#[test]
+fn a_target_on_this_machine_is_a_warning() {
+    let text = "sources: {}\ntargets:\n  sink:\n    type: http\n    url: http://127.0.0.1:9999/audit\n  real:\n    type: http\n    url: https://audit.example.com/in\nroutes: []\n";
+    assert_eq!(
+        check(text, &[]),
+        (0, "routes.yaml:4:5: warning: target \"sink\" sends to this machine (http://127.0.0.1:9999): right for a local sink or test server, wrong in production; set its URL to the real service\n\
+routes.yaml: ok: 0 sources, 2 targets, 0 routes, 1 warning\n".into())
+    );
 }
 
 #[test]
