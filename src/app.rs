@@ -86,6 +86,7 @@ pub fn reload(
         routes,
         templates,
         env: &process_env,
+        unset: crate::pipeline::Unset::Refuse,
     });
     match fresh {
         Ok(p) => {
@@ -151,6 +152,7 @@ impl Application {
             routes: &settings.routes,
             templates: &settings.templates,
             env: &process_env,
+            unset: crate::pipeline::Unset::Refuse,
         })?;
         for w in &pipeline.warnings {
             tracing::warn!("{w}");

@@ -8,7 +8,7 @@ pub mod simulate;
 pub mod webhooks;
 
 use crate::app::Application;
-use crate::pipeline::{LoadOptions, Pipeline, process_env};
+use crate::pipeline::{LoadOptions, Pipeline, Unset, process_env};
 use crate::settings::Settings;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -270,10 +270,20 @@ fn serve(settings: Settings) -> anyhow::Result<i32> {
 }
 
 fn load(routes: &Path, templates: &Path) -> Result<Pipeline, crate::pipeline::LoadError> {
+    load_needing(routes, templates, Unset::Refuse)
+}
+
+/// Loads routes.yaml for a tool that needs only some of its variables.
+fn load_needing(
+    routes: &Path,
+    templates: &Path,
+    unset: Unset<'_>,
+) -> Result<Pipeline, crate::pipeline::LoadError> {
     Pipeline::load(&LoadOptions {
         routes,
         templates,
         env: &process_env,
+        unset,
     })
 }
 
@@ -314,8 +324,10 @@ pub fn check(routes: &Path, templates: &Path) -> i32 {
     }
 }
 
+/// Loads for `simulate` and `test`, which verify nothing and mask
+/// credentials: secrets may be unset.
 fn load_or_report(settings: &Settings) -> Option<Pipeline> {
-    match load(&settings.routes, &settings.templates) {
+    match load_needing(&settings.routes, &settings.templates, Unset::AllowSecrets) {
         Ok(p) => Some(p),
         Err(e) => {
             eprintln!("{e}");
@@ -387,7 +399,12 @@ fn test_cmd(settings: &Settings, path: Option<PathBuf>) -> anyhow::Result<i32> {
 }
 
 fn sign(settings: &Settings, source: &str, event: &Path) -> anyhow::Result<i32> {
-    let pipeline = match load(&settings.routes, &settings.templates) {
+    // Only the signing source's secret is needed.
+    let pipeline = match load_needing(
+        &settings.routes,
+        &settings.templates,
+        Unset::AllButSource(source),
+    ) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");

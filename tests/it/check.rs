@@ -307,16 +307,82 @@ fn a_clickup_to_clickup_route_passes_with_a_loop_warning() {
     );
 }
 
-#[test]
-fn the_shipped_routes_file_passes_check() {
+fn check_shipped(env: Vec<(String, String)>) -> (i32, String) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(bin())
         .args(["check", "--routes", "routes.yaml"])
         .current_dir(root)
         .env_clear()
-        .env("CLICKUP_WEBHOOK_SECRET", "x")
+        .envs(env)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Following the deploy env file reaches the real services: with its values
+/// (as an operator fills them in) nothing points at this machine, and the
+/// ClickUp API is api.clickup.com. The demo env points every target at the
+/// local sink and says so.
+#[test]
+fn the_shipped_routes_reach_the_real_services_and_the_demo_says_it_is_local() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let deploy = crate::support::env_file(&root.join("deploy/clickup-bridge.env"));
+    assert_eq!(
+        check_shipped(deploy.clone()),
+        (
+            0,
+            "routes.yaml: ok: 2 sources, 4 targets, 5 routes\n".into()
+        )
+    );
+    let (code, out) = check_shipped(crate::support::demo_env());
+    assert_eq!(code, 0, "{out}");
+    for t in ["team-slack", "ops-jira", "clickup-api", "audit"] {
+        assert!(
+            out.contains(&format!(
+                "warning: target \"{t}\" sends to this machine (http://127.0.0.1:9999)"
+            )),
+            "{t}: {out}"
+        );
+    }
+    assert!(out.ends_with("5 routes, 4 warnings\n"), "{out}");
+
+    // The deploy env file names every variable routes.yaml reads.
+    let text = std::fs::read_to_string(root.join("routes.yaml")).unwrap();
+    let deploy_text = std::fs::read_to_string(root.join("deploy/clickup-bridge.env")).unwrap();
+    let mut rest = text.as_str();
+    let mut seen = 0;
+    while let Some(i) = rest.find("${") {
+        let name: String = rest[i + 2..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[i + 2..];
+        if text
+            .lines()
+            .any(|l| l.trim_start().starts_with('#') && l.contains(&format!("${{{name}}}")))
+        {
+            continue; // only in a commented example
+        }
+        seen += 1;
+        assert!(
+            deploy_text.contains(&format!("\n{name}="))
+                || deploy_text.contains(&format!("\n# {name}=")),
+            "deploy/clickup-bridge.env does not list {name}"
+        );
+    }
+    assert!(seen >= 9, "{seen}");
+    // ... and so does the demo, every one set.
+    let demo = crate::support::demo_env();
+    for (k, _) in deploy
+        .iter()
+        .filter(|(k, _)| !k.starts_with("CLICKUP_BRIDGE_"))
+    {
+        assert!(
+            demo.iter().any(|(d, _)| d == k),
+            "examples/demo.env lacks {k}"
+        );
+    }
 }

@@ -332,3 +332,23 @@ impl TestApp {
         .await
     }
 }
+
+/// The variables of an env file (`NAME=value` lines; `#` comments), as the
+/// shell's `set -a; . FILE` reads the simple files we ship.
+pub fn env_file(path: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap();
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+/// examples/demo.env: the shipped routes pointed at the local sink.
+pub fn demo_env() -> Vec<(String, String)> {
+    env_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo.env"))
+}
