@@ -28,8 +28,13 @@ pub enum StartError {
     #[error("the routes file has errors; fix them and start again:\n{0}")]
     Routes(#[from] LoadError),
     /// The store cannot be opened.
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    #[error("cannot open the store {at}: {cause}{}", store_advice(.cause))]
+    Store {
+        /// Where it is (without a password).
+        at: String,
+        /// Why (said in the message; not a separate cause).
+        cause: StoreError,
+    },
     /// A listener cannot bind.
     #[error("cannot listen on {addr} (setting {setting}): {}", bind_advice(.cause))]
     Bind {
@@ -114,6 +119,15 @@ pub fn reload(
     }
 }
 
+/// What to do about a store that does not open, unless its message says.
+fn store_advice(e: &StoreError) -> &'static str {
+    if e.to_string().contains("; ") {
+        ""
+    } else {
+        "; check that the store setting names a clickup-bridge database this user can read and write"
+    }
+}
+
 /// The cause of a failed bind in words, with what to do about it.
 fn bind_advice(e: &std::io::Error) -> String {
     match e.kind() {
@@ -176,7 +190,12 @@ impl Application {
                 settings.admin_listen.clone(),
             ));
         }
-        let store = Store::open(&settings.store).await?;
+        let store = Store::open(&settings.store)
+            .await
+            .map_err(|cause| StartError::Store {
+                at: settings.store.describe(),
+                cause,
+            })?;
         tracing::info!(store = %settings.store.describe(), "store opened");
         let pipeline = Arc::new(ArcSwap::from_pointee(pipeline));
         let shutdown_timeout = Duration::from_secs(settings.shutdown_timeout);

@@ -9,15 +9,17 @@ use serde_json::Value;
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {
     /// Recent events, newest first.
+    #[command(after_help = "Example:\n  clickup-bridge events list --source clickup --limit 5")]
     List {
         /// Only this source.
-        #[arg(long)]
+        #[arg(long, help_heading = "Filters")]
         source: Option<String>,
         /// How many.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, help_heading = "Filters")]
         limit: u32,
     },
     /// One event: payload, matched routes, deliveries.
+    #[command(after_help = "Example:\n  clickup-bridge events show evt_01a2...")]
     Show {
         /// The event id (evt_...).
         id: String,
@@ -28,21 +30,25 @@ pub enum EventsCommand {
 #[derive(Debug, Subcommand)]
 pub enum DeliveriesCommand {
     /// Deliveries, newest first.
+    #[command(
+        after_help = "Example:\n  clickup-bridge deliveries list --status dead --target team-slack"
+    )]
     List {
         /// pending, delivered or dead.
-        #[arg(long)]
+        #[arg(long, help_heading = "Filters")]
         status: Option<String>,
         /// Only this target.
-        #[arg(long)]
+        #[arg(long, help_heading = "Filters")]
         target: Option<String>,
         /// Only this route.
-        #[arg(long)]
+        #[arg(long, help_heading = "Filters")]
         route: Option<String>,
         /// How many.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, help_heading = "Filters")]
         limit: u32,
     },
     /// One delivery with its attempts.
+    #[command(after_help = "Example:\n  clickup-bridge deliveries show dlv_01a2...")]
     Show {
         /// The delivery id (dlv_...).
         id: String,

@@ -85,12 +85,16 @@ fn stand_in(unset: Unset<'_>, path: &[&str]) -> Option<&'static str> {
     // every URL key; never used for anything but compiling.
     const SECRET: &str = "whsec_dW5zZXQ=";
     const URL: &str = "https://unset.invalid";
-    let secret_place = match path {
-        ["sources", _, "secret", ..] => true,
-        ["targets", _, "token" | "api_token" | "email", ..] => true,
-        ["targets", _, "headers", ..] => true,
-        _ => false,
-    };
+    let secret_place = matches!(
+        path,
+        ["sources", _, "secret", ..]
+            | [
+                "targets",
+                _,
+                "token" | "api_token" | "email" | "headers",
+                ..
+            ]
+    );
     match unset {
         Unset::Refuse => None,
         Unset::AllowSecrets => secret_place.then_some(SECRET),
@@ -116,7 +120,9 @@ impl Pipeline {
                 file: file.clone(),
                 pos: Pos { line: 1, col: 1 },
                 severity: crate::routes_file::diag::Severity::Error,
-                message: format!("cannot read the routes file: {e}"),
+                message: format!(
+                    "cannot read the routes file: {e}; pass --routes FILE or set routes in the settings"
+                ),
             }],
         })?;
         Self::compile_with(&file, &text, opts.templates, opts.env, opts.unset)

@@ -181,9 +181,9 @@ fn a_failing_case_prints_a_readable_diff_and_exits_one() {
     let templates = root().join("templates");
     let out = Command::new(bin())
         .args([
+            "test",
             "--routes",
             routes.to_str().unwrap(),
-            "test",
             dir.path().to_str().unwrap(),
         ])
         .env_clear()
@@ -337,9 +337,9 @@ async fn sign_output_is_accepted_by_the_daemon_for_every_verifier() {
         std::fs::write(&file, &body).unwrap();
         let out = Command::new(bin())
             .args([
+                "sign",
                 "--routes",
                 routes.to_str().unwrap(),
-                "sign",
                 "--source",
                 source,
                 "--event",

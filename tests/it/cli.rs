@@ -254,3 +254,126 @@ async fn logs_never_contain_secrets_tokens_or_signatures() {
         "a rejected signature appears in the logs"
     );
 }
+
+/// Every error a user meets at start is said once, with what to do: a
+/// taken port, a bad address, a missing store folder, a missing routes file,
+/// an unset secret, a routes file with mistakes.
+#[test]
+fn startup_errors_are_said_once_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        "sources:\n  c: {verify: clickup, secret: \"${CLICKUP_WEBHOOK_SECRET}\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "targets:\n  s: {type: slack, webhok_url: https://hooks.slack.com/x}\n",
+    )
+    .unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let ok_store = format!("sqlite://{d}/x.db");
+    // (environment changes, routes file, the one message expected)
+    type Case<'a> = (Vec<(&'a str, String)>, &'a str, String);
+    let cases: Vec<Case> = vec![
+        (
+            vec![("CLICKUP_BRIDGE_LISTEN", format!("127.0.0.1:{port}"))],
+            "routes.yaml",
+            format!("cannot listen on 127.0.0.1:{port} (setting listen): the address is already in use; stop the other process or choose another address"),
+        ),
+        (
+            vec![("CLICKUP_BRIDGE_ADMIN_LISTEN", "nonsense".into())],
+            "routes.yaml",
+            "cannot listen on nonsense (setting admin_listen): invalid socket address; check the address (host:port)".into(),
+        ),
+        (
+            vec![("CLICKUP_BRIDGE_STORE", format!("sqlite://{d}/nodir/x.db"))],
+            "routes.yaml",
+            format!("cannot open the store sqlite://{d}/nodir/x.db: store unavailable: the folder {d}/nodir of the SQLite store does not exist; create it (mkdir -p {d}/nodir) or fix the store setting"),
+        ),
+        (
+            vec![],
+            "nope.yaml",
+            format!("the routes file has errors; fix them and start again:\n{d}/nope.yaml:1:1: cannot read the routes file: No such file or directory (os error 2); pass --routes FILE or set routes in the settings"),
+        ),
+        (
+            vec![("CLICKUP_WEBHOOK_SECRET", String::new())],
+            "routes.yaml",
+            format!("the routes file has errors; fix them and start again:\n{d}/routes.yaml:2:32: environment variable CLICKUP_WEBHOOK_SECRET is not set; set it, or write ${{CLICKUP_WEBHOOK_SECRET:-default}}"),
+        ),
+        (
+            vec![],
+            "bad.yaml",
+            format!("the routes file has errors; fix them and start again:\n{d}/bad.yaml:2:6: slack target \"s\" needs webhook_url, or token and channel\n{d}/bad.yaml:2:20: unknown key \"webhok_url\" in target \"s\"; did you mean \"webhook_url\"?"),
+        ),
+    ];
+    for (env, routes, expected) in cases {
+        let mut cmd = Command::new(bin());
+        cmd.args(["serve", "--routes", &format!("{d}/{routes}")])
+            .current_dir(dir.path())
+            .env_clear()
+            .env("CLICKUP_BRIDGE_LISTEN", "127.0.0.1:0")
+            .env("CLICKUP_BRIDGE_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("CLICKUP_BRIDGE_STORE", &ok_store)
+            .env("CLICKUP_BRIDGE_LOG_FORMAT", "json")
+            .env("CLICKUP_WEBHOOK_SECRET", "x");
+        for (k, v) in &env {
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
+        }
+        let (code, _, err) = run_output(&mut cmd);
+        let message: Vec<&str> = err.lines().filter(|l| !l.starts_with('{')).collect();
+        assert_eq!(code, 2, "{err}");
+        assert_eq!(message.join("\n"), format!("clickup-bridge: {expected}"));
+    }
+    drop(taken);
+}
+
+/// `--help` a person can use: every command shows an example; the admin
+/// client commands do not offer --routes; serve names its listeners, the
+/// environment overrides and where secrets come from.
+#[test]
+fn help_has_examples_and_only_the_options_a_command_uses() {
+    let help = |args: &[&str]| {
+        let (code, out, _) = run_output(Command::new(bin()).args(args).arg("--help").env_clear());
+        assert_eq!(code, 0, "{args:?}");
+        out
+    };
+    for args in [
+        &["serve"][..],
+        &["check"],
+        &["sign"],
+        &["simulate"],
+        &["test"],
+        &["events", "list"],
+        &["events", "show"],
+        &["deliveries", "list"],
+        &["deliveries", "show"],
+        &["deliveries", "replay"],
+        &["clickup", "webhooks"],
+    ] {
+        let out = help(args);
+        assert!(out.contains("Example"), "{args:?} has no example:\n{out}");
+        let reads_routes = !matches!(args[0], "events" | "deliveries");
+        assert_eq!(out.contains("--routes"), reads_routes, "{args:?}:\n{out}");
+    }
+    let out = help(&["deliveries", "list"]);
+    for heading in ["Filters:", "Connection:", "Output:"] {
+        assert!(out.contains(heading), "{out}");
+    }
+    let out = help(&["serve"]);
+    for needle in [
+        "listen",
+        "admin_listen",
+        "CLICKUP_BRIDGE_",
+        "environment",
+        "/hooks/{source}",
+    ] {
+        assert!(out.contains(needle), "serve --help lacks {needle}:\n{out}");
+    }
+}
