@@ -401,6 +401,21 @@ mod tests {
         );
     }
 
+    /// The startup log names the store: the absolute SQLite path, or the
+    /// PostgreSQL host and database without the password.
+    #[test]
+    fn the_store_is_described_without_its_password() {
+        let s = Settings::load(None, vec![], Path::new("/srv")).unwrap();
+        assert_eq!(s.store.describe(), "sqlite:///srv/clickup-bridge.db");
+        let pg = StoreLocation::Postgres(
+            "postgres://bridge:s3cr3t@db.internal:5432/bridge?sslmode=require".into(),
+        );
+        assert_eq!(
+            pg.describe(),
+            "postgres://bridge:***@db.internal:5432/bridge"
+        );
+    }
+
     #[test]
     fn a_file_with_an_unknown_key_is_still_an_error() {
         let dir = tempfile::tempdir().unwrap();

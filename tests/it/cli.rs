@@ -377,3 +377,127 @@ fn help_has_examples_and_only_the_options_a_command_uses() {
         assert!(out.contains(needle), "serve --help lacks {needle}:\n{out}");
     }
 }
+
+/// Rejects a JSON object with a key twice (serde_json keeps the last).
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = UniqueKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<UniqueKeys, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                while let Some(k) = m.next_key::<String>()? {
+                    if !seen.insert(k.clone()) {
+                        return Err(serde::de::Error::custom(format!("duplicate key {k}")));
+                    }
+                    m.next_value::<UniqueKeys>()?;
+                }
+                Ok(UniqueKeys)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut s: A,
+            ) -> Result<UniqueKeys, A::Error> {
+                while s.next_element::<UniqueKeys>()?.is_some() {}
+                Ok(UniqueKeys)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys)
+            }
+            fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Every log line is one JSON object with unique keys, so `jq` sees the
+/// delivery's target (once tracing's module path, also called `target`,
+/// shadowed it), and a list of routes is a JSON array.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_log_line_is_json_with_unique_keys() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = format!(
+        "sources:\n  clickup:\n    verify: clickup\n    secret: {CLICKUP_SECRET}\ntargets:\n  hook:\n    type: http\n    url: {}/in\n    retry: {{attempts: 3, initial: 0.05, max: 0.1}}\nroutes:\n  - name: first\n    source: clickup\n    send:\n      - target: hook\n        body: {{n: 1}}\n  - name: second\n    source: clickup\n    send:\n      - target: hook\n        body: {{n: 2}}\n",
+        server.uri()
+    );
+    std::fs::write(dir.path().join("routes.yaml"), routes).unwrap();
+    let mut d = Daemon::start_on(dir.path(), 0, &[("RUST_LOG", "info")]);
+    d.wait_for_log("clickup-bridge serving");
+    let body = clickup_event(5);
+    let mut req = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}/hooks/clickup", d.port))
+        .body(body.clone());
+    for (k, v) in clickup_headers(CLICKUP_SECRET, &body) {
+        req = req.header(k, v);
+    }
+    assert_eq!(req.send().await.unwrap().status(), 200);
+    d.wait_for_all(&["\"outcome\":\"retry\"", "\"outcome\":\"delivered\""]);
+    d.signal("-TERM");
+    assert_eq!(d.wait_exit(), 0);
+    for line in &d.seen {
+        if let Err(e) = serde_json::from_str::<UniqueKeys>(line) {
+            panic!("not one JSON object with unique keys ({e}): {line}");
+        }
+    }
+    let lines: Vec<serde_json::Value> = d
+        .seen
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let attempt = lines
+        .iter()
+        .find(|l| l["message"] == "delivery attempt")
+        .unwrap();
+    assert_eq!(attempt["target"], "hook", "{attempt}");
+    assert_eq!(attempt["module"], "clickup_bridge::deliver", "{attempt}");
+    let routed = lines
+        .iter()
+        .find(|l| l["message"] == "event routed")
+        .unwrap();
+    assert_eq!(
+        routed["routes"],
+        serde_json::json!(["first", "second"]),
+        "{routed}"
+    );
+    let opened = lines
+        .iter()
+        .find(|l| l["message"] == "store opened")
+        .unwrap();
+    let store = opened["store"].as_str().unwrap();
+    assert!(
+        store.starts_with("sqlite:///") && store.ends_with("/clickup-bridge.db"),
+        "the absolute path of the store: {store}"
+    );
+}
