@@ -73,6 +73,19 @@ impl<'a> MapReader<'a> {
         }
     }
 
+    /// Whether some key of the mapping is a misspelling of `key` (it is not
+    /// `key` and `key` is its nearest known name). A check that `key` is
+    /// missing would then only repeat the unknown-key error.
+    pub fn misspelled(&self, key: &str) -> bool {
+        self.entries.iter().any(|(k, _)| {
+            k.as_str().is_some_and(|name| {
+                name != key
+                    && !self.asked.contains(&name)
+                    && crate::routes_file::diag::nearest(name, self.asked.iter().copied()) == Some(key)
+            })
+        })
+    }
+
     /// The position of `key` itself, if present.
     pub fn key_pos(&self, key: &str) -> Option<Pos> {
         self.entries

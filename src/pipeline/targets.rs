@@ -305,10 +305,12 @@ fn compile_one(name: &str, node: &Node, d: &mut Diagnostics) -> Option<Target> {
                     _ => None,
                 }
             } else {
-                d.error(
-                    r.pos(),
-                    format!("slack target \"{name}\" needs webhook_url, or token and channel"),
-                );
+                if !r.misspelled("webhook_url") && !r.misspelled("token") {
+                    d.error(
+                        r.pos(),
+                        format!("slack target \"{name}\" needs webhook_url, or token and channel"),
+                    );
+                }
                 None
             }
         }

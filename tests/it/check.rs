@@ -87,11 +87,15 @@ fn an_unknown_key_in_a_target_lists_that_types_keys_and_the_nearest() {
     let text = "sources: {}\ntargets:\n  s:\n    type: slack\n    webhok_url: https://hooks.slack.com/x\n  j:\n    type: jira\n    base_url: https://x.atlassian.net\n    token: t\n    projekt: OPS\nroutes: []\n";
     assert_eq!(
         check(text, &[]),
-        (1, "routes.yaml:4:5: slack target \"s\" needs webhook_url, or token and channel\n\
-routes.yaml:5:5: unknown key \"webhok_url\" in target \"s\"; did you mean \"webhook_url\"?\n\
+        (1, "routes.yaml:5:5: unknown key \"webhok_url\" in target \"s\"; did you mean \"webhook_url\"?\n\
 routes.yaml:10:5: unknown key \"projekt\" in target \"j\"; known keys: type, base_url, email, api_token, token, timeout, rate_limit, concurrency, retry\n\
-routes.yaml: 3 errors\n".into())
+routes.yaml: 2 errors\n".into())
     );
+    // Without a misspelling, the missing key itself is the error.
+    let text = "sources: {}\ntargets:\n  s:\n    type: slack\n    channel: C1\nroutes: []\n";
+    let (code, out) = check(text, &[]);
+    assert_eq!(code, 1);
+    assert!(out.starts_with("routes.yaml:4:5: slack target \"s\" needs webhook_url, or token and channel\n"), "{out}");
 }
 
 #[test]

@@ -306,7 +306,7 @@ fn startup_errors_are_said_once_with_what_to_do() {
         (
             vec![],
             "bad.yaml",
-            format!("the routes file has errors; fix them and start again:\n{d}/bad.yaml:2:6: slack target \"s\" needs webhook_url, or token and channel\n{d}/bad.yaml:2:20: unknown key \"webhok_url\" in target \"s\"; did you mean \"webhook_url\"?"),
+            format!("the routes file has errors; fix them and start again:\n{d}/bad.yaml:2:20: unknown key \"webhok_url\" in target \"s\"; did you mean \"webhook_url\"?"),
         ),
     ];
     for (env, routes, expected) in cases {

@@ -12,6 +12,7 @@ mod deliver;
 mod deploy;
 mod inbound;
 mod lifecycle;
+mod readme;
 mod recovery;
 mod senders;
 mod store;
