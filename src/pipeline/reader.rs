@@ -81,7 +81,8 @@ impl<'a> MapReader<'a> {
             k.as_str().is_some_and(|name| {
                 name != key
                     && !self.asked.contains(&name)
-                    && crate::routes_file::diag::nearest(name, self.asked.iter().copied()) == Some(key)
+                    && crate::routes_file::diag::nearest(name, self.asked.iter().copied())
+                        == Some(key)
             })
         })
     }

@@ -95,7 +95,12 @@ routes.yaml: 2 errors\n".into())
     let text = "sources: {}\ntargets:\n  s:\n    type: slack\n    channel: C1\nroutes: []\n";
     let (code, out) = check(text, &[]);
     assert_eq!(code, 1);
-    assert!(out.starts_with("routes.yaml:4:5: slack target \"s\" needs webhook_url, or token and channel\n"), "{out}");
+    assert!(
+        out.starts_with(
+            "routes.yaml:4:5: slack target \"s\" needs webhook_url, or token and channel\n"
+        ),
+        "{out}"
+    );
 }
 
 #[test]

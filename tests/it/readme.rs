@@ -30,8 +30,13 @@ fn marked_blocks(text: &str, kind: &str) -> Vec<String> {
     while let Some(i) = rest.find(&marker) {
         rest = &rest[i + marker.len()..];
         let Some(open) = rest.find("```") else { break };
-        let body_start = rest[open..].find('\n').map(|n| open + n + 1).unwrap_or(rest.len());
-        let Some(close) = rest[body_start..].find("\n```") else { break };
+        let body_start = rest[open..]
+            .find('\n')
+            .map(|n| open + n + 1)
+            .unwrap_or(rest.len());
+        let Some(close) = rest[body_start..].find("\n```") else {
+            break;
+        };
         out.push(rest[body_start..body_start + close].to_owned());
         rest = &rest[body_start + close + 4..];
     }
@@ -173,11 +178,13 @@ async fn the_readme_worked_example_sends_what_it_shows() {
     let mut daemon = crate::lifecycle::Daemon::start_on(
         dir.path(),
         0,
-        &env
-            .iter()
+        &env.iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .chain([
-                ("CLICKUP_BRIDGE_TEMPLATES", root().join("templates").to_str().unwrap()),
+                (
+                    "CLICKUP_BRIDGE_TEMPLATES",
+                    root().join("templates").to_str().unwrap(),
+                ),
                 ("RUST_LOG", "info"),
             ])
             .collect::<Vec<_>>(),
