@@ -125,10 +125,13 @@ impl Admin {
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the admin API at {}", self.url))?;
+        let resp = req.send().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the admin API at {}: {}; is the daemon running there? pass --admin URL or set admin_listen",
+                self.url,
+                crate::errors::root_cause(&e)
+            )
+        })?;
         let status = resp.status();
         let text = resp
             .text()

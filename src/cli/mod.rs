@@ -39,23 +39,7 @@ pub fn write_out(args: std::fmt::Arguments<'_>) {
     }
 }
 
-/// The message of an error and its causes, each said once: a cause whose
-/// text its parent already contains (`"cannot listen on ...: {source}"`) is
-/// not repeated.
-pub fn error_text(err: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in err.chain() {
-        let msg = cause.to_string();
-        if msg.is_empty() || text.contains(&msg) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&msg);
-    }
-    text
-}
+pub use crate::errors::error_text;
 
 /// clickup-bridge: verified, durable webhooks from ClickUp and Stripe to
 /// Slack, Jira, ClickUp and any HTTP endpoint.
@@ -283,8 +267,23 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             cmd: ClickupCommand::Webhooks { creds, cmd, .. },
         } => {
             // The token may come from routes.yaml; without a usable file,
-            // --token still works.
-            let pipeline = load(&settings.routes, &settings.templates).ok();
+            // --token still works, and without either the file's problem is
+            // the one to report.
+            let pipeline = match load_needing(
+                &settings.routes,
+                &settings.templates,
+                Unset::AllButTokens,
+            ) {
+                Ok(p) => Some(p),
+                Err(e) if creds.token.is_none() => {
+                    let first = e.diagnostics.first().map(ToString::to_string);
+                    anyhow::bail!(
+                        "the ClickUp token comes from routes.yaml, which does not load: {}; fix it, or pass --token",
+                        first.unwrap_or_default()
+                    );
+                }
+                Err(_) => None,
+            };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -77,6 +77,9 @@ pub enum Unset<'a> {
     AllowSecrets,
     /// Only the named source's values are needed (`sign`).
     AllButSource(&'a str),
+    /// Only targets' tokens are needed (`clickup webhooks`: it uses a
+    /// clickup target's token and base URL, nothing else).
+    AllButTokens,
 }
 
 /// What an unset variable at `path` stands for under `unset`, if allowed.
@@ -98,6 +101,11 @@ fn stand_in(unset: Unset<'_>, path: &[&str]) -> Option<&'static str> {
     match unset {
         Unset::Refuse => None,
         Unset::AllowSecrets => secret_place.then_some(SECRET),
+        Unset::AllButTokens => match path {
+            ["targets", _, "token"] => None,
+            [.., "url" | "base_url" | "webhook_url"] => Some(URL),
+            _ => Some(SECRET),
+        },
         Unset::AllButSource(name) => match path {
             ["sources", s, ..] if *s == name => None,
             [.., "url" | "base_url" | "webhook_url"] => Some(URL),

@@ -501,3 +501,48 @@ async fn every_log_line_is_json_with_unique_keys() {
         "the absolute path of the store: {store}"
     );
 }
+
+/// The commands' own errors are said once with what to do: an admin API
+/// that does not answer, and `clickup webhooks` whose token comes from a
+/// routes.yaml that needs a variable (only the token's: it uses nothing
+/// else).
+#[test]
+fn command_errors_name_the_cause_once_with_what_to_do() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (code, _, err) = run_output(
+        Command::new(bin())
+            .args([
+                "deliveries",
+                "list",
+                "--admin",
+                &format!("http://127.0.0.1:{port}"),
+            ])
+            .env_clear(),
+    );
+    assert_eq!(code, 2);
+    assert_eq!(
+        err.trim(),
+        format!(
+            "clickup-bridge: cannot reach the admin API at http://127.0.0.1:{port}: Connection refused (os error 111); is the daemon running there? pass --admin URL or set admin_listen"
+        )
+    );
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (code, _, err) = run_output(
+        Command::new(bin())
+            .args(["clickup", "webhooks", "list", "--team", "1"])
+            .current_dir(root)
+            .env_clear(),
+    );
+    assert_eq!(code, 2);
+    assert_eq!(
+        err.trim(),
+        format!(
+            "clickup-bridge: the ClickUp token comes from routes.yaml, which does not load: {}/routes.yaml:41:12: environment variable CLICKUP_API_TOKEN is not set; set it, or write ${{CLICKUP_API_TOKEN:-default}}; fix it, or pass --token",
+            root.display()
+        )
+    );
+}
