@@ -4,29 +4,81 @@
 //! backend. Callers get plain Rust types and a [`StoreError`]. A PostgreSQL
 //! backend is added as another variant of [`Backend`] without touching callers.
 
+mod ops;
+mod postgres;
+mod sql;
 mod sqlite;
 
 use crate::ids::{DeliveryId, EventId};
 use crate::settings::StoreLocation;
 use crate::verify::VerifiedEvent;
+use std::sync::Arc;
+
+/// The database driver's error, shared by every operation of a failed batch.
+pub type DbError = Arc<dyn std::error::Error + Send + Sync>;
 
 /// A store failure. Inbound answers 503 for any of them (the sender retries).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or written.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+    #[error("store unavailable: {source}; check that the database is up and reachable")]
+    Unavailable {
+        /// The driver's error.
+        #[source]
+        source: DbError,
+    },
     /// Migrations failed at open.
-    #[error("store migration failed: {0}")]
-    Migration(String),
-    /// This build cannot open that kind of store.
-    #[error("unsupported store: {0}")]
-    Unsupported(String),
+    #[error("store migration failed: {source}; restore the database from a backup or use the version that created it")]
+    Migration {
+        /// The migrator's error.
+        #[source]
+        source: DbError,
+    },
+    /// The folder of an SQLite store does not exist.
+    #[error("the folder {} of the SQLite store does not exist; create it (mkdir -p {}) or fix the store setting", .0.display(), .0.display())]
+    NoFolder(std::path::PathBuf),
+    /// A stored value this version cannot read.
+    #[error("the store holds a value this version cannot read (column {column}: {detail}); was the database changed by hand or by a newer version?")]
+    Corrupt {
+        /// The column.
+        column: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The target of `store copy` already holds data.
+    #[error("the target store is not empty ({0}); copy into a new, empty database")]
+    NotEmpty(String),
+    /// A bug in the store (never bad data or a database failure).
+    #[error("internal store error: {0}; please report it")]
+    Internal(&'static str),
+}
+
+impl StoreError {
+    fn corrupt(column: &str, detail: impl Into<String>) -> Self {
+        StoreError::Corrupt {
+            column: column.to_owned(),
+            detail: detail.into(),
+        }
+    }
+
+    fn migration(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migration {
+            source: Arc::new(e),
+        }
+    }
+
+    /// Whether the database could not be reached or written (as opposed to
+    /// bad data or a bug).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        StoreError::Unavailable(e.to_string())
+        StoreError::Unavailable {
+            source: Arc::new(e),
+        }
     }
 }
 
@@ -370,12 +422,31 @@ pub enum ReplayFilter {
 
 enum Backend {
     Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
+}
+
+/// Runs a shared read (`ops::...`) on a reading connection of the backend.
+macro_rules! read {
+    ($self:ident, |$c:ident| $body:expr) => {
+        match $self.backend.as_ref() {
+            Backend::Sqlite(s) => {
+                let mut conn = s.reader().await?;
+                let $c = &mut *conn;
+                $body.await
+            }
+            Backend::Postgres(p) => {
+                let mut conn = p.reader().await?;
+                let $c = &mut *conn;
+                $body.await
+            }
+        }
+    };
 }
 
 /// A handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    backend: std::sync::Arc<Backend>,
+    backend: Arc<Backend>,
 }
 
 impl Store {
@@ -383,15 +454,18 @@ impl Store {
     pub async fn open(location: &StoreLocation) -> Result<Store, StoreError> {
         let backend = match location {
             StoreLocation::Sqlite(path) => Backend::Sqlite(sqlite::SqliteStore::open(path).await?),
-            StoreLocation::Postgres(_) => {
-                return Err(StoreError::Unsupported(
-                    "postgres:// is not supported by this version yet; use sqlite://PATH".into(),
-                ));
-            }
+            StoreLocation::Postgres(url) => Backend::Postgres(postgres::PgStore::open(url).await?),
         };
         Ok(Store {
-            backend: std::sync::Arc::new(backend),
+            backend: Arc::new(backend),
         })
+    }
+
+    async fn write(&self, op: ops::Op) -> Result<ops::Done, StoreError> {
+        match self.backend.as_ref() {
+            Backend::Sqlite(s) => s.run(op).await,
+            Backend::Postgres(p) => p.run(op).await,
+        }
     }
 
     /// Durably stores a verified event, or finds the earlier one with the same
@@ -401,15 +475,23 @@ impl Store {
         event: VerifiedEvent,
         received_at: i64,
     ) -> Result<Inserted, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.insert_event(event, received_at).await,
-        }
+        let (source, identity, payload) = event.into_parts();
+        let new = ops::NewEvent {
+            id: EventId::generate(),
+            source,
+            dedupe_key: identity.dedupe_key,
+            event_type: identity.event_type,
+            payload,
+            received_at,
+        };
+        self.write(ops::Op::InsertEvent(new)).await?.inserted()
     }
 
     /// Whether the store answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self.backend.as_ref() {
             Backend::Sqlite(s) => s.ping().await,
+            Backend::Postgres(p) => p.ping().await,
         }
     }
 
@@ -424,31 +506,23 @@ impl Store {
 
     /// Events matching `filter`, newest first.
     pub async fn events(&self, filter: &EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.events(filter).await,
-        }
+        read!(self, |c| ops::events(c, filter))
     }
 
     /// How many deliveries match `filter` (its `limit` and `before` aside).
     pub async fn count_deliveries(&self, filter: &DeliveryFilter) -> Result<u64, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.count_deliveries(filter).await,
-        }
+        read!(self, |c| ops::count_deliveries(c, filter))
     }
 
     /// Events accepted and deliveries created since `since` (Unix ms), per
     /// bucket of `bucket_ms`.
     pub async fn activity(&self, since: i64, bucket_ms: i64) -> Result<Activity, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.activity(since, bucket_ms).await,
-        }
+        read!(self, |c| ops::activity(c, since, bucket_ms))
     }
 
     /// Number of stored events.
     pub async fn count_events(&self) -> Result<u64, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.count_events().await,
-        }
+        read!(self, |c| ops::count_events(c))
     }
 
     /// Claims up to `limit` unrouted events for `lease_ms`.
@@ -458,9 +532,13 @@ impl Store {
         now: i64,
         lease_ms: i64,
     ) -> Result<Vec<EventToRoute>, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.claim_events(limit, now, lease_ms).await,
-        }
+        self.write(ops::Op::ClaimEvents {
+            limit,
+            now,
+            lease_ms,
+        })
+        .await?
+        .events()
     }
 
     /// Stores routing results: inserts each event's deliveries and marks it
@@ -470,9 +548,9 @@ impl Store {
         routed: Vec<RoutedEvent>,
         now: i64,
     ) -> Result<(), StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.complete_routing(routed, now).await,
-        }
+        self.write(ops::Op::CompleteRouting { routed, now })
+            .await
+            .map(|_| ())
     }
 
     /// Claims up to `limit` due deliveries of `target` for `lease_ms`.
@@ -483,9 +561,14 @@ impl Store {
         now: i64,
         lease_ms: i64,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.claim_deliveries(target, limit, now, lease_ms).await,
-        }
+        self.write(ops::Op::ClaimDeliveries {
+            target: target.to_owned(),
+            limit,
+            now,
+            lease_ms,
+        })
+        .await?
+        .deliveries()
     }
 
     /// Leaves an event unrouted until `retry_at` (its enrichment failed),
@@ -501,9 +584,15 @@ impl Store {
         ready: Vec<NewDelivery>,
         now: i64,
     ) -> Result<(), StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.defer_routing(event, retry_at, error, ready, now).await,
-        }
+        self.write(ops::Op::DeferRouting {
+            event: event.clone(),
+            retry_at,
+            error: error.to_owned(),
+            ready,
+            now,
+        })
+        .await
+        .map(|_| ())
     }
 
     /// The links remembered for a ClickUp task.
@@ -511,23 +600,17 @@ impl Store {
         &self,
         task_id: &str,
     ) -> Result<serde_json::Map<String, serde_json::Value>, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.links(task_id).await,
-        }
+        read!(self, |c| ops::links(c, task_id))
     }
 
     /// Records an attempt and applies its outcome to the delivery.
     pub async fn record_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.record_attempt(record).await,
-        }
+        self.write(ops::Op::RecordAttempt(record)).await.map(|_| ())
     }
 
     /// The earliest time a pending, unleased delivery becomes due.
     pub async fn next_due(&self) -> Result<Option<i64>, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.next_due().await,
-        }
+        read!(self, |c| ops::next_due(c))
     }
 
     /// Deliveries matching `filter`, newest first.
@@ -535,23 +618,17 @@ impl Store {
         &self,
         filter: &DeliveryFilter,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.deliveries(filter).await,
-        }
+        read!(self, |c| ops::deliveries(c, filter))
     }
 
     /// The attempts of one delivery, in order.
     pub async fn attempts(&self, delivery: &DeliveryId) -> Result<Vec<AttemptRow>, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.attempts(delivery).await,
-        }
+        read!(self, |c| ops::attempts(c, delivery))
     }
 
     /// Routes matched by an event (`None` while unrouted).
     pub async fn matched_routes(&self, event: &EventId) -> Result<Option<Vec<String>>, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.matched_routes(event).await,
-        }
+        read!(self, |c| ops::matched_routes(c, event))
     }
 
     /// Events, newest first, at most `limit`, older than `before` (a cursor).
@@ -572,32 +649,24 @@ impl Store {
 
     /// One event.
     pub async fn event(&self, id: &EventId) -> Result<Option<StoredEvent>, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.event(id).await,
-        }
+        read!(self, |c| ops::event(c, id))
     }
 
     /// One delivery.
     pub async fn delivery(&self, id: &DeliveryId) -> Result<Option<DeliveryRow>, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.delivery(id).await,
-        }
+        read!(self, |c| ops::delivery(c, id))
     }
 
     /// Targets that have pending deliveries.
     pub async fn pending_targets(&self) -> Result<Vec<String>, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.pending_targets().await,
-        }
+        read!(self, |c| ops::pending_targets(c))
     }
 
     /// Queues deliveries again (dead or delivered ones matching `filter`, or
     /// the one named): pending, due now, with a fresh retry budget. Returns
     /// how many.
     pub async fn replay(&self, filter: ReplayFilter, now: i64) -> Result<u64, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.replay(filter, now).await,
-        }
+        self.write(ops::Op::Replay { filter, now }).await?.count()
     }
 
     /// How many deliveries a bulk replay with this filter would queue (its
@@ -608,31 +677,26 @@ impl Store {
         target: Option<&str>,
         route: Option<&str>,
     ) -> Result<u64, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.count_replayable(status, target, route).await,
-        }
+        read!(self, |c| ops::count_replayable(c, status, target, route))
     }
 
     /// Counts for metrics.
     pub async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.queue_stats().await,
-        }
+        read!(self, |c| ops::queue_stats(c))
     }
 
     /// Deletes up to `batch` delivered or dead deliveries last updated before
     /// `cutoff` (Unix ms), then events older than `cutoff` with nothing left
     /// to deliver. Pending work is never pruned.
     pub async fn prune(&self, cutoff: i64, batch: u32) -> Result<Pruned, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.prune(cutoff, batch).await,
-        }
+        self.write(ops::Op::Prune { cutoff, batch }).await?.pruned()
     }
 
     /// Finishes pending writes and closes connections.
     pub async fn close(&self) {
         match self.backend.as_ref() {
             Backend::Sqlite(s) => s.close().await,
+            Backend::Postgres(p) => p.close().await,
         }
     }
 }
