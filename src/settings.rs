@@ -23,7 +23,7 @@ pub enum LogFormat {
 pub enum StoreLocation {
     /// An SQLite file (created when missing).
     Sqlite(PathBuf),
-    /// A PostgreSQL URL (not supported by this build yet).
+    /// A PostgreSQL URL (`postgres://` or `postgresql://`).
     Postgres(String),
 }
 
@@ -50,6 +50,9 @@ pub struct Settings {
     pub log_format: Option<LogFormat>,
     /// Seconds to finish in-flight work on SIGTERM.
     pub shutdown_timeout: u64,
+    /// Seconds a claim of a dead instance holds its work before other
+    /// instances take it over (PostgreSQL store).
+    pub lease_timeout: u64,
     /// Problems that did not stop loading (an unknown `CLICKUP_BRIDGE_*`
     /// variable), for the caller to show.
     pub warnings: Vec<String>,
@@ -84,6 +87,7 @@ struct Raw {
     retention_days: Option<u32>,
     log_format: Option<LogFormat>,
     shutdown_timeout: Option<u64>,
+    lease_timeout: Option<u64>,
 }
 
 /// Prefix of the environment overrides.
@@ -117,6 +121,7 @@ pub const KEYS: &[&str] = &[
     "retention_days",
     "log_format",
     "shutdown_timeout",
+    "lease_timeout",
 ];
 
 /// Splits `CLICKUP_BRIDGE_*` variables into settings and warnings. A
@@ -289,6 +294,11 @@ impl Settings {
                 .shutdown_timeout
                 .or(file_raw.shutdown_timeout)
                 .unwrap_or(30),
+            lease_timeout: env_raw
+                .lease_timeout
+                .or(file_raw.lease_timeout)
+                .unwrap_or(60)
+                .max(1),
             warnings,
         })
     }

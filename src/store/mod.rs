@@ -28,7 +28,9 @@ pub enum StoreError {
         source: DbError,
     },
     /// Migrations failed at open.
-    #[error("store migration failed: {source}; restore the database from a backup or use the version that created it")]
+    #[error(
+        "store migration failed: {source}; restore the database from a backup or use the version that created it"
+    )]
     Migration {
         /// The migrator's error.
         #[source]
@@ -38,7 +40,9 @@ pub enum StoreError {
     #[error("the folder {} of the SQLite store does not exist; create it (mkdir -p {}) or fix the store setting", .0.display(), .0.display())]
     NoFolder(std::path::PathBuf),
     /// A stored value this version cannot read.
-    #[error("the store holds a value this version cannot read (column {column}: {detail}); was the database changed by hand or by a newer version?")]
+    #[error(
+        "the store holds a value this version cannot read (column {column}: {detail}); was the database changed by hand or by a newer version?"
+    )]
     Corrupt {
         /// The column.
         column: String,
@@ -76,8 +80,15 @@ impl StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        StoreError::Unavailable {
-            source: Arc::new(e),
+        match e {
+            // A value the driver cannot decode is bad data, not an outage.
+            sqlx::Error::ColumnDecode { index, source } => StoreError::Corrupt {
+                column: index,
+                detail: source.to_string(),
+            },
+            e => StoreError::Unavailable {
+                source: Arc::new(e),
+            },
         }
     }
 }
@@ -420,6 +431,32 @@ pub enum ReplayFilter {
     },
 }
 
+/// Work that runs on one instance at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exclusive {
+    /// The ClickUp webhook watch (and its auto-reactivation).
+    ClickUpWatch,
+    /// Retention pruning.
+    Retention,
+}
+
+impl Exclusive {
+    /// The PostgreSQL advisory lock key ("cbridge" and a number).
+    fn key(self) -> i64 {
+        const BASE: i64 = 0x6362_7269_6467_6500;
+        match self {
+            Exclusive::ClickUpWatch => BASE + 1,
+            Exclusive::Retention => BASE + 2,
+        }
+    }
+}
+
+/// Holds an [`Exclusive`] lock until dropped.
+pub struct ExclusiveGuard {
+    // Closing the session releases its advisory locks.
+    _session: Option<sqlx::PgConnection>,
+}
+
 enum Backend {
     Sqlite(sqlite::SqliteStore),
     Postgres(postgres::PgStore),
@@ -449,16 +486,74 @@ pub struct Store {
     backend: Arc<Backend>,
 }
 
+/// How a store is opened.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// How long the claims of an instance that died hold their work before
+    /// other instances take it over (PostgreSQL; one process owns an SQLite
+    /// file and frees its claims when it starts).
+    pub lease_timeout: std::time::Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            lease_timeout: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
 impl Store {
     /// Opens (creating when missing) and migrates the store.
     pub async fn open(location: &StoreLocation) -> Result<Store, StoreError> {
+        Store::open_with(location, &StoreOptions::default()).await
+    }
+
+    /// Opens (creating when missing) and migrates the store, with options.
+    pub async fn open_with(
+        location: &StoreLocation,
+        options: &StoreOptions,
+    ) -> Result<Store, StoreError> {
         let backend = match location {
             StoreLocation::Sqlite(path) => Backend::Sqlite(sqlite::SqliteStore::open(path).await?),
-            StoreLocation::Postgres(url) => Backend::Postgres(postgres::PgStore::open(url).await?),
+            StoreLocation::Postgres(url) => {
+                Backend::Postgres(postgres::PgStore::open(url, options.lease_timeout).await?)
+            }
         };
         Ok(Store {
             backend: Arc::new(backend),
         })
+    }
+
+    /// Wakes `router` when new events are stored and `deliveries` when new
+    /// deliveries are, by any instance sharing the store (PostgreSQL
+    /// LISTEN/NOTIFY). An SQLite store has one process, which wakes its own
+    /// workers directly, so this does nothing there.
+    pub fn forward_wakeups(
+        &self,
+        router: Arc<tokio::sync::Notify>,
+        deliveries: Arc<tokio::sync::Notify>,
+    ) {
+        if let Backend::Postgres(p) = self.backend.as_ref() {
+            p.forward_wakeups(router, deliveries);
+        }
+    }
+
+    /// Takes the lock of `what` when no other instance holds it: `None` when
+    /// one does. An SQLite store has one process, which always gets it.
+    pub async fn exclusive(&self, what: Exclusive) -> Result<Option<ExclusiveGuard>, StoreError> {
+        match self.backend.as_ref() {
+            Backend::Sqlite(_) => Ok(Some(ExclusiveGuard { _session: None })),
+            Backend::Postgres(p) => Ok(p
+                .try_lock(what.key())
+                .await?
+                .map(|s| ExclusiveGuard { _session: Some(s) })),
+        }
+    }
+
+    /// Whether several instances may share this store.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend.as_ref(), Backend::Postgres(_))
     }
 
     async fn write(&self, op: ops::Op) -> Result<ops::Done, StoreError> {

@@ -433,7 +433,8 @@ pub(super) async fn count_replayable<C: Conn>(
     route: Option<&str>,
 ) -> Result<u64, StoreError> {
     // $1 is unused here; it keeps the placeholders of the shared clause.
-    let sql = format!("SELECT COUNT(*) AS n FROM deliveries WHERE $1 IS NULL AND {REPLAY_ALL_WHERE}");
+    let sql =
+        format!("SELECT COUNT(*) AS n FROM deliveries WHERE $1 IS NULL AND {REPLAY_ALL_WHERE}");
     let rows = c
         .fetch(
             Stmt::new(sql)
@@ -447,7 +448,10 @@ pub(super) async fn count_replayable<C: Conn>(
 }
 
 pub(super) async fn count_events<C: Conn>(c: &mut C) -> Result<u64, StoreError> {
-    one_count(c.fetch(Stmt::new("SELECT COUNT(*) AS n FROM events")).await?)
+    one_count(
+        c.fetch(Stmt::new("SELECT COUNT(*) AS n FROM events"))
+            .await?,
+    )
 }
 
 pub(super) async fn next_due<C: Conn>(c: &mut C) -> Result<Option<i64>, StoreError> {
@@ -539,7 +543,12 @@ pub(super) async fn run_ops<C: Conn>(c: &mut C, ops: &[&Op]) -> Result<Vec<Done>
                         _ => None,
                     })
                     .collect();
-                out.extend(insert_events(c, &events).await?.into_iter().map(Done::Inserted));
+                out.extend(
+                    insert_events(c, &events)
+                        .await?
+                        .into_iter()
+                        .map(Done::Inserted),
+                );
                 i += same;
             }
             Op::RecordAttempt(_) if same > 1 => {

@@ -14,11 +14,12 @@
 //! over while its instance is alive.
 
 use super::ops::{self, Done, NewEvent, Op};
-use super::sql::{Cell, Conn, Dialect, Row, Stmt, Value};
+use super::sql::{Cell, Conn, Dialect, Row, Stmt, Value, placeholders};
 use super::{Inserted, StoreError};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Column, Connection, PgConnection, Row as _, TypeInfo, ValueRef};
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -27,9 +28,28 @@ const MAX_INSERT_BATCH: usize = 512;
 
 type InsertReply = oneshot::Sender<Result<Inserted, StoreError>>;
 
+/// The channel of wake-ups between instances: `events` after new events,
+/// `deliveries` after new or replayed deliveries.
+const CHANNEL: &str = "clickup_bridge";
+
 pub(super) struct PgStore {
     pool: PgPool,
     inserts: mpsc::Sender<(NewEvent, InsertReply)>,
+    lease_ms: i64,
+    held: Arc<Held>,
+}
+
+/// The claims this instance holds, renewed while it lives.
+#[derive(Default)]
+struct Held {
+    events: Mutex<HashSet<String>>,
+    deliveries: Mutex<HashSet<String>>,
+}
+
+fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    // A panic while holding the set cannot leave it inconsistent.
+    set.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn bind<'q>(
@@ -91,25 +111,45 @@ impl Conn for PgConnection {
 }
 
 impl PgStore {
-    pub(super) async fn open(url: &str) -> Result<Self, StoreError> {
+    pub(super) async fn open(url: &str, lease_timeout: Duration) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url.parse()?;
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .min_connections(1)
-            // While the database is down a request waits this long for a
-            // connection, then answers 503; the pool reconnects by itself.
-            .acquire_timeout(Duration::from_secs(3))
-            .connect_with(options)
-            .await?;
+        // One connection first: its error names the cause (refused, bad
+        // password, no such database), where a pool only reports a timeout.
+        let mut first = PgConnection::connect_with(&options).await?;
         // sqlx's migrator holds a PostgreSQL advisory lock while it runs, so
         // instances that start together migrate one after the other.
         sqlx::migrate!("migrations/postgres")
-            .run(&pool)
+            .run(&mut first)
             .await
             .map_err(StoreError::migration)?;
+        let _ = first.close().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            // While the database is down a request waits this long for a
+            // connection, then answers 503; the pool reconnects by itself.
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_lazy_with(options);
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(inserter(pool.clone(), rx));
-        Ok(PgStore { pool, inserts: tx })
+        let held = Arc::new(Held::default());
+        let lease_ms = i64::try_from(lease_timeout.as_millis()).unwrap_or(i64::MAX);
+        tokio::spawn(renewer(pool.clone(), held.clone(), lease_ms));
+        Ok(PgStore {
+            pool,
+            inserts: tx,
+            lease_ms,
+            held,
+        })
+    }
+
+    /// Wakes the router and the delivery workers when another instance (or
+    /// this one) stores new work; polling remains the fallback.
+    pub(super) fn forward_wakeups(
+        &self,
+        router: Arc<tokio::sync::Notify>,
+        deliveries: Arc<tokio::sync::Notify>,
+    ) {
+        tokio::spawn(listen(self.pool.clone(), router, deliveries));
     }
 
     /// A reading connection.
@@ -123,17 +163,86 @@ impl PgStore {
     pub(super) async fn run(&self, op: Op) -> Result<Done, StoreError> {
         if let Op::InsertEvent(e) = op {
             let (reply, rx) = oneshot::channel();
-            self.inserts
-                .send((e, reply))
-                .await
-                .map_err(|_| stopped())?;
+            self.inserts.send((e, reply)).await.map_err(|_| stopped())?;
             return rx.await.map_err(|_| stopped())?.map(Done::Inserted);
         }
+        // Claims take the store's lease, renewed while this instance holds
+        // them; finishing work stops the renewal first.
+        let op = match op {
+            Op::ClaimEvents { limit, now, .. } => Op::ClaimEvents {
+                limit,
+                now,
+                lease_ms: self.lease_ms,
+            },
+            Op::ClaimDeliveries {
+                target, limit, now, ..
+            } => Op::ClaimDeliveries {
+                target,
+                limit,
+                now,
+                lease_ms: self.lease_ms,
+            },
+            other => other,
+        };
+        match &op {
+            Op::CompleteRouting { routed, .. } => {
+                let mut held = lock(&self.held.events);
+                for r in routed {
+                    held.remove(r.event_id.as_str());
+                }
+            }
+            Op::DeferRouting { event, .. } => {
+                lock(&self.held.events).remove(event.as_str());
+            }
+            Op::RecordAttempt(a) => {
+                lock(&self.held.deliveries).remove(a.delivery_id.as_str());
+            }
+            _ => {}
+        }
+        let wake = match &op {
+            Op::CompleteRouting { .. } | Op::Replay { .. } => true,
+            Op::DeferRouting { ready, .. } => !ready.is_empty(),
+            _ => false,
+        };
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
+        if matches!(op, Op::Prune { .. }) {
+            // One instance prunes at a time; the others find nothing to do.
+            let rows = tx
+                .fetch(
+                    Stmt::new("SELECT pg_try_advisory_xact_lock($1) AS got")
+                        .int(super::Exclusive::Retention.key()),
+                )
+                .await?;
+            if rows.first().map(|r| r.int("got")).transpose()? != Some(1) {
+                return Ok(Done::Pruned(super::Pruned::default()));
+            }
+        }
         let done = ops::run_op(&mut *tx, &op).await?;
+        if wake {
+            notify(&mut tx, "deliveries").await?;
+        }
         tx.commit().await?;
+        match &done {
+            Done::Events(events) => {
+                lock(&self.held.events).extend(events.iter().map(|e| e.id.as_str().to_owned()));
+            }
+            Done::Deliveries(d) => {
+                lock(&self.held.deliveries).extend(d.iter().map(|d| d.id.as_str().to_owned()));
+            }
+            _ => {}
+        }
         Ok(done)
+    }
+
+    /// A session holding advisory lock `key`, if no other session holds it.
+    pub(super) async fn try_lock(&self, key: i64) -> Result<Option<PgConnection>, StoreError> {
+        let mut conn = self.pool.acquire().await?.detach();
+        let rows = conn
+            .fetch(Stmt::new("SELECT pg_try_advisory_lock($1) AS got").int(key))
+            .await?;
+        let got = rows.first().map(|r| r.int("got")).transpose()? == Some(1);
+        Ok(got.then_some(conn))
     }
 
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
@@ -179,6 +288,7 @@ async fn inserter(pool: PgPool, mut rx: mpsc::Receiver<(NewEvent, InsertReply)>)
                 }
             }
             Err(e) => {
+                tracing::warn!(error = %e, "insert failed");
                 if let Some((_, reply)) = batch.pop() {
                     let _ = reply.send(Err(e));
                 }
@@ -191,6 +301,113 @@ async fn insert_batch(pool: &PgPool, events: &[&NewEvent]) -> Result<Vec<Inserte
     let mut conn = pool.acquire().await?;
     let mut tx = conn.begin().await?;
     let out = ops::insert_events(&mut *tx, events).await?;
+    if out.iter().any(|i| !i.duplicate) {
+        notify(&mut tx, "events").await?;
+    }
     tx.commit().await?;
     Ok(out)
+}
+
+/// Queues a wake-up; PostgreSQL sends it to every listener at commit.
+async fn notify(tx: &mut PgConnection, what: &'static str) -> Result<(), StoreError> {
+    tx.execute(
+        Stmt::new("SELECT pg_notify($1, $2)")
+            .text(CHANNEL)
+            .text(what),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Forwards wake-ups from the database to this instance's workers. When
+/// the connection drops it reconnects (PgListener does), pausing a second
+/// between failed tries; the workers poll meanwhile.
+async fn listen(
+    pool: PgPool,
+    router: Arc<tokio::sync::Notify>,
+    deliveries: Arc<tokio::sync::Notify>,
+) {
+    loop {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                if pool.is_closed() {
+                    return;
+                }
+                tracing::debug!(error = %e, "wake-up listener cannot connect; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(CHANNEL).await {
+            tracing::debug!(error = %e, "LISTEN failed; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        loop {
+            match listener.recv().await {
+                Ok(n) => match n.payload() {
+                    "events" => router.notify_one(),
+                    _ => deliveries.notify_one(),
+                },
+                Err(e) => {
+                    if pool.is_closed() {
+                        return;
+                    }
+                    tracing::debug!(error = %e, "wake-up listener lost its connection");
+                    // Whatever was announced meanwhile is found by polling;
+                    // wake both once so nothing waits for the next poll.
+                    router.notify_one();
+                    deliveries.notify_one();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Extends the leases of the claims this instance holds, every third of
+/// the lease: a live instance keeps its work however long an attempt takes;
+/// a dead one stops renewing and its work is free `lease_timeout` later.
+async fn renewer(pool: PgPool, held: Arc<Held>, lease_ms: i64) {
+    let every = Duration::from_millis(u64::try_from(lease_ms / 3).unwrap_or(1).max(100));
+    loop {
+        tokio::time::sleep(every).await;
+        if pool.is_closed() {
+            return;
+        }
+        let until = crate::ids::now_millis().saturating_add(lease_ms);
+        let events: Vec<String> = lock(&held.events).iter().cloned().collect();
+        let deliveries: Vec<String> = lock(&held.deliveries).iter().cloned().collect();
+        let renew = async {
+            let mut conn = pool.acquire().await?;
+            for chunk in events.chunks(1000) {
+                let sql = format!(
+                    "UPDATE events SET lease_until = GREATEST(lease_until, $1) \
+                     WHERE routed_at IS NULL AND lease_until IS NOT NULL AND id IN ({})",
+                    placeholders(2, chunk.len())
+                );
+                let stmt = chunk
+                    .iter()
+                    .fold(Stmt::new(sql).int(until), |s, id| s.text(id.as_str()));
+                conn.execute(stmt).await?;
+            }
+            for chunk in deliveries.chunks(1000) {
+                let sql = format!(
+                    "UPDATE deliveries SET lease_until = GREATEST(lease_until, $1) \
+                     WHERE status = 'pending' AND lease_until IS NOT NULL AND id IN ({})",
+                    placeholders(2, chunk.len())
+                );
+                let stmt = chunk
+                    .iter()
+                    .fold(Stmt::new(sql).int(until), |s, id| s.text(id.as_str()));
+                conn.execute(stmt).await?;
+            }
+            Ok::<(), StoreError>(())
+        };
+        if let Err(e) = renew.await {
+            tracing::warn!(error = %e, "renewing leases failed; retrying");
+        }
+    }
 }

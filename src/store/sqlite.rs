@@ -16,9 +16,9 @@
 //! Leases: one daemon owns an SQLite file, so leases left by a crashed
 //! process are cleared when the store opens.
 
+use super::StoreError;
 use super::ops::{self, Done, INSERT_CHUNK, NewEvent, Op};
 use super::sql::{Cell, Conn, Dialect, Row, Stmt, Value};
-use super::StoreError;
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
