@@ -203,6 +203,12 @@ fn store_location(url: &str, base: &Path) -> Result<StoreLocation, SettingsError
 }
 
 impl StoreLocation {
+    /// Parses a store URL (`sqlite://PATH`, `postgres://...`); a relative
+    /// SQLite path resolves against `base`.
+    pub fn parse(url: &str, base: &Path) -> Result<StoreLocation, SettingsError> {
+        store_location(url, base)
+    }
+
     /// Where the store is, for the log: the absolute SQLite path, or the
     /// PostgreSQL URL without its password.
     pub fn describe(&self) -> String {

@@ -131,11 +131,31 @@ pub enum Command {
         #[command(subcommand)]
         cmd: client::DeliveriesCommand,
     },
+    /// Store tooling.
+    Store {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: StoreCommand,
+    },
     /// ClickUp tooling.
     Clickup {
         /// What to do.
         #[command(subcommand)]
         cmd: ClickupCommand,
+    },
+}
+
+/// `clickup-bridge store ...`
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy a stopped store into an empty one (e.g. sqlite://clickup-bridge.db
+    /// into postgres://...): events with their dedupe keys, deliveries with
+    /// their attempts, links. Refuses a target that holds any row.
+    Copy {
+        /// The store to copy from (stop its daemon first).
+        from: String,
+        /// The empty store to copy into.
+        to: String,
     },
 }
 
@@ -201,6 +221,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             headers,
         } => simulate_cmd(&settings, &source, &event, task.as_deref(), &headers),
         Command::Test { path } => test_cmd(&settings, path),
+        Command::Store {
+            cmd: StoreCommand::Copy { from, to },
+        } => store_copy(&from, &to),
         Command::Clickup {
             cmd: ClickupCommand::Webhooks { creds, cmd },
         } => {
@@ -245,6 +268,30 @@ where
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(f(admin))
+}
+
+/// `store copy FROM TO`: prints what was copied.
+fn store_copy(from: &str, to: &str) -> anyhow::Result<i32> {
+    let cwd = std::env::current_dir().context("cannot read the working directory")?;
+    let from = crate::settings::StoreLocation::parse(from, &cwd).context("FROM")?;
+    let to = crate::settings::StoreLocation::parse(to, &cwd).context("TO")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let copied = runtime
+        .block_on(crate::store::Store::copy(&from, &to))
+        .with_context(|| format!("cannot copy {} into {}", from.describe(), to.describe()))?;
+    outln!(
+        "copied {} events, {} deliveries, {} attempts, {} links from {} into {}",
+        copied.events,
+        copied.deliveries,
+        copied.attempts,
+        copied.links,
+        from.describe(),
+        to.describe()
+    );
+    Ok(0)
 }
 
 fn serve(settings: Settings) -> anyhow::Result<i32> {

@@ -4,6 +4,7 @@
 //! backend. Callers get plain Rust types and a [`StoreError`]. A PostgreSQL
 //! backend is added as another variant of [`Backend`] without touching callers.
 
+mod copy;
 mod ops;
 mod postgres;
 mod sql;
@@ -13,6 +14,8 @@ use crate::ids::{DeliveryId, EventId};
 use crate::settings::StoreLocation;
 use crate::verify::VerifiedEvent;
 use std::sync::Arc;
+
+pub use copy::Copied;
 
 /// The database driver's error, shared by every operation of a failed batch.
 pub type DbError = Arc<dyn std::error::Error + Send + Sync>;
@@ -39,6 +42,9 @@ pub enum StoreError {
     /// The folder of an SQLite store does not exist.
     #[error("the folder {} of the SQLite store does not exist; create it (mkdir -p {}) or fix the store setting", .0.display(), .0.display())]
     NoFolder(std::path::PathBuf),
+    /// `store copy` was given an SQLite file that does not exist.
+    #[error("there is no SQLite store at {}; give the path of the stopped daemon's store file", .0.display())]
+    NoStore(std::path::PathBuf),
     /// A stored value this version cannot read.
     #[error(
         "the store holds a value this version cannot read (column {column}: {detail}); was the database changed by hand or by a newer version?"
@@ -462,6 +468,23 @@ enum Backend {
     Postgres(postgres::PgStore),
 }
 
+/// Runs the copy inside one transaction of the target.
+async fn copy_in_tx<A, DB>(
+    from: &mut A,
+    to: &mut sqlx::pool::PoolConnection<DB>,
+) -> Result<Copied, StoreError>
+where
+    A: sql::Conn,
+    DB: sqlx::Database,
+    DB::Connection: sql::Conn,
+{
+    use sqlx::Connection;
+    let mut tx = (**to).begin().await?;
+    let copied = copy::copy(from, &mut *tx).await?;
+    tx.commit().await?;
+    Ok(copied)
+}
+
 /// Runs a shared read (`ops::...`) on a reading connection of the backend.
 macro_rules! read {
     ($self:ident, |$c:ident| $body:expr) => {
@@ -785,6 +808,41 @@ impl Store {
     /// to deliver. Pending work is never pruned.
     pub async fn prune(&self, cutoff: i64, batch: u32) -> Result<Pruned, StoreError> {
         self.write(ops::Op::Prune { cutoff, batch }).await?.pruned()
+    }
+
+    /// Copies every event (with its dedupe key), delivery, attempt and link
+    /// of a stopped store at `from` into the empty store at `to`, in one
+    /// transaction of the target. Refuses a target that holds any row, and
+    /// a `from` SQLite file that does not exist.
+    pub async fn copy(from: &StoreLocation, to: &StoreLocation) -> Result<Copied, StoreError> {
+        if let StoreLocation::Sqlite(path) = from
+            && !path.is_file()
+        {
+            return Err(StoreError::NoStore(path.clone()));
+        }
+        let src = Store::open(from).await?;
+        let dst = Store::open(to).await?;
+        let copied = match (src.backend.as_ref(), dst.backend.as_ref()) {
+            (Backend::Sqlite(a), Backend::Sqlite(b)) => {
+                let (mut r, mut w) = (a.reader().await?, b.reader().await?);
+                copy_in_tx(&mut *r, &mut w).await
+            }
+            (Backend::Sqlite(a), Backend::Postgres(b)) => {
+                let (mut r, mut w) = (a.reader().await?, b.reader().await?);
+                copy_in_tx(&mut *r, &mut w).await
+            }
+            (Backend::Postgres(a), Backend::Sqlite(b)) => {
+                let (mut r, mut w) = (a.reader().await?, b.reader().await?);
+                copy_in_tx(&mut *r, &mut w).await
+            }
+            (Backend::Postgres(a), Backend::Postgres(b)) => {
+                let (mut r, mut w) = (a.reader().await?, b.reader().await?);
+                copy_in_tx(&mut *r, &mut w).await
+            }
+        };
+        src.close().await;
+        dst.close().await;
+        copied
     }
 
     /// Finishes pending writes and closes connections.

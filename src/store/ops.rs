@@ -135,7 +135,8 @@ fn json<T: serde::de::DeserializeOwned>(column: &str, text: &str) -> Result<T, S
 }
 
 /// The columns [`stored_event`] reads.
-const EVENT_COLUMNS: &str = "id, source, event_type, dedupe_key, payload, received_at, routed_at";
+pub(super) const EVENT_COLUMNS: &str =
+    "id, source, event_type, dedupe_key, payload, received_at, routed_at";
 
 fn stored_event(r: &Row) -> Result<StoredEvent, StoreError> {
     Ok(StoredEvent {
@@ -150,7 +151,7 @@ fn stored_event(r: &Row) -> Result<StoredEvent, StoreError> {
 }
 
 /// The columns [`delivery_row`] reads.
-const DELIVERY_COLUMNS: &str = "id, event_id, route, step, target, status, attempts, last_error, created_at, delivered_at, next_attempt_at";
+pub(super) const DELIVERY_COLUMNS: &str = "id, event_id, route, step, target, status, attempts, last_error, created_at, delivered_at, next_attempt_at";
 
 fn delivery_row(r: &Row) -> Result<DeliveryRow, StoreError> {
     let status = status(r, "status")?;

@@ -17,6 +17,7 @@ mod pg;
 mod recovery;
 mod senders;
 mod store;
+mod store_copy;
 mod support;
 mod targets;
 mod tidy;
