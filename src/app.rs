@@ -191,7 +191,7 @@ impl Application {
         let wake_deliveries = Arc::new(Notify::new());
         store.forward_wakeups(wake_router.clone(), wake_deliveries.clone());
         let client = crate::deliver::http_client()?;
-        let limits = Limits::new();
+        let limits = Limits::with_store(&store);
         let deliverer = Deliverer::new(
             pipeline.clone(),
             store.clone(),

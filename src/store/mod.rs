@@ -574,6 +574,24 @@ impl Store {
         }
     }
 
+    /// Takes one request from `target`'s rate budget shared by every
+    /// instance (PostgreSQL; `interval_ms` per request, bursts of up to
+    /// `burst_ms`). `Ok(None)` when taken, else how many ms to wait before
+    /// asking again. An SQLite store has one process, whose budget lives in
+    /// memory: always `Ok(None)` there.
+    pub async fn take_rate(
+        &self,
+        target: &str,
+        interval_ms: i64,
+        burst_ms: i64,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        match self.backend.as_ref() {
+            Backend::Sqlite(_) => Ok(None),
+            Backend::Postgres(p) => p.take_rate(target, interval_ms, burst_ms, now).await,
+        }
+    }
+
     /// Whether several instances may share this store.
     pub fn is_shared(&self) -> bool {
         matches!(self.backend.as_ref(), Backend::Postgres(_))

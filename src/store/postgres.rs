@@ -245,6 +245,44 @@ impl PgStore {
         Ok(got.then_some(conn))
     }
 
+    /// Takes one request from `target`'s shared budget (GCRA: one request
+    /// per `interval_ms`, bursts up to `burst_ms` ahead). `None` when taken;
+    /// else how long to wait before asking again.
+    pub(super) async fn take_rate(
+        &self,
+        target: &str,
+        interval_ms: i64,
+        burst_ms: i64,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let taken = conn
+            .fetch(
+                Stmt::new(
+                    "INSERT INTO rate_limits (target, tat) VALUES ($1, $2 + $3) \
+                     ON CONFLICT (target) DO UPDATE SET tat = GREATEST(rate_limits.tat, $2) + $3 \
+                     WHERE GREATEST(rate_limits.tat, $2) + $3 - $4 <= $2 RETURNING tat",
+                )
+                .text(target)
+                .int(now)
+                .int(interval_ms)
+                .int(burst_ms),
+            )
+            .await?;
+        if !taken.is_empty() {
+            return Ok(None);
+        }
+        let rows = conn
+            .fetch(Stmt::new("SELECT tat FROM rate_limits WHERE target = $1").text(target))
+            .await?;
+        let tat = rows
+            .first()
+            .map(|r| r.int("tat"))
+            .transpose()?
+            .unwrap_or(now);
+        Ok(Some((tat + interval_ms - burst_ms - now).max(1)))
+    }
+
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
         ops::ping(&mut *self.reader().await?).await
     }

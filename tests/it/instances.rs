@@ -292,3 +292,57 @@ async fn a_database_restart_under_load_loses_nothing_acknowledged() {
         assert_eq!(d.wait_exit(), 0);
     }
 }
+
+/// Records when each request arrived.
+struct Clock(Arc<Mutex<Vec<std::time::Instant>>>);
+
+impl wiremock::Respond for Clock {
+    fn respond(&self, _: &wiremock::Request) -> ResponseTemplate {
+        self.0.lock().unwrap().push(std::time::Instant::now());
+        ResponseTemplate::new(200)
+    }
+}
+
+/// `rate_limit: 5/s` with three instances is 5/s in all: 20 events spread
+/// across them take at least (20 - 5 burst) / 5 = 3 s to deliver, where
+/// three separate budgets would send them in about one second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_is_one_budget_across_instances() {
+    const N: u64 = 20;
+    let url = cluster().new_database();
+    let server = MockServer::start().await;
+    let times = Arc::new(Mutex::new(Vec::new()));
+    Mock::given(method("POST"))
+        .respond_with(Clock(times.clone()))
+        .mount(&server)
+        .await;
+    let routes =
+        routes(&server).replace("    concurrency:", "    rate_limit: 5/s\n    concurrency:");
+    let dirs: Vec<tempfile::TempDir> = (0..INSTANCES)
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
+    for d in &dirs {
+        std::fs::write(d.path().join("routes.yaml"), &routes).unwrap();
+    }
+    let mut daemons: Vec<Daemon> = dirs.iter().map(|d| start(d.path(), 0, &url)).collect();
+    let client = reqwest::Client::new();
+    for n in 0..N {
+        let port = daemons[(n as usize) % INSTANCES].port;
+        assert_eq!(post(&client, port, n).await, Some(200));
+    }
+    wait_for(60, "every event delivered", || {
+        let times = times.clone();
+        async move { (times.lock().unwrap().len() as u64 >= N).then_some(()) }
+    })
+    .await;
+    let times = times.lock().unwrap().clone();
+    let span = times[times.len() - 1].duration_since(times[0]);
+    assert!(
+        span >= std::time::Duration::from_millis(2_800),
+        "{N} requests in {span:?}: the instances did not share one budget"
+    );
+    for d in &mut daemons {
+        d.signal("-TERM");
+        assert_eq!(d.wait_exit(), 0);
+    }
+}
