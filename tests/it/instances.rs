@@ -346,3 +346,36 @@ async fn a_rate_limit_is_one_budget_across_instances() {
         assert_eq!(d.wait_exit(), 0);
     }
 }
+
+/// The same event reaching two instances at the same moment, many times
+/// over: stored once, every answer has the first one's id, one says new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_reaching_two_instances_at_once_is_stored_once() {
+    let url = cluster().new_database();
+    let a = spawn_app_with(ROUTES, |s| {
+        s.store = clickup_bridge::settings::StoreLocation::Postgres(url.clone())
+    })
+    .await;
+    let b = spawn_app_with(ROUTES, |s| {
+        s.store = clickup_bridge::settings::StoreLocation::Postgres(url.clone())
+    })
+    .await;
+    for n in 0..20 {
+        let body = clickup_event(n);
+        let h = clickup_headers(CLICKUP_SECRET, &body);
+        let (ra, rb) = tokio::join!(
+            a.post("clickup", body.clone(), &h),
+            b.post("clickup", body.clone(), &h)
+        );
+        assert_eq!((ra.0, rb.0), (200, 200));
+        assert_eq!(ra.1["event_id"], rb.1["event_id"]);
+        let new = [&ra.1, &rb.1]
+            .iter()
+            .filter(|j| j["duplicate"] == false)
+            .count();
+        assert_eq!(new, 1, "{ra:?} {rb:?}");
+    }
+    assert_eq!(a.store.count_events().await.unwrap(), 20);
+    a.stop().await;
+    b.stop().await;
+}
