@@ -282,12 +282,13 @@ fn store_copy(from: &str, to: &str) -> anyhow::Result<i32> {
     let copied = runtime
         .block_on(crate::store::Store::copy(&from, &to))
         .with_context(|| format!("cannot copy {} into {}", from.describe(), to.describe()))?;
+    let count = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     outln!(
-        "copied {} events, {} deliveries, {} attempts, {} links from {} into {}",
-        copied.events,
-        copied.deliveries,
-        copied.attempts,
-        copied.links,
+        "copied {}, {}, {}, {} from {} into {}",
+        count(copied.events, "event", "events"),
+        count(copied.deliveries, "delivery", "deliveries"),
+        count(copied.attempts, "attempt", "attempts"),
+        count(copied.links, "link", "links"),
         from.describe(),
         to.describe()
     );

@@ -131,7 +131,7 @@ async fn a_stopped_sqlite_store_moves_into_an_empty_postgres_database() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         out.trim(),
-        format!("copied 3 events, 2 deliveries, 3 attempts, 1 links from {from} into {url}")
+        format!("copied 3 events, 2 deliveries, 3 attempts, 1 link from {from} into {url}")
     );
 
     let pg = Store::open(&StoreLocation::Postgres(url.clone()))
