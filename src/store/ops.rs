@@ -709,7 +709,7 @@ async fn claim_events<C: Conn>(
            SELECT id FROM events WHERE routed_at IS NULL AND (lease_until IS NULL OR lease_until < $2) \
            ORDER BY received_at LIMIT $3{}) \
          RETURNING id, source, event_type, payload, received_at, route_attempts",
-        C::DIALECT.skip_locked()
+        C::DIALECT.skip_locked(None)
     );
     let rows = c
         .fetch(
@@ -734,10 +734,7 @@ async fn claim_deliveries<C: Conn>(
     now: i64,
     lease_ms: i64,
 ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-    let lock = match C::DIALECT {
-        Dialect::Sqlite => "",
-        Dialect::Postgres => " FOR UPDATE OF d SKIP LOCKED",
-    };
+    let lock = C::DIALECT.skip_locked(Some("d"));
     let sql = format!(
         "SELECT d.id, d.event_id, d.route, d.step, d.target, d.attempts, d.attempts_base, d.context, \
                 e.source, e.event_type, e.payload, e.received_at \

@@ -183,11 +183,13 @@ pub(super) enum Dialect {
 }
 
 impl Dialect {
-    /// Appended to a claim's inner SELECT.
-    pub(super) fn skip_locked(self) -> &'static str {
-        match self {
-            Dialect::Sqlite => "",
-            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+    /// Appended to a claim's SELECT: lock the rows taken (of table alias
+    /// `of`, when the SELECT joins), skipping rows another instance holds.
+    pub(super) fn skip_locked(self, of: Option<&str>) -> String {
+        match (self, of) {
+            (Dialect::Sqlite, _) => String::new(),
+            (Dialect::Postgres, None) => " FOR UPDATE SKIP LOCKED".to_owned(),
+            (Dialect::Postgres, Some(t)) => format!(" FOR UPDATE OF {t} SKIP LOCKED"),
         }
     }
 }
