@@ -383,6 +383,26 @@ mod tests {
     }
 
     #[test]
+    fn lease_timeout_defaults_to_60_and_reads_the_environment() {
+        let s = Settings::load(None, vec![], Path::new("/srv")).unwrap();
+        assert_eq!(s.lease_timeout, 60);
+        let env = vec![
+            ("CLICKUP_BRIDGE_LEASE_TIMEOUT".to_owned(), "5".to_owned()),
+            (
+                "CLICKUP_BRIDGE_STORE".to_owned(),
+                "postgresql://u@db/x".to_owned(),
+            ),
+        ];
+        let s = Settings::load(None, env, Path::new("/srv")).unwrap();
+        assert_eq!(s.lease_timeout, 5);
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        assert_eq!(
+            s.store,
+            StoreLocation::Postgres("postgresql://u@db/x".into())
+        );
+    }
+
+    #[test]
     fn absolute_sqlite_paths_and_bad_settings() {
         let env = vec![(
             "CLICKUP_BRIDGE_STORE".to_owned(),
