@@ -379,3 +379,70 @@ async fn a_repeat_reaching_two_instances_at_once_is_stored_once() {
     a.stop().await;
     b.stop().await;
 }
+
+/// New work stored through one handle wakes the workers of another at once
+/// (LISTEN/NOTIFY): events wake the router, new deliveries the delivery
+/// workers. Nothing polls here, so only the notification can wake them.
+#[tokio::test]
+async fn new_work_wakes_the_other_instances() {
+    use clickup_bridge::ids::DeliveryId;
+    use clickup_bridge::settings::StoreLocation;
+    use clickup_bridge::store::{NewDelivery, RoutedEvent, Store};
+    use clickup_bridge::verify::{IdentityRule, Scheme, Secret, Verifier, verify_event};
+    use std::time::Duration;
+    use tokio::sync::Notify;
+
+    let location = StoreLocation::Postgres(cluster().new_database());
+    let listening = Store::open(&location).await.unwrap();
+    let (router, deliveries) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    listening.forward_wakeups(router.clone(), deliveries.clone());
+    let other = Store::open(&location).await.unwrap();
+
+    let v = Verifier {
+        scheme: Scheme::ClickUp,
+        secrets: vec![Secret::new(CLICKUP_SECRET)],
+    };
+    // The listener may still be connecting: store events until one wakes it.
+    let woke = async {
+        let mut n = 0;
+        loop {
+            let body = clickup_event(n);
+            let h = clickup_headers(CLICKUP_SECRET, &body);
+            let event = verify_event("clickup", &v, &IdentityRule::ClickUp, &h, body, 0).unwrap();
+            let stored = other.insert_event(event, now()).await.unwrap();
+            if tokio::time::timeout(Duration::from_millis(500), router.notified())
+                .await
+                .is_ok()
+            {
+                return stored;
+            }
+            n += 1;
+        }
+    };
+    let stored = tokio::time::timeout(Duration::from_secs(20), woke)
+        .await
+        .expect("no wake-up for new events");
+    other
+        .complete_routing(
+            vec![RoutedEvent {
+                event_id: stored.id.clone(),
+                matched_routes: vec!["r".into()],
+                deliveries: vec![NewDelivery {
+                    id: DeliveryId::for_step(&stored.id, "r", 0),
+                    route: "r".into(),
+                    step: 0,
+                    target: "t".into(),
+                    context: serde_json::json!({}),
+                    dead: None,
+                }],
+            }],
+            now(),
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), deliveries.notified())
+        .await
+        .expect("no wake-up for new deliveries");
+    other.close().await;
+    listening.close().await;
+}
