@@ -18,9 +18,9 @@ use super::sql::{Cell, Conn, Dialect, Row, Stmt, Value, placeholders};
 use super::{Inserted, StoreError};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Column, Connection, PgConnection, Row as _, TypeInfo, ValueRef};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most inserts committed together.
@@ -39,14 +39,22 @@ pub(super) struct PgStore {
     held: Arc<Held>,
 }
 
-/// The claims this instance holds, renewed while it lives.
+/// The claims this instance holds, with when it took them, renewed while it
+/// lives (for at most [`MAX_HOLD`]).
 #[derive(Default)]
 struct Held {
-    events: Mutex<HashSet<String>>,
-    deliveries: Mutex<HashSet<String>>,
+    events: Mutex<HashMap<String, Instant>>,
+    deliveries: Mutex<HashMap<String, Instant>>,
 }
 
-fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
+/// No attempt or routing takes this long; a claim held longer was lost by
+/// a bug in this process, and is left to expire so another instance takes
+/// the work.
+const MAX_HOLD: Duration = Duration::from_secs(3600);
+
+fn lock(
+    set: &Mutex<HashMap<String, Instant>>,
+) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
     // A panic while holding the set cannot leave it inconsistent.
     set.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -225,10 +233,14 @@ impl PgStore {
         tx.commit().await?;
         match &done {
             Done::Events(events) => {
-                lock(&self.held.events).extend(events.iter().map(|e| e.id.as_str().to_owned()));
+                let at = Instant::now();
+                lock(&self.held.events)
+                    .extend(events.iter().map(|e| (e.id.as_str().to_owned(), at)));
             }
             Done::Deliveries(d) => {
-                lock(&self.held.deliveries).extend(d.iter().map(|d| d.id.as_str().to_owned()));
+                let at = Instant::now();
+                lock(&self.held.deliveries)
+                    .extend(d.iter().map(|d| (d.id.as_str().to_owned(), at)));
             }
             _ => {}
         }
@@ -416,8 +428,13 @@ async fn renewer(pool: PgPool, held: Arc<Held>, lease_ms: i64) {
             return;
         }
         let until = crate::ids::now_millis().saturating_add(lease_ms);
-        let events: Vec<String> = lock(&held.events).iter().cloned().collect();
-        let deliveries: Vec<String> = lock(&held.deliveries).iter().cloned().collect();
+        let current = |set: &Mutex<HashMap<String, Instant>>| -> Vec<String> {
+            let mut set = lock(set);
+            set.retain(|_, at| at.elapsed() < MAX_HOLD);
+            set.keys().cloned().collect()
+        };
+        let events = current(&held.events);
+        let deliveries = current(&held.deliveries);
         let renew = async {
             let mut conn = pool.acquire().await?;
             for chunk in events.chunks(1000) {
