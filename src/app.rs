@@ -10,7 +10,7 @@ use crate::pipeline::{LoadError, LoadOptions, Pipeline, process_env};
 use crate::route::enrich::Enricher;
 use crate::route::{Router, RouterShared};
 use crate::settings::Settings;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoreOptions};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
 use arc_swap::ArcSwap;
@@ -190,12 +190,17 @@ impl Application {
                 settings.admin_listen.clone(),
             ));
         }
-        let store = Store::open(&settings.store)
-            .await
-            .map_err(|cause| StartError::Store {
-                at: settings.store.describe(),
-                cause,
-            })?;
+        let store = Store::open_with(
+            &settings.store,
+            &StoreOptions {
+                lease_timeout: Duration::from_secs(settings.lease_timeout),
+            },
+        )
+        .await
+        .map_err(|cause| StartError::Store {
+            at: settings.store.describe(),
+            cause,
+        })?;
         tracing::info!(store = %settings.store.describe(), "store opened");
         let pipeline = Arc::new(ArcSwap::from_pointee(pipeline));
         let shutdown_timeout = Duration::from_secs(settings.shutdown_timeout);
@@ -204,8 +209,9 @@ impl Application {
         let metrics = Metrics::new();
         let wake_router = Arc::new(Notify::new());
         let wake_deliveries = Arc::new(Notify::new());
+        store.forward_wakeups(wake_router.clone(), wake_deliveries.clone());
         let client = crate::deliver::http_client()?;
-        let limits = Limits::new();
+        let limits = Limits::with_store(&store);
         let deliverer = Deliverer::new(
             pipeline.clone(),
             store.clone(),
@@ -338,6 +344,7 @@ impl Application {
             cancel.clone(),
         ));
         let watch = tokio::spawn(crate::clickup::watch::run(
+            self.store.clone(),
             self.pipeline.clone(),
             self.client.clone(),
             self.metrics.clone(),

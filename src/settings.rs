@@ -23,7 +23,7 @@ pub enum LogFormat {
 pub enum StoreLocation {
     /// An SQLite file (created when missing).
     Sqlite(PathBuf),
-    /// A PostgreSQL URL (not supported by this build yet).
+    /// A PostgreSQL URL (`postgres://` or `postgresql://`).
     Postgres(String),
 }
 
@@ -50,6 +50,9 @@ pub struct Settings {
     pub log_format: Option<LogFormat>,
     /// Seconds to finish in-flight work on SIGTERM.
     pub shutdown_timeout: u64,
+    /// Seconds a claim of a dead instance holds its work before other
+    /// instances take it over (PostgreSQL store).
+    pub lease_timeout: u64,
     /// Problems that did not stop loading (an unknown `CLICKUP_BRIDGE_*`
     /// variable), for the caller to show.
     pub warnings: Vec<String>,
@@ -84,6 +87,7 @@ struct Raw {
     retention_days: Option<u32>,
     log_format: Option<LogFormat>,
     shutdown_timeout: Option<u64>,
+    lease_timeout: Option<u64>,
 }
 
 /// Prefix of the environment overrides.
@@ -117,6 +121,7 @@ pub const KEYS: &[&str] = &[
     "retention_days",
     "log_format",
     "shutdown_timeout",
+    "lease_timeout",
 ];
 
 /// Splits `CLICKUP_BRIDGE_*` variables into settings and warnings. A
@@ -198,6 +203,12 @@ fn store_location(url: &str, base: &Path) -> Result<StoreLocation, SettingsError
 }
 
 impl StoreLocation {
+    /// Parses a store URL (`sqlite://PATH`, `postgres://...`); a relative
+    /// SQLite path resolves against `base`.
+    pub fn parse(url: &str, base: &Path) -> Result<StoreLocation, SettingsError> {
+        store_location(url, base)
+    }
+
     /// Where the store is, for the log: the absolute SQLite path, or the
     /// PostgreSQL URL without its password.
     pub fn describe(&self) -> String {
@@ -289,6 +300,11 @@ impl Settings {
                 .shutdown_timeout
                 .or(file_raw.shutdown_timeout)
                 .unwrap_or(30),
+            lease_timeout: env_raw
+                .lease_timeout
+                .or(file_raw.lease_timeout)
+                .unwrap_or(60)
+                .max(1),
             warnings,
         })
     }
@@ -367,6 +383,26 @@ mod tests {
     }
 
     #[test]
+    fn lease_timeout_defaults_to_60_and_reads_the_environment() {
+        let s = Settings::load(None, vec![], Path::new("/srv")).unwrap();
+        assert_eq!(s.lease_timeout, 60);
+        let env = vec![
+            ("CLICKUP_BRIDGE_LEASE_TIMEOUT".to_owned(), "5".to_owned()),
+            (
+                "CLICKUP_BRIDGE_STORE".to_owned(),
+                "postgresql://u@db/x".to_owned(),
+            ),
+        ];
+        let s = Settings::load(None, env, Path::new("/srv")).unwrap();
+        assert_eq!(s.lease_timeout, 5);
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        assert_eq!(
+            s.store,
+            StoreLocation::Postgres("postgresql://u@db/x".into())
+        );
+    }
+
+    #[test]
     fn absolute_sqlite_paths_and_bad_settings() {
         let env = vec![(
             "CLICKUP_BRIDGE_STORE".to_owned(),
@@ -396,7 +432,7 @@ mod tests {
             s.warnings,
             [
                 "environment variable CLICKUP_BRIDGE_LISTN is not a setting and is ignored; did you mean CLICKUP_BRIDGE_LISTEN?",
-                "environment variable CLICKUP_BRIDGE_BIN is not a setting and is ignored (settings: listen, admin_listen, admin_token, routes, templates, store, max_body, retention_days, log_format, shutdown_timeout)",
+                "environment variable CLICKUP_BRIDGE_BIN is not a setting and is ignored (settings: listen, admin_listen, admin_token, routes, templates, store, max_body, retention_days, log_format, shutdown_timeout, lease_timeout)",
             ]
         );
     }

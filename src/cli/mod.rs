@@ -169,6 +169,12 @@ to start while one is unset. SIGHUP reloads routes.yaml; SIGTERM drains and exit
         #[command(subcommand)]
         cmd: client::DeliveriesCommand,
     },
+    /// Store tooling.
+    Store {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: StoreCommand,
+    },
     /// ClickUp tooling.
     Clickup {
         /// What to do.
@@ -189,9 +195,26 @@ impl Command {
             | Command::Clickup {
                 cmd: ClickupCommand::Webhooks { files, .. },
             } => files.routes.as_ref(),
-            Command::Events { .. } | Command::Deliveries { .. } => None,
+            Command::Events { .. } | Command::Deliveries { .. } | Command::Store { .. } => None,
         }
     }
+}
+
+/// `clickup-bridge store ...`
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy a stopped store into an empty one (e.g. sqlite://clickup-bridge.db
+    /// into postgres://...): events with their dedupe keys, deliveries with
+    /// their attempts, links. Refuses a target that holds any row.
+    #[command(
+        after_help = "Example:\n  systemctl stop clickup-bridge\n  clickup-bridge store copy sqlite:///var/lib/clickup-bridge/clickup-bridge.db \\\n    postgres://bridge:secret@db.internal:5432/bridge"
+    )]
+    Copy {
+        /// The store to copy from (stop its daemon first).
+        from: String,
+        /// The empty store to copy into.
+        to: String,
+    },
 }
 
 /// `clickup-bridge clickup ...`
@@ -263,6 +286,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             ..
         } => simulate_cmd(&settings, &source, &event, task.as_deref(), &headers),
         Command::Test { path, .. } => test_cmd(&settings, path),
+        Command::Store {
+            cmd: StoreCommand::Copy { from, to },
+        } => store_copy(&from, &to),
         Command::Clickup {
             cmd: ClickupCommand::Webhooks { creds, cmd, .. },
         } => {
@@ -322,6 +348,31 @@ where
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(f(admin))
+}
+
+/// `store copy FROM TO`: prints what was copied.
+fn store_copy(from: &str, to: &str) -> anyhow::Result<i32> {
+    let cwd = std::env::current_dir().context("cannot read the working directory")?;
+    let from = crate::settings::StoreLocation::parse(from, &cwd).context("FROM")?;
+    let to = crate::settings::StoreLocation::parse(to, &cwd).context("TO")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let copied = runtime
+        .block_on(crate::store::Store::copy(&from, &to))
+        .with_context(|| format!("cannot copy {} into {}", from.describe(), to.describe()))?;
+    let count = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    outln!(
+        "copied {}, {}, {}, {} from {} into {}",
+        count(copied.events, "event", "events"),
+        count(copied.deliveries, "delivery", "deliveries"),
+        count(copied.attempts, "attempt", "attempts"),
+        count(copied.links, "link", "links"),
+        from.describe(),
+        to.describe()
+    );
+    Ok(0)
 }
 
 fn serve(settings: Settings) -> anyhow::Result<i32> {

@@ -131,7 +131,12 @@ impl Watch {
 /// Polls at once, then every `interval` (the shortest of the watched
 /// sources'; a reload may change it), until `cancel`. What it sees is kept
 /// on `board`.
+///
+/// With a shared (PostgreSQL) store, a pass runs only on the instance that
+/// holds the watch's lock at that moment: one instance at a time calls
+/// ClickUp, so a suspended webhook is reactivated once.
 pub async fn run(
+    store: crate::store::Store,
     pipeline: Arc<ArcSwap<Pipeline>>,
     client: reqwest::Client,
     metrics: Arc<Metrics>,
@@ -151,7 +156,13 @@ pub async fn run(
             .min()
             .unwrap_or(Duration::from_secs(60));
         if p.sources.values().any(|s| s.watch.is_some()) {
-            watch.poll(&p, &client, &metrics).await;
+            match store.exclusive(crate::store::Exclusive::ClickUpWatch).await {
+                Ok(Some(_held)) => watch.poll(&p, &client, &metrics).await,
+                Ok(None) => tracing::debug!("another instance is watching the ClickUp webhooks"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot take the ClickUp watch's lock; trying again later")
+                }
+            }
         }
         tokio::select! {
             _ = cancel.cancelled() => return,

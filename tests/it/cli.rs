@@ -356,10 +356,11 @@ fn help_has_examples_and_only_the_options_a_command_uses() {
         &["deliveries", "show"],
         &["deliveries", "replay"],
         &["clickup", "webhooks"],
+        &["store", "copy"],
     ] {
         let out = help(args);
         assert!(out.contains("Example"), "{args:?} has no example:\n{out}");
-        let reads_routes = !matches!(args[0], "events" | "deliveries");
+        let reads_routes = !matches!(args[0], "events" | "deliveries" | "store");
         assert_eq!(out.contains("--routes"), reads_routes, "{args:?}:\n{out}");
     }
     let out = help(&["deliveries", "list"]);
