@@ -291,7 +291,7 @@ fn startup_errors_are_said_once_with_what_to_do() {
         (
             vec![("CLICKUP_BRIDGE_STORE", format!("sqlite://{d}/nodir/x.db"))],
             "routes.yaml",
-            format!("cannot open the store sqlite://{d}/nodir/x.db: store unavailable: the folder {d}/nodir of the SQLite store does not exist; create it (mkdir -p {d}/nodir) or fix the store setting"),
+            format!("cannot open the store sqlite://{d}/nodir/x.db: the folder {d}/nodir of the SQLite store does not exist; create it (mkdir -p {d}/nodir) or fix the store setting"),
         ),
         (
             vec![],
