@@ -10,7 +10,7 @@ use crate::pipeline::{LoadError, LoadOptions, Pipeline, process_env};
 use crate::route::enrich::Enricher;
 use crate::route::{Router, RouterShared};
 use crate::settings::Settings;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoreOptions};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
 use arc_swap::ArcSwap;
@@ -28,8 +28,13 @@ pub enum StartError {
     #[error("the routes file has errors; fix them and start again:\n{0}")]
     Routes(#[from] LoadError),
     /// The store cannot be opened.
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    #[error("cannot open the store {at}: {cause}{}", store_advice(.cause))]
+    Store {
+        /// Where it is (without a password).
+        at: String,
+        /// Why (said in the message; not a separate cause).
+        cause: StoreError,
+    },
     /// A listener cannot bind.
     #[error("cannot listen on {addr} (setting {setting}): {}", bind_advice(.cause))]
     Bind {
@@ -74,6 +79,7 @@ pub struct Application {
     client: reqwest::Client,
     hangup: Option<tokio::signal::unix::Signal>,
     certificates: Option<Arc<crate::tls::Certificates>>,
+    webhooks: Arc<crate::clickup::watch::HealthBoard>,
 }
 
 /// Loads routes.yaml again and swaps it in; an invalid file leaves the
@@ -89,6 +95,7 @@ pub fn reload(
         routes,
         templates,
         env: &process_env,
+        unset: crate::pipeline::Unset::Refuse,
     });
     match fresh {
         Ok(p) => {
@@ -113,6 +120,15 @@ pub fn reload(
             metrics.reload(false);
             Err(e)
         }
+    }
+}
+
+/// What to do about a store that does not open, unless its message says.
+fn store_advice(e: &StoreError) -> &'static str {
+    if e.to_string().contains("; ") {
+        ""
+    } else {
+        "; check that the store setting names a clickup-bridge database this user can read and write"
     }
 }
 
@@ -157,6 +173,7 @@ impl Application {
             routes: &settings.routes,
             templates: &settings.templates,
             env: &process_env,
+            unset: crate::pipeline::Unset::Refuse,
         })?;
         for w in &pipeline.warnings {
             tracing::warn!("{w}");
@@ -190,7 +207,17 @@ impl Application {
             .as_ref()
             .map(|c| c.server_config())
             .transpose()?;
-        let store = Store::open(&settings.store).await?;
+        let store = Store::open_with(
+            &settings.store,
+            &StoreOptions {
+                lease_timeout: Duration::from_secs(settings.lease_timeout),
+            },
+        )
+        .await
+        .map_err(|cause| StartError::Store {
+            at: settings.store.describe(),
+            cause,
+        })?;
         tracing::info!(store = %settings.store.describe(), "store opened");
         let pipeline = Arc::new(ArcSwap::from_pointee(pipeline));
         let shutdown_timeout = Duration::from_secs(settings.shutdown_timeout);
@@ -199,8 +226,9 @@ impl Application {
         let metrics = Metrics::new();
         let wake_router = Arc::new(Notify::new());
         let wake_deliveries = Arc::new(Notify::new());
+        store.forward_wakeups(wake_router.clone(), wake_deliveries.clone());
         let client = crate::deliver::http_client()?;
-        let limits = Limits::new();
+        let limits = Limits::with_store(&store);
         let deliverer = Deliverer::new(
             pipeline.clone(),
             store.clone(),
@@ -243,6 +271,7 @@ impl Application {
         })?
         .run();
 
+        let webhooks = Arc::new(crate::clickup::watch::HealthBoard::default());
         let admin_state = web::Data::new(AdminState {
             store: store.clone(),
             metrics: metrics.clone(),
@@ -252,6 +281,8 @@ impl Application {
             templates: settings.templates.clone(),
             wake_deliveries: wake_deliveries.clone(),
             certificates: certificates.clone(),
+            webhooks: webhooks.clone(),
+            console: crate::console::Keys::new(settings.admin_token.as_deref()),
         });
         let admin_server = HttpServer::new(move || {
             App::new()
@@ -301,6 +332,7 @@ impl Application {
             client,
             hangup,
             certificates,
+            webhooks,
         })
     }
 
@@ -355,9 +387,11 @@ impl Application {
             cancel.clone(),
         ));
         let watch = tokio::spawn(crate::clickup::watch::run(
+            self.store.clone(),
             self.pipeline.clone(),
             self.client.clone(),
             self.metrics.clone(),
+            self.webhooks.clone(),
             cancel.clone(),
         ));
         crate::lifecycle::systemd::ready();

@@ -15,6 +15,10 @@ impl EventId {
     pub fn from_stored(s: String) -> Self {
         EventId(s)
     }
+    /// The smallest id made at or after `ms` (Unix ms): ids sort by time.
+    pub fn floor(ms: i64) -> String {
+        format!("evt_{:012x}", ms.clamp(0, 0xffff_ffff_ffff))
+    }
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -59,6 +63,10 @@ impl DeliveryId {
     pub fn from_stored(s: String) -> Self {
         DeliveryId(s)
     }
+    /// The smallest id of an event made at or after `ms` (Unix ms).
+    pub fn floor(ms: i64) -> String {
+        format!("dlv_{:012x}", ms.clamp(0, 0xffff_ffff_ffff))
+    }
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -100,5 +108,21 @@ mod tests {
                 .as_str()
                 .starts_with("dlv_")
         );
+    }
+
+    #[test]
+    fn a_floor_sorts_between_the_ids_made_before_and_after_it() {
+        let before = EventId::generate();
+        let t = now_millis() + 2;
+        while now_millis() < t + 1 {
+            std::hint::spin_loop();
+        }
+        let after = EventId::generate();
+        let floor = EventId::floor(t);
+        assert!(before.as_str() < floor.as_str(), "{before} < {floor}");
+        assert!(floor.as_str() <= after.as_str(), "{floor} <= {after}");
+        let d = DeliveryId::for_step(&after, "r", 0);
+        assert!(DeliveryId::floor(t).as_str() <= d.as_str());
+        assert!(DeliveryId::for_step(&before, "r", 0).as_str() < DeliveryId::floor(t).as_str());
     }
 }

@@ -22,12 +22,15 @@
 //! - [`retention`]: pruning of old history.
 //! - [`cli`], [`app`], [`lifecycle`], [`telemetry`]: the wiring.
 //! - [`ids`]: prefixed, time-ordered ids.
+//! - [`errors`]: error messages said once.
 
 pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod clickup;
+pub mod console;
 pub mod deliver;
+pub mod errors;
 pub mod ids;
 pub mod inbound;
 pub mod lifecycle;

@@ -180,6 +180,13 @@ pub mod systemd {
                 tick.tick().await;
                 match store.ping().await {
                     Ok(()) => send(&[NotifyState::Watchdog]),
+                    // A database server that does not answer is not fixed
+                    // by restarting this process: the pool reconnects by
+                    // itself when it is back (inbound answers 503 meanwhile).
+                    Err(e) if store.is_shared() && e.is_unavailable() => {
+                        tracing::warn!(error = %e, "database unreachable; waiting for it");
+                        send(&[NotifyState::Watchdog]);
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "store unhealthy: withholding the watchdog ping")
                     }

@@ -23,7 +23,7 @@ pub enum LogFormat {
 pub enum StoreLocation {
     /// An SQLite file (created when missing).
     Sqlite(PathBuf),
-    /// A PostgreSQL URL (not supported by this build yet).
+    /// A PostgreSQL URL (`postgres://` or `postgresql://`).
     Postgres(String),
 }
 
@@ -50,6 +50,9 @@ pub struct Settings {
     pub log_format: Option<LogFormat>,
     /// Seconds to finish in-flight work on SIGTERM.
     pub shutdown_timeout: u64,
+    /// Seconds a claim of a dead instance holds its work before other
+    /// instances take it over (PostgreSQL store).
+    pub lease_timeout: u64,
     /// Problems that did not stop loading (an unknown `CLICKUP_BRIDGE_*`
     /// variable), for the caller to show.
     pub warnings: Vec<String>,
@@ -115,6 +118,7 @@ struct Raw {
     max_connections: Option<u64>,
     tls_cert: Option<String>,
     tls_key: Option<String>,
+    lease_timeout: Option<u64>,
 }
 
 /// Prefix of the environment overrides.
@@ -152,6 +156,7 @@ pub const KEYS: &[&str] = &[
     "max_connections",
     "tls_cert",
     "tls_key",
+    "lease_timeout",
 ];
 
 /// Splits `CLICKUP_BRIDGE_*` variables into settings and warnings. A
@@ -233,6 +238,12 @@ fn store_location(url: &str, base: &Path) -> Result<StoreLocation, SettingsError
 }
 
 impl StoreLocation {
+    /// Parses a store URL (`sqlite://PATH`, `postgres://...`); a relative
+    /// SQLite path resolves against `base`.
+    pub fn parse(url: &str, base: &Path) -> Result<StoreLocation, SettingsError> {
+        store_location(url, base)
+    }
+
     /// Where the store is, for the log: the absolute SQLite path, or the
     /// PostgreSQL URL without its password.
     pub fn describe(&self) -> String {
@@ -373,6 +384,11 @@ impl Settings {
                 .shutdown_timeout
                 .or(file_raw.shutdown_timeout)
                 .unwrap_or(30),
+            lease_timeout: env_raw
+                .lease_timeout
+                .or(file_raw.lease_timeout)
+                .unwrap_or(60)
+                .max(1),
             warnings,
             http: HttpSettings {
                 body_timeout,
@@ -456,6 +472,26 @@ mod tests {
     }
 
     #[test]
+    fn lease_timeout_defaults_to_60_and_reads_the_environment() {
+        let s = Settings::load(None, vec![], Path::new("/srv")).unwrap();
+        assert_eq!(s.lease_timeout, 60);
+        let env = vec![
+            ("CLICKUP_BRIDGE_LEASE_TIMEOUT".to_owned(), "5".to_owned()),
+            (
+                "CLICKUP_BRIDGE_STORE".to_owned(),
+                "postgresql://u@db/x".to_owned(),
+            ),
+        ];
+        let s = Settings::load(None, env, Path::new("/srv")).unwrap();
+        assert_eq!(s.lease_timeout, 5);
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        assert_eq!(
+            s.store,
+            StoreLocation::Postgres("postgresql://u@db/x".into())
+        );
+    }
+
+    #[test]
     fn absolute_sqlite_paths_and_bad_settings() {
         let env = vec![(
             "CLICKUP_BRIDGE_STORE".to_owned(),
@@ -465,9 +501,52 @@ mod tests {
         assert_eq!(s.store, StoreLocation::Sqlite("/var/lib/x.db".into()));
         let env = vec![("CLICKUP_BRIDGE_STORE".to_owned(), "mysql://x".to_owned())];
         assert!(Settings::load(None, env, Path::new("/srv")).is_err());
-        let env = vec![("CLICKUP_BRIDGE_LISTN".to_owned(), "x".to_owned())];
-        let e = Settings::load(None, env, Path::new("/srv")).unwrap_err();
-        assert!(e.to_string().contains("listn"), "{e}");
         assert!(Settings::load(Some(Path::new("/nope.toml")), vec![], Path::new("/")).is_err());
+    }
+
+    /// A variable of someone else's (CLICKUP_BRIDGE_BIN from a user's
+    /// script) must not stop the daemon; a typo of a setting is named with
+    /// the setting it resembles; both are warnings and change nothing.
+    #[test]
+    fn unknown_environment_variables_warn_and_name_the_nearest_setting() {
+        let env = vec![
+            ("CLICKUP_BRIDGE_LISTN".to_owned(), "127.0.0.1:1".to_owned()),
+            ("CLICKUP_BRIDGE_BIN".to_owned(), "/usr/bin/x".to_owned()),
+            ("CLICKUP_BRIDGE_MAX_BODY".to_owned(), "10".to_owned()),
+        ];
+        let s = Settings::load(None, env, Path::new("/srv")).unwrap();
+        assert_eq!(s.listen, "0.0.0.0:8080");
+        assert_eq!(s.max_body, 10);
+        assert_eq!(
+            s.warnings,
+            [
+                "environment variable CLICKUP_BRIDGE_LISTN is not a setting and is ignored; did you mean CLICKUP_BRIDGE_LISTEN?",
+                "environment variable CLICKUP_BRIDGE_BIN is not a setting and is ignored (settings: listen, admin_listen, admin_token, routes, templates, store, max_body, retention_days, log_format, shutdown_timeout, lease_timeout)",
+            ]
+        );
+    }
+
+    /// The startup log names the store: the absolute SQLite path, or the
+    /// PostgreSQL host and database without the password.
+    #[test]
+    fn the_store_is_described_without_its_password() {
+        let s = Settings::load(None, vec![], Path::new("/srv")).unwrap();
+        assert_eq!(s.store.describe(), "sqlite:///srv/clickup-bridge.db");
+        let pg = StoreLocation::Postgres(
+            "postgres://bridge:s3cr3t@db.internal:5432/bridge?sslmode=require".into(),
+        );
+        assert_eq!(
+            pg.describe(),
+            "postgres://bridge:***@db.internal:5432/bridge"
+        );
+    }
+
+    #[test]
+    fn a_file_with_an_unknown_key_is_still_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "listn = \"x\"\n").unwrap();
+        let e = Settings::load(Some(&f), vec![], dir.path()).unwrap_err();
+        assert!(e.to_string().contains("listn"), "{e}");
     }
 }

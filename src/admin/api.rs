@@ -5,7 +5,8 @@
 use super::{AdminState, Authorized};
 use crate::ids::{DeliveryId, EventId, now_millis};
 use crate::store::{
-    AttemptRow, DeliveryFilter, DeliveryRow, DeliveryStatus, ReplayFilter, StoreError, StoredEvent,
+    Activity, AttemptRow, DeliveryFilter, DeliveryRow, DeliveryStatus, EventFilter, ReplayFilter,
+    StoreError, StoredEvent,
 };
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError, web};
@@ -20,6 +21,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/deliveries/replay", web::post().to(replay_all))
         .route("/deliveries/{id}", web::get().to(show_delivery))
         .route("/deliveries/{id}/replay", web::post().to(replay_one))
+        .route("/activity", web::get().to(activity))
         .route("/reload", web::post().to(reload));
 }
 
@@ -89,6 +91,7 @@ pub fn delivery_json(d: &DeliveryRow) -> Value {
         "last_error": d.last_error,
         "created_at": time(d.created_at),
         "delivered_at": d.delivered_at.map(time),
+        "next_attempt_at": d.next_attempt_at.map(time),
     })
 }
 
@@ -159,12 +162,77 @@ fn cursor<'a>(c: Option<&'a str>, prefix: &str) -> Result<Option<&'a str>, ApiEr
     }
 }
 
-/// Query of `GET /events`.
-#[derive(Deserialize)]
+/// Parses a time filter: RFC 3339 (`2026-12-01T09:30:00Z`), or a date and
+/// time without offset (`2026-12-01T09:30`, what a browser's
+/// `datetime-local` field sends), taken as UTC. Unix ms.
+pub fn parse_time(name: &str, v: &str) -> Result<i64, ApiError> {
+    use time::format_description::well_known::Rfc3339;
+    use time::macros::format_description;
+    let v = v.trim();
+    let t = time::OffsetDateTime::parse(v, &Rfc3339)
+        .or_else(|_| {
+            time::PrimitiveDateTime::parse(
+                v,
+                format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]"),
+            )
+            .or_else(|_| {
+                time::PrimitiveDateTime::parse(
+                    v,
+                    format_description!("[year]-[month]-[day]T[hour]:[minute]"),
+                )
+            })
+            .map(time::PrimitiveDateTime::assume_utc)
+        })
+        .map_err(|_| {
+            ApiError::BadRequest(format!(
+                "{name} must be a time such as 2026-12-01T09:30:00Z, not \"{v}\""
+            ))
+        })?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
+        .map_err(|_| ApiError::BadRequest(format!("{name} is out of range: \"{v}\"")))
+}
+
+/// Query of `GET /events` (the console's event list reads the same).
+#[derive(Deserialize, Default)]
 pub struct EventsQuery {
-    source: Option<String>,
-    limit: Option<String>,
-    cursor: Option<String>,
+    /// Only this source.
+    pub source: Option<String>,
+    /// Only this event type.
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    /// Accepted at or after (a time, see [`parse_time`]).
+    pub since: Option<String>,
+    /// Accepted before.
+    pub until: Option<String>,
+    /// Page size.
+    pub limit: Option<String>,
+    /// The `next` of the previous page.
+    pub cursor: Option<String>,
+}
+
+fn nonempty(v: &Option<String>) -> Option<String> {
+    v.as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+}
+
+impl EventsQuery {
+    /// The store filter this query asks for, with `limit` rows.
+    pub fn filter(&self, limit: u32) -> Result<EventFilter, ApiError> {
+        Ok(EventFilter {
+            source: nonempty(&self.source),
+            event_type: nonempty(&self.event_type),
+            since: nonempty(&self.since)
+                .map(|v| parse_time("since", &v))
+                .transpose()?,
+            until: nonempty(&self.until)
+                .map(|v| parse_time("until", &v))
+                .transpose()?,
+            limit,
+            before: cursor(nonempty(&self.cursor).as_deref(), "evt_")?.map(str::to_owned),
+        })
+    }
 }
 
 async fn list_events(
@@ -173,15 +241,41 @@ async fn list_events(
     q: web::Query<EventsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = limit(q.limit.as_deref())?;
-    let events = s
-        .store
-        .events_page(
-            q.source.as_deref(),
-            limit,
-            cursor(q.cursor.as_deref(), "evt_")?,
-        )
-        .await?;
+    let events = s.store.events(&q.filter(limit)?).await?;
     Ok(page(events.iter().map(event_json).collect(), limit))
+}
+
+/// The window and bucket width of `GET /activity` and the console's chart.
+pub const ACTIVITY_WINDOW_MS: i64 = 60 * 60 * 1000;
+/// Twelve buckets of five minutes.
+pub const ACTIVITY_BUCKET_MS: i64 = 5 * 60 * 1000;
+
+/// Events and deliveries of the last hour, in five-minute buckets, aligned
+/// so the last bucket ends at the next bucket boundary.
+pub async fn last_hour(s: &AdminState) -> Result<Activity, StoreError> {
+    let now = now_millis();
+    let end = now - now.rem_euclid(ACTIVITY_BUCKET_MS) + ACTIVITY_BUCKET_MS;
+    s.store
+        .activity(end - ACTIVITY_WINDOW_MS, ACTIVITY_BUCKET_MS)
+        .await
+}
+
+async fn activity(_a: Authorized, s: web::Data<AdminState>) -> Result<HttpResponse, ApiError> {
+    let a = last_hour(&s).await?;
+    let row = |c: &crate::store::ActivityCount| {
+        json!({
+            "name": c.name,
+            "status": c.status.map(DeliveryStatus::as_str),
+            "from": time(a.since + i64::from(c.bucket) * a.bucket_ms),
+            "count": c.count,
+        })
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "since": time(a.since),
+        "bucket_seconds": a.bucket_ms / 1000,
+        "events": a.events.iter().map(row).collect::<Vec<_>>(),
+        "deliveries": a.deliveries.iter().map(row).collect::<Vec<_>>(),
+    })))
 }
 
 async fn show_event(
@@ -222,14 +316,36 @@ fn status(s: Option<&str>) -> Result<Option<DeliveryStatus>, ApiError> {
     .transpose()
 }
 
-/// Query of `GET /deliveries` and the bulk replay.
-#[derive(Deserialize)]
+/// Query of `GET /deliveries` and the bulk replay (the console's delivery
+/// list reads the same).
+#[derive(Deserialize, Default)]
 pub struct DeliveriesQuery {
-    status: Option<String>,
-    target: Option<String>,
-    route: Option<String>,
-    limit: Option<String>,
-    cursor: Option<String>,
+    /// pending, delivered or dead.
+    pub status: Option<String>,
+    /// Only this target.
+    pub target: Option<String>,
+    /// Only this route.
+    pub route: Option<String>,
+    /// Page size.
+    pub limit: Option<String>,
+    /// The `next` of the previous page.
+    pub cursor: Option<String>,
+    /// Bulk replay only: answer how many would be queued, queue nothing.
+    pub dry_run: Option<String>,
+}
+
+impl DeliveriesQuery {
+    /// The store filter this query asks for, with `limit` rows.
+    pub fn filter(&self, limit: u32) -> Result<DeliveryFilter, ApiError> {
+        Ok(DeliveryFilter {
+            status: status(nonempty(&self.status).as_deref())?,
+            target: nonempty(&self.target),
+            route: nonempty(&self.route),
+            event_id: None,
+            limit,
+            before: cursor(nonempty(&self.cursor).as_deref(), "dlv_")?.map(str::to_owned),
+        })
+    }
 }
 
 async fn list_deliveries(
@@ -238,17 +354,7 @@ async fn list_deliveries(
     q: web::Query<DeliveriesQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = limit(q.limit.as_deref())?;
-    let rows = s
-        .store
-        .deliveries(&DeliveryFilter {
-            status: status(q.status.as_deref())?,
-            target: q.target.clone(),
-            route: q.route.clone(),
-            event_id: None,
-            limit,
-            before: cursor(q.cursor.as_deref(), "dlv_")?.map(str::to_owned),
-        })
-        .await?;
+    let rows = s.store.deliveries(&q.filter(limit)?).await?;
     Ok(page(rows.iter().map(delivery_json).collect(), limit))
 }
 
@@ -269,37 +375,39 @@ async fn show_delivery(
     Ok(HttpResponse::Ok().json(v))
 }
 
-async fn replay_one(
-    _a: Authorized,
-    s: web::Data<AdminState>,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let id = DeliveryId::from_stored(id.into_inner());
+/// Queues one delivery again (the API and the console): a dead or delivered
+/// one with a fresh retry budget, a pending one waiting for its next retry is
+/// made due now ("try now"). One being attempted at this moment is a
+/// conflict.
+pub async fn replay_delivery(s: &AdminState, id: &DeliveryId) -> Result<u64, ApiError> {
     let d = s
         .store
-        .delivery(&id)
+        .delivery(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("delivery {id}")))?;
-    if d.status == DeliveryStatus::Pending {
-        return Err(ApiError::Conflict(format!(
-            "delivery {id} is already pending"
-        )));
-    }
     let n = s
         .store
         .replay(ReplayFilter::One(id.clone()), now_millis())
         .await?;
-    tracing::info!(delivery_id = %id, "delivery replayed");
+    if n == 0 && d.status == DeliveryStatus::Pending {
+        return Err(ApiError::Conflict(format!(
+            "delivery {id} is being attempted right now; see its attempts, and replay it again if it fails"
+        )));
+    }
+    tracing::info!(delivery_id = %id, was = d.status.as_str(), "delivery replayed");
     s.wake_deliveries.notify_one();
-    Ok(HttpResponse::Ok().json(json!({"replayed": n})))
+    Ok(n)
 }
 
-async fn replay_all(
-    _a: Authorized,
-    s: web::Data<AdminState>,
-    q: web::Query<DeliveriesQuery>,
-) -> Result<HttpResponse, ApiError> {
-    let st = status(q.status.as_deref())?.unwrap_or(DeliveryStatus::Dead);
+/// Queues again every delivery in `status` (dead unless given) of the
+/// target and route, when given (the API and the console).
+pub async fn replay_matching(
+    s: &AdminState,
+    status: Option<DeliveryStatus>,
+    target: Option<String>,
+    route: Option<String>,
+) -> Result<u64, ApiError> {
+    let st = status.unwrap_or(DeliveryStatus::Dead);
     if st == DeliveryStatus::Pending {
         return Err(ApiError::BadRequest(
             "pending deliveries are already queued".into(),
@@ -310,8 +418,8 @@ async fn replay_all(
         .replay(
             ReplayFilter::All {
                 status: st,
-                target: q.target.clone(),
-                route: q.route.clone(),
+                target: target.clone(),
+                route: route.clone(),
             },
             now_millis(),
         )
@@ -319,12 +427,51 @@ async fn replay_all(
     tracing::info!(
         replayed = n,
         status = st.as_str(),
-        target = q.target.as_deref(),
-        route = q.route.as_deref(),
+        target = target.as_deref(),
+        route = route.as_deref(),
         "deliveries replayed"
     );
     s.wake_deliveries.notify_one();
+    Ok(n)
+}
+
+async fn replay_one(
+    _a: Authorized,
+    s: web::Data<AdminState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = DeliveryId::from_stored(id.into_inner());
+    let n = replay_delivery(&s, &id).await?;
     Ok(HttpResponse::Ok().json(json!({"replayed": n})))
+}
+
+async fn replay_all(
+    _a: Authorized,
+    s: web::Data<AdminState>,
+    q: web::Query<DeliveriesQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let st = status(q.status.as_deref())?;
+    if dry_run(q.dry_run.as_deref())? {
+        let st = st.unwrap_or(DeliveryStatus::Dead);
+        let n = s
+            .store
+            .count_replayable(st, q.target.as_deref(), q.route.as_deref())
+            .await?;
+        return Ok(HttpResponse::Ok().json(json!({"dry_run": true, "matched": n})));
+    }
+    let n = replay_matching(&s, st, q.target.clone(), q.route.clone()).await?;
+    Ok(HttpResponse::Ok().json(json!({"replayed": n})))
+}
+
+/// `dry_run=true|false` (absent: false).
+fn dry_run(v: Option<&str>) -> Result<bool, ApiError> {
+    match v {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "dry_run must be true or false, not {other:?}"
+        ))),
+    }
 }
 
 async fn reload(_a: Authorized, s: web::Data<AdminState>) -> HttpResponse {

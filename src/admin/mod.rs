@@ -37,6 +37,10 @@ pub struct AdminState {
     pub wake_deliveries: Arc<Notify>,
     /// The HTTPS certificate, reloaded with the routes (as on SIGHUP).
     pub certificates: Option<Arc<crate::tls::Certificates>>,
+    /// ClickUp webhook health, as the watch last saw it.
+    pub webhooks: Arc<crate::clickup::watch::HealthBoard>,
+    /// The console's session and CSRF keys.
+    pub console: crate::console::Keys,
 }
 
 /// Registers the admin routes.
@@ -51,7 +55,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics_text))
-        .service(web::scope("/api/v1").configure(api::configure));
+        .service(web::scope("/api/v1").configure(api::configure))
+        .service(crate::console::scope());
 }
 
 async fn healthz() -> HttpResponse {
@@ -122,21 +127,29 @@ fn check(req: &HttpRequest) -> Result<Authorized, Unauthorized> {
     let Some(token) = &state.token else {
         return Ok(Authorized);
     };
-    // The scheme is case-insensitive (RFC 9110): "bearer t0k" is as good.
-    let given = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim_start())
-        .unwrap_or_default();
-    use subtle::ConstantTimeEq;
-    if given.len() == token.len() && bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+    if bearer_matches(req, token) {
         Ok(Authorized)
     } else {
         Err(Unauthorized)
     }
+}
+
+/// Whether `given` is `token`, compared in constant time (the API's bearer
+/// token and the console's login share it).
+pub fn token_matches(given: &str, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    given.len() == token.len() && bool::from(given.as_bytes().ct_eq(token.as_bytes()))
+}
+
+/// Whether the request carries `Authorization: Bearer <admin_token>`.
+pub fn bearer_matches(req: &HttpRequest, token: &str) -> bool {
+    // The scheme is case-insensitive (RFC 9110): "bearer t0k" is as good.
+    req.headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .is_some_and(|(_, given)| token_matches(given.trim_start(), token))
 }
 
 impl FromRequest for Authorized {

@@ -9,15 +9,17 @@ use serde_json::Value;
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {
     /// Recent events, newest first.
+    #[command(after_help = "Example:\n  clickup-bridge events list --source clickup --limit 5")]
     List {
         /// Only this source.
-        #[arg(long)]
+        #[arg(long, help_heading = "Filters")]
         source: Option<String>,
         /// How many.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, help_heading = "Filters")]
         limit: u32,
     },
     /// One event: payload, matched routes, deliveries.
+    #[command(after_help = "Example:\n  clickup-bridge events show evt_01a2...")]
     Show {
         /// The event id (evt_...).
         id: String,
@@ -28,40 +30,69 @@ pub enum EventsCommand {
 #[derive(Debug, Subcommand)]
 pub enum DeliveriesCommand {
     /// Deliveries, newest first.
+    #[command(
+        after_help = "Example:\n  clickup-bridge deliveries list --status dead --target team-slack"
+    )]
     List {
         /// pending, delivered or dead.
-        #[arg(long)]
+        #[arg(long, help_heading = "Filters")]
         status: Option<String>,
         /// Only this target.
-        #[arg(long)]
+        #[arg(long, help_heading = "Filters")]
         target: Option<String>,
         /// Only this route.
-        #[arg(long)]
+        #[arg(long, help_heading = "Filters")]
         route: Option<String>,
         /// How many.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, help_heading = "Filters")]
         limit: u32,
     },
     /// One delivery with its attempts.
+    #[command(after_help = "Example:\n  clickup-bridge deliveries show dlv_01a2...")]
     Show {
         /// The delivery id (dlv_...).
         id: String,
     },
-    /// Queue deliveries again: one by id, or every dead one (optionally of a
-    /// target and route) with --all-dead.
+    /// Queue deliveries again: one by id ("try now" for a pending one), or
+    /// in bulk every dead (or delivered) one matching --target and --route,
+    /// after showing the count and asking (or with --yes).
+    #[command(
+        after_help = "Examples:\n  clickup-bridge deliveries replay dlv_01a2...\n  clickup-bridge deliveries replay --all-dead --target team-slack\n  clickup-bridge deliveries replay --status delivered --route task-audit --yes"
+    )]
     Replay {
         /// The delivery id (dlv_...).
         id: Option<String>,
-        /// Replay every dead delivery matching --target and --route.
-        #[arg(long)]
+        /// Bulk: every dead delivery (the same as --status dead).
+        #[arg(long, help_heading = "Bulk replay")]
         all_dead: bool,
-        /// With --all-dead: only this target.
-        #[arg(long)]
+        /// Bulk: every delivery in this state: dead or delivered.
+        #[arg(long, value_name = "STATUS", help_heading = "Bulk replay")]
+        status: Option<String>,
+        /// Bulk: only this target.
+        #[arg(long, help_heading = "Bulk replay")]
         target: Option<String>,
-        /// With --all-dead: only this route.
-        #[arg(long)]
+        /// Bulk: only this route.
+        #[arg(long, help_heading = "Bulk replay")]
         route: Option<String>,
+        /// Bulk: replay without asking.
+        #[arg(long, short = 'y', help_heading = "Bulk replay")]
+        yes: bool,
     },
+}
+
+/// Asks on the terminal; `false` without one (a script must say --yes).
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    use std::io::{IsTerminal as _, Write as _};
+    if !std::io::stdin().is_terminal() {
+        return Ok(false);
+    }
+    eprint!("{question}");
+    std::io::stderr().flush().ok();
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the answer")?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
 }
 
 /// Where the admin API is and how to authenticate.
@@ -94,10 +125,13 @@ impl Admin {
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the admin API at {}", self.url))?;
+        let resp = req.send().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the admin API at {}: {}; is the daemon running there? pass --admin URL or set admin_listen",
+                self.url,
+                crate::errors::root_cause(&e)
+            )
+        })?;
         let status = resp.status();
         let text = resp
             .text()
@@ -322,10 +356,13 @@ pub async fn deliveries(admin: &Admin, cmd: DeliveriesCommand) -> anyhow::Result
         DeliveriesCommand::Replay {
             id,
             all_dead,
+            status,
             target,
             route,
+            yes,
         } => {
-            let v = match (id, all_dead) {
+            let bulk = all_dead || status.is_some();
+            let v = match (id, bulk) {
                 (Some(id), false) => {
                     admin
                         .call(
@@ -336,15 +373,36 @@ pub async fn deliveries(admin: &Admin, cmd: DeliveriesCommand) -> anyhow::Result
                         .await?
                 }
                 (None, true) => {
-                    let mut q = vec![("status", "dead".to_owned())];
+                    let status = status.unwrap_or_else(|| "dead".to_owned());
+                    if all_dead && status != "dead" {
+                        bail!("--all-dead means --status dead; give one of them");
+                    }
+                    let mut q = vec![("status", status.clone())];
                     q.extend(target.map(|v| ("target", v)));
                     q.extend(route.map(|v| ("route", v)));
+                    let mut dry = q.clone();
+                    dry.push(("dry_run", "true".to_owned()));
+                    let count = admin
+                        .call(reqwest::Method::POST, "/api/v1/deliveries/replay", &dry)
+                        .await?;
+                    let n = count["matched"].as_u64().unwrap_or(0);
+                    if n == 0 {
+                        outln!("no {status} deliveries match; nothing replayed");
+                        return Ok(0);
+                    }
+                    if !yes && !confirm(&format!("Replay {n} {status} deliveries? [y/N] "))? {
+                        bail!(
+                            "{n} {status} deliveries match; nothing was replayed (add --yes to replay them without asking)"
+                        );
+                    }
                     admin
                         .call(reqwest::Method::POST, "/api/v1/deliveries/replay", &q)
                         .await?
                 }
                 _ => {
-                    bail!("give a delivery id, or --all-dead (with --target/--route to narrow it)")
+                    bail!(
+                        "give a delivery id, or --all-dead / --status dead|delivered (with --target/--route to narrow it)"
+                    )
                 }
             };
             if admin.json {

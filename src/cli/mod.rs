@@ -8,7 +8,7 @@ pub mod simulate;
 pub mod webhooks;
 
 use crate::app::Application;
-use crate::pipeline::{LoadOptions, Pipeline, process_env};
+use crate::pipeline::{LoadOptions, Pipeline, Unset, process_env};
 use crate::settings::Settings;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -39,49 +39,66 @@ pub fn write_out(args: std::fmt::Arguments<'_>) {
     }
 }
 
-/// The message of an error and its causes, each said once: a cause whose
-/// text its parent already contains (`"cannot listen on ...: {source}"`) is
-/// not repeated.
-pub fn error_text(err: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in err.chain() {
-        let msg = cause.to_string();
-        if msg.is_empty() || text.contains(&msg) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&msg);
-    }
-    text
-}
+pub use crate::errors::error_text;
 
 /// clickup-bridge: verified, durable webhooks from ClickUp and Stripe to
 /// Slack, Jira, ClickUp and any HTTP endpoint.
 #[derive(Debug, Parser)]
-#[command(name = "clickup-bridge", version, about)]
+#[command(
+    name = "clickup-bridge",
+    version,
+    about,
+    after_help = "Settings come from clickup-bridge.toml (or -c FILE) and CLICKUP_BRIDGE_<KEY> variables;\nsecrets in routes.yaml come from the environment as ${VAR}. docs/configuration.md lists them.\n\nExamples:\n  clickup-bridge check\n  clickup-bridge serve\n  clickup-bridge deliveries list --status dead"
+)]
 pub struct Cli {
     /// Settings file [default: clickup-bridge.toml when present].
     #[arg(short = 'c', long = "config", global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Routes file [default: from settings, else routes.yaml].
-    #[arg(long, global = true, value_name = "FILE")]
-    pub routes: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Which routes file a command reads.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RoutesArg {
+    /// Routes file [default: the settings' routes, else routes.yaml].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub routes: Option<PathBuf>,
 }
 
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon.
-    Serve,
+    #[command(
+        long_about = "Run the daemon: the webhook listener (listen, default 0.0.0.0:8080: POST /hooks/{source}, \
+GET /healthz) and the admin listener (admin_listen, default 127.0.0.1:9090: /api/v1, /metrics, /healthz, \
+/readyz, /console).\n\nSettings come from clickup-bridge.toml (or -c FILE), each overridden by \
+CLICKUP_BRIDGE_<KEY> (CLICKUP_BRIDGE_LISTEN, CLICKUP_BRIDGE_STORE, CLICKUP_BRIDGE_ADMIN_TOKEN, ...). \
+Secrets never go in files: routes.yaml reads them from the environment as ${VAR}, and the daemon refuses \
+to start while one is unset. SIGHUP reloads routes.yaml; SIGTERM drains and exits.",
+        after_help = "Examples:\n  CLICKUP_WEBHOOK_SECRET=... clickup-bridge serve\n  set -a; . examples/demo.env; set +a; clickup-bridge serve   # the local demo\n  CLICKUP_BRIDGE_LISTEN=127.0.0.1:8081 clickup-bridge -c /etc/clickup-bridge/clickup-bridge.toml serve"
+    )]
+    Serve {
+        /// The routes file.
+        #[command(flatten)]
+        files: RoutesArg,
+    },
     /// Validate routes.yaml: sources, targets, routes, JSONPaths, templates,
     /// environment variables. Prints `file:line:col: message`; exit 1 on errors.
-    Check,
+    #[command(
+        after_help = "Examples:\n  clickup-bridge check\n  clickup-bridge check --routes /etc/clickup-bridge/routes.yaml"
+    )]
+    Check {
+        /// The routes file.
+        #[command(flatten)]
+        files: RoutesArg,
+    },
     /// Print the signature header(s) a source accepts for a body, for curl.
+    #[command(
+        after_help = "Example:\n  curl http://127.0.0.1:8080/hooks/clickup --data-binary @event.json \\\n    -H \"$(clickup-bridge sign --source clickup --event event.json)\""
+    )]
     Sign {
         /// The source name in routes.yaml.
         #[arg(long)]
@@ -89,9 +106,15 @@ pub enum Command {
         /// The file whose exact bytes are signed.
         #[arg(long, value_name = "FILE")]
         event: PathBuf,
+        /// The routes file.
+        #[command(flatten)]
+        files: RoutesArg,
     },
     /// Print, as JSON, which routes match an event (and why the others do
     /// not) and the exact requests that would be sent. No network.
+    #[command(
+        after_help = "Example:\n  clickup-bridge simulate --source clickup --event examples/events/clickup-task-completed.json \\\n    --task examples/task.json"
+    )]
     Simulate {
         /// The source name in routes.yaml.
         #[arg(long)]
@@ -107,13 +130,25 @@ pub enum Command {
         /// `id_header`, Standard Webhooks' `webhook-id`).
         #[arg(long = "header", short = 'H', value_name = "NAME: VALUE", value_parser = parse_header)]
         headers: Vec<(String, String)>,
+        /// The routes file.
+        #[command(flatten)]
+        files: RoutesArg,
     },
     /// Run route test cases (YAML files: an event and what must happen).
+    #[command(
+        after_help = "Examples:\n  clickup-bridge test\n  clickup-bridge test tests/route_cases/invoice-paid.yaml"
+    )]
     Test {
         /// A case file or a folder of them [default: tests/route_cases].
         path: Option<PathBuf>,
+        /// The routes file.
+        #[command(flatten)]
+        files: RoutesArg,
     },
     /// Stored events (through the admin API).
+    #[command(
+        after_help = "Examples:\n  clickup-bridge events list --source clickup\n  clickup-bridge events show evt_01a2..."
+    )]
     Events {
         /// Admin API address and token.
         #[command(flatten)]
@@ -123,6 +158,9 @@ pub enum Command {
         cmd: client::EventsCommand,
     },
     /// Deliveries: list, show, replay (through the admin API).
+    #[command(
+        after_help = "Examples:\n  clickup-bridge deliveries list --status dead\n  clickup-bridge deliveries show dlv_01a2...\n  clickup-bridge deliveries replay --all-dead --target team-slack"
+    )]
     Deliveries {
         /// Admin API address and token.
         #[command(flatten)]
@@ -130,6 +168,12 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         cmd: client::DeliveriesCommand,
+    },
+    /// Store tooling.
+    Store {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: StoreCommand,
     },
     /// ClickUp tooling.
     Clickup {
@@ -139,14 +183,54 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The `--routes` of a command that reads routes.yaml.
+    fn routes(&self) -> Option<&PathBuf> {
+        match self {
+            Command::Serve { files }
+            | Command::Check { files }
+            | Command::Sign { files, .. }
+            | Command::Simulate { files, .. }
+            | Command::Test { files, .. }
+            | Command::Clickup {
+                cmd: ClickupCommand::Webhooks { files, .. },
+            } => files.routes.as_ref(),
+            Command::Events { .. } | Command::Deliveries { .. } | Command::Store { .. } => None,
+        }
+    }
+}
+
+/// `clickup-bridge store ...`
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy a stopped store into an empty one (e.g. sqlite://clickup-bridge.db
+    /// into postgres://...): events with their dedupe keys, deliveries with
+    /// their attempts, links. Refuses a target that holds any row.
+    #[command(
+        after_help = "Example:\n  systemctl stop clickup-bridge\n  clickup-bridge store copy sqlite:///var/lib/clickup-bridge/clickup-bridge.db \\\n    postgres://bridge:secret@db.internal:5432/bridge"
+    )]
+    Copy {
+        /// The store to copy from (stop its daemon first).
+        from: String,
+        /// The empty store to copy into.
+        to: String,
+    },
+}
+
 /// `clickup-bridge clickup ...`
 #[derive(Debug, Subcommand)]
 pub enum ClickupCommand {
     /// Manage the team's webhooks through ClickUp's API.
+    #[command(
+        after_help = "Examples:\n  clickup-bridge clickup webhooks list --team 9012345\n  clickup-bridge clickup webhooks create --team 9012345 --endpoint https://bridge.example.com/hooks/clickup \\\n    --events taskCreated,taskStatusUpdated --env-file /etc/clickup-bridge/clickup.env"
+    )]
     Webhooks {
         /// Which credentials.
         #[command(flatten)]
         creds: webhooks::Credentials,
+        /// The routes file (for the clickup target's token).
+        #[command(flatten)]
+        files: RoutesArg,
         /// What to do.
         #[command(subcommand)]
         cmd: webhooks::WebhooksCommand,
@@ -157,19 +241,19 @@ pub enum ClickupCommand {
 #[derive(Debug, clap::Args)]
 pub struct AdminArgs {
     /// Admin API address [default: http:// + the settings' admin_listen].
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(long, global = true, value_name = "URL", help_heading = "Connection")]
     pub admin: Option<String>,
     /// Admin API token [default: the settings' admin_token].
-    #[arg(long, global = true, value_name = "TOKEN")]
+    #[arg(long, global = true, value_name = "TOKEN", help_heading = "Connection")]
     pub token: Option<String>,
     /// Print JSON instead of tables.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Output")]
     pub json: bool,
 }
 
 fn settings(cli: &Cli) -> anyhow::Result<Settings> {
     let mut s = Settings::from_process(cli.config.as_deref()).context("cannot load settings")?;
-    if let Some(r) = &cli.routes {
+    if let Some(r) = cli.command.routes() {
         s.routes = r.clone();
     }
     Ok(s)
@@ -179,15 +263,15 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let settings = settings(&cli)?;
     // The daemon logs them once its logger runs; commands print them.
-    if !matches!(cli.command, Command::Serve) {
+    if !matches!(cli.command, Command::Serve { .. }) {
         for w in &settings.warnings {
             eprintln!("clickup-bridge: warning: {w}");
         }
     }
     match cli.command {
-        Command::Serve => serve(settings),
-        Command::Check => Ok(check(&settings.routes, &settings.templates)),
-        Command::Sign { source, event } => sign(&settings, &source, &event),
+        Command::Serve { .. } => serve(settings),
+        Command::Check { .. } => Ok(check(&settings.routes, &settings.templates)),
+        Command::Sign { source, event, .. } => sign(&settings, &source, &event),
         Command::Events { admin, cmd } => with_admin(&settings, admin, |a| async move {
             client::events(&a, cmd).await
         }),
@@ -199,14 +283,33 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             event,
             task,
             headers,
+            ..
         } => simulate_cmd(&settings, &source, &event, task.as_deref(), &headers),
-        Command::Test { path } => test_cmd(&settings, path),
+        Command::Test { path, .. } => test_cmd(&settings, path),
+        Command::Store {
+            cmd: StoreCommand::Copy { from, to },
+        } => store_copy(&from, &to),
         Command::Clickup {
-            cmd: ClickupCommand::Webhooks { creds, cmd },
+            cmd: ClickupCommand::Webhooks { creds, cmd, .. },
         } => {
             // The token may come from routes.yaml; without a usable file,
-            // --token still works.
-            let pipeline = load(&settings.routes, &settings.templates).ok();
+            // --token still works, and without either the file's problem is
+            // the one to report.
+            let pipeline = match load_needing(
+                &settings.routes,
+                &settings.templates,
+                Unset::AllButTokens,
+            ) {
+                Ok(p) => Some(p),
+                Err(e) if creds.token.is_none() => {
+                    let first = e.diagnostics.first().map(ToString::to_string);
+                    anyhow::bail!(
+                        "the ClickUp token comes from routes.yaml, which does not load: {}; fix it, or pass --token",
+                        first.unwrap_or_default()
+                    );
+                }
+                Err(_) => None,
+            };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -247,6 +350,31 @@ where
     runtime.block_on(f(admin))
 }
 
+/// `store copy FROM TO`: prints what was copied.
+fn store_copy(from: &str, to: &str) -> anyhow::Result<i32> {
+    let cwd = std::env::current_dir().context("cannot read the working directory")?;
+    let from = crate::settings::StoreLocation::parse(from, &cwd).context("FROM")?;
+    let to = crate::settings::StoreLocation::parse(to, &cwd).context("TO")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let copied = runtime
+        .block_on(crate::store::Store::copy(&from, &to))
+        .with_context(|| format!("cannot copy {} into {}", from.describe(), to.describe()))?;
+    let count = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    outln!(
+        "copied {}, {}, {}, {} from {} into {}",
+        count(copied.events, "event", "events"),
+        count(copied.deliveries, "delivery", "deliveries"),
+        count(copied.attempts, "attempt", "attempts"),
+        count(copied.links, "link", "links"),
+        from.describe(),
+        to.describe()
+    );
+    Ok(0)
+}
+
 fn serve(settings: Settings) -> anyhow::Result<i32> {
     crate::telemetry::init(settings.log_format);
     for w in &settings.warnings {
@@ -270,10 +398,20 @@ fn serve(settings: Settings) -> anyhow::Result<i32> {
 }
 
 fn load(routes: &Path, templates: &Path) -> Result<Pipeline, crate::pipeline::LoadError> {
+    load_needing(routes, templates, Unset::Refuse)
+}
+
+/// Loads routes.yaml for a tool that needs only some of its variables.
+fn load_needing(
+    routes: &Path,
+    templates: &Path,
+    unset: Unset<'_>,
+) -> Result<Pipeline, crate::pipeline::LoadError> {
     Pipeline::load(&LoadOptions {
         routes,
         templates,
         env: &process_env,
+        unset,
     })
 }
 
@@ -314,8 +452,10 @@ pub fn check(routes: &Path, templates: &Path) -> i32 {
     }
 }
 
+/// Loads for `simulate` and `test`, which verify nothing and mask
+/// credentials: secrets may be unset.
 fn load_or_report(settings: &Settings) -> Option<Pipeline> {
-    match load(&settings.routes, &settings.templates) {
+    match load_needing(&settings.routes, &settings.templates, Unset::AllowSecrets) {
         Ok(p) => Some(p),
         Err(e) => {
             eprintln!("{e}");
@@ -387,7 +527,12 @@ fn test_cmd(settings: &Settings, path: Option<PathBuf>) -> anyhow::Result<i32> {
 }
 
 fn sign(settings: &Settings, source: &str, event: &Path) -> anyhow::Result<i32> {
-    let pipeline = match load(&settings.routes, &settings.templates) {
+    // Only the signing source's secret is needed.
+    let pipeline = match load_needing(
+        &settings.routes,
+        &settings.templates,
+        Unset::AllButSource(source),
+    ) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");

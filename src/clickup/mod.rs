@@ -134,15 +134,21 @@ impl ClickUpApi {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| ClickUpError::Transport(e.without_url().to_string()))?;
+        let resp = req.send().await.map_err(|e| {
+            ClickUpError::Transport(format!(
+                "{} at {}; check the network, or the target's base_url",
+                crate::errors::root_cause(&e),
+                self.base_url
+            ))
+        })?;
         let status = resp.status().as_u16();
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| ClickUpError::Transport(e.without_url().to_string()))?;
+        let text = resp.text().await.map_err(|e| {
+            ClickUpError::Transport(format!(
+                "{} at {}; check the network, or the target's base_url",
+                crate::errors::root_cause(&e),
+                self.base_url
+            ))
+        })?;
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if (200..300).contains(&status) {
             return Ok(v);

@@ -17,6 +17,43 @@ use tokio_util::sync::CancellationToken;
 #[derive(Default)]
 pub struct Watch {
     last: HashMap<String, String>,
+    board: Arc<HealthBoard>,
+}
+
+/// One webhook as the watch last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookHealth {
+    /// The source that watches it.
+    pub source: String,
+    /// ClickUp's webhook id.
+    pub webhook_id: String,
+    /// Where ClickUp sends its events.
+    pub endpoint: String,
+    /// `active`, `failing` or `suspended`.
+    pub status: String,
+    /// ClickUp's fail count.
+    pub fail_count: i64,
+    /// When it was read, Unix ms.
+    pub checked_at: i64,
+}
+
+/// The last health of every watched webhook, shared with the console.
+#[derive(Debug, Default)]
+pub struct HealthBoard {
+    seen: std::sync::Mutex<std::collections::BTreeMap<(String, String), WebhookHealth>>,
+}
+
+impl HealthBoard {
+    fn record(&self, h: WebhookHealth) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.insert((h.source.clone(), h.webhook_id.clone()), h);
+    }
+
+    /// Every webhook seen so far, by source and id.
+    pub fn all(&self) -> Vec<WebhookHealth> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.values().cloned().collect()
+    }
 }
 
 impl Watch {
@@ -55,6 +92,14 @@ impl Watch {
     }
 
     fn observe(&mut self, source: &str, hook: &Webhook, metrics: &Metrics) {
+        self.board.record(WebhookHealth {
+            source: source.to_owned(),
+            webhook_id: hook.id.clone(),
+            endpoint: hook.endpoint.clone(),
+            status: hook.status.clone(),
+            fail_count: hook.fail_count,
+            checked_at: crate::ids::now_millis(),
+        });
         let labels = WebhookLabels {
             source: source.to_owned(),
             webhook_id: hook.id.clone(),
@@ -84,14 +129,24 @@ impl Watch {
 }
 
 /// Polls at once, then every `interval` (the shortest of the watched
-/// sources'; a reload may change it), until `cancel`.
+/// sources'; a reload may change it), until `cancel`. What it sees is kept
+/// on `board`.
+///
+/// With a shared (PostgreSQL) store, a pass runs only on the instance that
+/// holds the watch's lock at that moment: one instance at a time calls
+/// ClickUp, so a suspended webhook is reactivated once.
 pub async fn run(
+    store: crate::store::Store,
     pipeline: Arc<ArcSwap<Pipeline>>,
     client: reqwest::Client,
     metrics: Arc<Metrics>,
+    board: Arc<HealthBoard>,
     cancel: CancellationToken,
 ) {
-    let mut watch = Watch::default();
+    let mut watch = Watch {
+        board,
+        ..Watch::default()
+    };
     loop {
         let p = pipeline.load_full();
         let every = p
@@ -101,7 +156,13 @@ pub async fn run(
             .min()
             .unwrap_or(Duration::from_secs(60));
         if p.sources.values().any(|s| s.watch.is_some()) {
-            watch.poll(&p, &client, &metrics).await;
+            match store.exclusive(crate::store::Exclusive::ClickUpWatch).await {
+                Ok(Some(_held)) => watch.poll(&p, &client, &metrics).await,
+                Ok(None) => tracing::debug!("another instance is watching the ClickUp webhooks"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot take the ClickUp watch's lock; trying again later")
+                }
+            }
         }
         tokio::select! {
             _ = cancel.cancelled() => return,

@@ -60,6 +60,58 @@ pub struct LoadOptions<'a> {
     pub templates: &'a Path,
     /// Environment lookup (the process environment in production).
     pub env: &'a dyn Fn(&str) -> Option<String>,
+    /// Which unset variables are errors.
+    pub unset: Unset<'a>,
+}
+
+/// Which variables that are not set (and have no default) are errors. The
+/// daemon and `check` need every one; an offline tool only what it uses, so
+/// a user can run `simulate` without exporting every secret of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unset<'a> {
+    /// Every one is an error (`serve`, `check`, reload).
+    Refuse,
+    /// Secrets may be unset: sources' `secret` and targets' `token`,
+    /// `api_token`, `email` and `headers` (`simulate`, `test`: they verify
+    /// nothing and mask credentials).
+    AllowSecrets,
+    /// Only the named source's values are needed (`sign`).
+    AllButSource(&'a str),
+    /// Only targets' tokens are needed (`clickup webhooks`: it uses a
+    /// clickup target's token and base URL, nothing else).
+    AllButTokens,
+}
+
+/// What an unset variable at `path` stands for under `unset`, if allowed.
+fn stand_in(unset: Unset<'_>, path: &[&str]) -> Option<&'static str> {
+    // Valid for every verifier (a Standard Webhooks key is base64) and
+    // every URL key; never used for anything but compiling.
+    const SECRET: &str = "whsec_dW5zZXQ=";
+    const URL: &str = "https://unset.invalid";
+    let secret_place = matches!(
+        path,
+        ["sources", _, "secret", ..]
+            | [
+                "targets",
+                _,
+                "token" | "api_token" | "email" | "headers",
+                ..
+            ]
+    );
+    match unset {
+        Unset::Refuse => None,
+        Unset::AllowSecrets => secret_place.then_some(SECRET),
+        Unset::AllButTokens => match path {
+            ["targets", _, "token"] => None,
+            [.., "url" | "base_url" | "webhook_url"] => Some(URL),
+            _ => Some(SECRET),
+        },
+        Unset::AllButSource(name) => match path {
+            ["sources", s, ..] if *s == name => None,
+            [.., "url" | "base_url" | "webhook_url"] => Some(URL),
+            _ => Some(SECRET),
+        },
+    }
 }
 
 /// The process environment, for [`LoadOptions::env`].
@@ -76,10 +128,12 @@ impl Pipeline {
                 file: file.clone(),
                 pos: Pos { line: 1, col: 1 },
                 severity: crate::routes_file::diag::Severity::Error,
-                message: format!("cannot read the routes file: {e}"),
+                message: format!(
+                    "cannot read the routes file: {e}; pass --routes FILE or set routes in the settings"
+                ),
             }],
         })?;
-        Self::compile(&file, &text, opts.templates, opts.env)
+        Self::compile_with(&file, &text, opts.templates, opts.env, opts.unset)
     }
 
     /// Compiles routes text. `file` is only used in diagnostics.
@@ -88,6 +142,17 @@ impl Pipeline {
         text: &str,
         templates_dir: &Path,
         env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Pipeline, LoadError> {
+        Self::compile_with(file, text, templates_dir, env, Unset::Refuse)
+    }
+
+    /// [`Pipeline::compile`] with a policy for unset variables.
+    pub fn compile_with(
+        file: &str,
+        text: &str,
+        templates_dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+        unset: Unset<'_>,
     ) -> Result<Pipeline, LoadError> {
         let mut d = Diagnostics::new(file);
         let mut root = match yaml::parse(text) {
@@ -102,7 +167,7 @@ impl Pipeline {
                 });
             }
         };
-        env::expand_tree(&mut root, env, &mut d);
+        env::expand_tree_with(&mut root, env, &|path| stand_in(unset, path), &mut d);
         let pipeline = compile_tree(&root, templates_dir, &mut d);
         let diagnostics = d.clone().into_sorted();
         match pipeline {
@@ -196,6 +261,7 @@ fn compile_tree(root: &Node, templates_dir: &Path, d: &mut Diagnostics) -> Optio
     };
     let sources = sources::compile(r.take("sources"), d);
     let targets = targets::compile(r.take("targets"), d);
+    targets::warn_loopback(&targets, d);
     let mut templates = Templates::new();
     let mut ctx = routes::Ctx {
         declared: &declared,

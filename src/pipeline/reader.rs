@@ -49,7 +49,9 @@ impl<'a> MapReader<'a> {
 
     /// The value of `key`, if present.
     pub fn take(&mut self, key: &'static str) -> Option<&'a Node> {
-        self.asked.push(key);
+        if !self.asked.contains(&key) {
+            self.asked.push(key);
+        }
         let entries = self.entries;
         for (i, (k, v)) in entries.iter().enumerate() {
             if k.as_str() == Some(key) {
@@ -58,6 +60,31 @@ impl<'a> MapReader<'a> {
             }
         }
         None
+    }
+
+    /// Declares keys this mapping accepts without reading them yet, so that
+    /// an unknown key is reported with the whole list (and the nearest one)
+    /// even when a branch never asks for some of them.
+    pub fn know(&mut self, keys: &[&'static str]) {
+        for k in keys {
+            if !self.asked.contains(k) {
+                self.asked.push(k);
+            }
+        }
+    }
+
+    /// Whether some key of the mapping is a misspelling of `key` (it is not
+    /// `key` and `key` is its nearest known name). A check that `key` is
+    /// missing would then only repeat the unknown-key error.
+    pub fn misspelled(&self, key: &str) -> bool {
+        self.entries.iter().any(|(k, _)| {
+            k.as_str().is_some_and(|name| {
+                name != key
+                    && !self.asked.contains(&name)
+                    && crate::routes_file::diag::nearest(name, self.asked.iter().copied())
+                        == Some(key)
+            })
+        })
     }
 
     /// The position of `key` itself, if present.

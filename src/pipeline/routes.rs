@@ -306,7 +306,13 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
     {
         if let Some(e) = w.take("event") {
             for (pat, pos) in reader::string_or_list(e, "event", d) {
-                events.push(event_pattern(&pat, pos, d));
+                let pattern = event_pattern(&pat, pos, d);
+                if source_kind.as_deref() == Some("clickup")
+                    && let Some(p) = &pattern
+                {
+                    warn_unknown_clickup_event(p, pos, d);
+                }
+                events.push(pattern);
             }
             events.retain(Option::is_some);
         }
@@ -465,6 +471,55 @@ fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !s.starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// Every event ClickUp's webhooks send (its documented list is fixed).
+pub const CLICKUP_EVENTS: &[&str] = &[
+    "taskCreated",
+    "taskUpdated",
+    "taskDeleted",
+    "taskPriorityUpdated",
+    "taskStatusUpdated",
+    "taskAssigneeUpdated",
+    "taskDueDateUpdated",
+    "taskTagUpdated",
+    "taskMoved",
+    "taskCommentPosted",
+    "taskCommentUpdated",
+    "taskTimeEstimateUpdated",
+    "taskTimeTrackedUpdated",
+    "listCreated",
+    "listUpdated",
+    "listDeleted",
+    "folderCreated",
+    "folderUpdated",
+    "folderDeleted",
+    "spaceCreated",
+    "spaceUpdated",
+    "spaceDeleted",
+    "goalCreated",
+    "goalUpdated",
+    "goalDeleted",
+    "keyResultCreated",
+    "keyResultUpdated",
+    "keyResultDeleted",
+];
+
+/// A route of a clickup source waiting for an event ClickUp never sends
+/// would silently never fire: say so, with the nearest real event. A
+/// warning, not an error: ClickUp may add events before we do.
+fn warn_unknown_clickup_event(p: &EventPattern, pos: Pos, d: &mut Diagnostics) {
+    if CLICKUP_EVENTS.iter().any(|e| p.matches(e)) {
+        return;
+    }
+    let name = match p {
+        EventPattern::Exact(e) | EventPattern::Glob(e, _) => e,
+    };
+    let hint = suggestion(name, CLICKUP_EVENTS, "events");
+    d.warning(
+        pos,
+        format!("ClickUp never sends the event \"{name}\", so this route would not fire{hint}"),
+    );
 }
 
 fn event_pattern(pat: &str, pos: Pos, d: &mut Diagnostics) -> Option<EventPattern> {

@@ -103,6 +103,59 @@ impl TargetKind {
             TargetKind::Http { .. } => "http",
         }
     }
+
+    /// The URL every request of this target starts with. A Slack webhook
+    /// URL is a secret: use it for its host only, never print it.
+    fn base(&self) -> &str {
+        match self {
+            TargetKind::SlackWebhook { webhook_url } => webhook_url.expose(),
+            TargetKind::SlackApi { base_url, .. }
+            | TargetKind::Jira { base_url, .. }
+            | TargetKind::ClickUp { base_url, .. } => base_url,
+            TargetKind::Http { url, .. } => url,
+        }
+    }
+
+    /// Whether requests go to this machine (127.0.0.0/8, ::1, localhost).
+    pub fn is_loopback(&self) -> bool {
+        let Ok(u) = reqwest::Url::parse(self.base()) else {
+            return false;
+        };
+        let host = u.host_str().unwrap_or_default();
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// Scheme, host and port, for messages (never the path: a Slack webhook
+    /// URL's path is its secret).
+    pub fn origin(&self) -> String {
+        reqwest::Url::parse(self.base())
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_default()
+    }
+}
+
+/// Warns about targets that send to this machine. A production install that
+/// sends to 127.0.0.1 delivers nothing and says nothing (the shipped demo
+/// once did exactly that), so `check` and `serve` say it; a local sink or a
+/// test server is the legitimate case, hence a warning, not an error.
+pub fn warn_loopback(targets: &BTreeMap<String, Target>, d: &mut Diagnostics) {
+    for t in targets.values() {
+        if t.kind.is_loopback() {
+            d.warning(
+                t.pos,
+                format!(
+                    "target \"{}\" sends to this machine ({}): right for a local sink or test server, wrong in production; set its URL to the real service",
+                    t.name,
+                    t.kind.origin()
+                ),
+            );
+        }
+    }
 }
 
 /// A compiled target.
@@ -270,6 +323,7 @@ fn compile_one(name: &str, node: &Node, d: &mut Diagnostics) -> Option<Target> {
     let url = |n: &Node, what: &str, d: &mut Diagnostics| target_url(n, what, allow_http, d);
     let kind = match type_name.as_deref() {
         Some("slack") => {
+            r.know(&["webhook_url", "token", "channel", "base_url"]);
             if r.key_pos("webhook_url").is_some() {
                 let u = r.take("webhook_url").and_then(|n| url(n, "webhook_url", d));
                 u.map(|u| TargetKind::SlackWebhook {
@@ -293,14 +347,17 @@ fn compile_one(name: &str, node: &Node, d: &mut Diagnostics) -> Option<Target> {
                     _ => None,
                 }
             } else {
-                d.error(
-                    r.pos(),
-                    format!("slack target \"{name}\" needs webhook_url, or token and channel"),
-                );
+                if !r.misspelled("webhook_url") && !r.misspelled("token") {
+                    d.error(
+                        r.pos(),
+                        format!("slack target \"{name}\" needs webhook_url, or token and channel"),
+                    );
+                }
                 None
             }
         }
         Some("jira") => {
+            r.know(&["base_url", "email", "api_token", "token"]);
             let base_url = r.require("base_url", d).and_then(|n| url(n, "base_url", d));
             let auth = if r.key_pos("token").is_some() {
                 secret(&mut r, "token", d).map(JiraAuth::Bearer)
@@ -320,6 +377,7 @@ fn compile_one(name: &str, node: &Node, d: &mut Diagnostics) -> Option<Target> {
             }
         }
         Some("clickup") => {
+            r.know(&["token", "base_url"]);
             let token = secret(&mut r, "token", d);
             let base_url = match r.take("base_url") {
                 Some(n) => url(n, "base_url", d),
@@ -331,6 +389,7 @@ fn compile_one(name: &str, node: &Node, d: &mut Diagnostics) -> Option<Target> {
             }
         }
         Some("http") => {
+            r.know(&["url", "method", "headers"]);
             let u = r.require("url", d).and_then(|n| url(n, "url", d));
             let method = match r.take("method") {
                 Some(n) => method(n, d),

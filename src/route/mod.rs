@@ -248,9 +248,22 @@ async fn enrich_one(shared: &RouterShared, pipeline: &Pipeline, p: Pending) -> O
             let wait = after.unwrap_or_else(|| backoff(n, &policy, fastrand::f64()));
             let at =
                 now_millis().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
-            tracing::warn!(event_id = %p.event.id, attempt = n, retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(0), error = %reason, "task fetch failed; routing deferred");
-            if let Err(e) = shared.store.defer_routing(&p.event.id, at, &reason).await {
-                tracing::error!(event_id = %p.event.id, error = %e, "cannot defer routing");
+            let ready = std::mem::take(&mut routed.deliveries);
+            let created = !ready.is_empty();
+            match shared
+                .store
+                .defer_routing(&p.event.id, at, &reason, ready, now_millis())
+                .await
+            {
+                Ok(()) => {
+                    tracing::warn!(event_id = %p.event.id, attempt = n, retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(0), routes_delivering = %crate::telemetry::list(&routed.matched_routes), error = %reason, "task fetch failed; routes that need the task deferred");
+                    if created {
+                        shared.wake_deliveries.notify_one();
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(event_id = %p.event.id, error = %e, "cannot defer routing");
+                }
             }
             return None;
         }

@@ -51,8 +51,13 @@ impl Diagnostics {
         }
     }
 
-    /// Records an error at `pos`.
+    /// Records an error at `pos`, unless one is already recorded there: the
+    /// first is the cause (an unset `${VAR}`), and a later check of the same
+    /// value ("url must be an absolute URL") would only repeat it.
     pub fn error(&mut self, pos: Pos, message: impl Into<String>) {
+        if self.has_error_at(pos) {
+            return;
+        }
         self.push(pos, Severity::Error, message.into());
     }
 

@@ -15,10 +15,41 @@ pub fn expand_tree(
     lookup: &dyn Fn(&str) -> Option<String>,
     diags: &mut Diagnostics,
 ) {
+    expand_tree_with(node, lookup, &|_| None, diags);
+}
+
+/// A stand-in for unset variables at a place in the file, given as the path
+/// of mapping keys to it (`["sources", "stripe", "secret"]`; `"[]"` for a
+/// list item). Offline tools that never use a value (`simulate` never
+/// verifies a signature) pass one, so they run without that secret.
+pub type StandIn<'a> = dyn Fn(&[&str]) -> Option<&'static str> + 'a;
+
+/// [`expand_tree`], where a variable that is not set and has no default is
+/// replaced by `stand_in`'s value for that place, when it gives one.
+pub fn expand_tree_with(
+    node: &mut Node,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    stand_in: &StandIn<'_>,
+    diags: &mut Diagnostics,
+) {
+    let mut path = Vec::new();
+    walk(node, &mut path, lookup, stand_in, diags);
+}
+
+fn walk(
+    node: &mut Node,
+    path: &mut Vec<String>,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    stand_in: &StandIn<'_>,
+    diags: &mut Diagnostics,
+) {
     match &mut node.value {
         Value::Str(s) => {
             if s.contains('$') {
-                match expand(s, lookup) {
+                let keys: Vec<&str> = path.iter().map(String::as_str).collect();
+                let fill = stand_in(&keys);
+                let lookup = |name: &str| lookup(name).or_else(|| fill.map(str::to_owned));
+                match expand(s, &lookup) {
                     Ok(v) => *s = v,
                     Err(errors) => {
                         for e in errors {
@@ -28,10 +59,18 @@ pub fn expand_tree(
                 }
             }
         }
-        Value::Seq(items) => items.iter_mut().for_each(|n| expand_tree(n, lookup, diags)),
+        Value::Seq(items) => {
+            path.push("[]".to_owned());
+            for n in items.iter_mut() {
+                walk(n, path, lookup, stand_in, diags);
+            }
+            path.pop();
+        }
         Value::Map(entries) => {
-            for (_, v) in entries.iter_mut() {
-                expand_tree(v, lookup, diags);
+            for (k, v) in entries.iter_mut() {
+                path.push(k.scalar_text().unwrap_or_default());
+                walk(v, path, lookup, stand_in, diags);
+                path.pop();
             }
         }
         Value::Null | Value::Bool(_) | Value::Int(_) | Value::Float(_) => {}

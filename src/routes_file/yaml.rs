@@ -216,16 +216,137 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
             line: l.line(),
             col: l.column(),
         });
-        SyntaxError {
-            pos,
-            message: e.to_string(),
+        let message = e.to_string();
+        match pos.and_then(|p| locate_mistake(text, p, &message)) {
+            Some((pos, message)) => SyntaxError {
+                pos: Some(pos),
+                message,
+            },
+            None => SyntaxError { pos, message },
         }
     })
+}
+
+/// The parser reports where it noticed a problem, which for the two most
+/// common slips is the line after the mistake: a `[` or `{` never closed,
+/// and a key without its `:` before an indented block. Point at the mistake
+/// itself, and keep where the parser noticed it.
+fn locate_mistake(text: &str, at: Pos, message: &str) -> Option<(Pos, String)> {
+    if let Some((open, opened)) = unclosed_bracket(text, at)
+        && opened.line < at.line
+    {
+        let close = if open == '[' { ']' } else { '}' };
+        return Some((
+            opened,
+            format!(
+                "this \"{open}\" is never closed: add \"{close}\" (the parser noticed at line {})",
+                at.line
+            ),
+        ));
+    }
+    let at_line = usize::try_from(at.line).ok()?;
+    if message.contains("mapping values are not allowed") && at_line >= 2 {
+        let lines: Vec<&str> = text.lines().collect();
+        let here = lines.get(at_line - 1)?;
+        let (n, prev) = lines[..at_line - 1]
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))?;
+        let indent = |l: &str| l.len() - l.trim_start().len();
+        let key = prev.trim().trim_start_matches("- ").trim();
+        if !prev.contains(':') && indent(prev) < indent(here) && !key.is_empty() {
+            return Some((
+                Pos {
+                    line: num(n + 1),
+                    col: num(prev.trim_end().len() + 1),
+                },
+                format!(
+                    "missing \":\" after \"{key}\" (the parser noticed at line {})",
+                    at.line
+                ),
+            ));
+        }
+    }
+    None
+}
+
+fn num(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+/// The innermost flow bracket still open at `at`, outside quotes and
+/// comments.
+fn unclosed_bracket(text: &str, at: Pos) -> Option<(char, Pos)> {
+    let mut open: Vec<(char, Pos)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line_no = num(i + 1);
+        if line_no > at.line {
+            break;
+        }
+        let mut quote: Option<char> = None;
+        let mut prev = ' ';
+        let mut escaped = false;
+        for (j, c) in line.chars().enumerate() {
+            let col = num(j + 1);
+            if line_no == at.line && col >= at.col {
+                break;
+            }
+            match quote {
+                Some('"') if escaped => escaped = false,
+                Some('"') if c == '\\' => escaped = true,
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None => match c {
+                    '#' if prev.is_whitespace() => break,
+                    '"' | '\'' => quote = Some(c),
+                    '[' | '{' => open.push((c, Pos { line: line_no, col })),
+                    ']' | '}' => {
+                        open.pop();
+                    }
+                    _ => {}
+                },
+            }
+            prev = c;
+        }
+    }
+    open.pop()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A syntax error is reported where the mistake is, not on the line
+    /// after, where the parser noticed it.
+    #[test]
+    fn syntax_errors_point_at_the_mistake() {
+        let cases = [
+            (
+                "a: [1, 2\nb: 3\n",
+                (1, 4),
+                "this \"[\" is never closed: add \"]\" (the parser noticed at line 2)",
+            ),
+            (
+                "routes:\n  - name: a\n    when: {event: x\n    send: []\n",
+                (3, 11),
+                "this \"{\" is never closed: add \"}\" (the parser noticed at line 4)",
+            ),
+            (
+                "sources:\n  clickup\n    verify: clickup\n",
+                (2, 10),
+                "missing \":\" after \"clickup\" (the parser noticed at line 3)",
+            ),
+        ];
+        for (text, (line, col), message) in cases {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.pos, Some(Pos { line, col }), "{text}");
+            assert_eq!(e.message, message, "{text}");
+        }
+        // A quote that is never closed is already reported where it opens.
+        let e = parse("a:\n  b: \"x\nc: 1\n").unwrap_err();
+        assert_eq!(e.pos.map(|p| p.line), Some(2));
+    }
 
     #[test]
     fn keys_and_values_keep_their_positions() {

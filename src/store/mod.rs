@@ -4,29 +4,98 @@
 //! backend. Callers get plain Rust types and a [`StoreError`]. A PostgreSQL
 //! backend is added as another variant of [`Backend`] without touching callers.
 
+mod copy;
+mod ops;
+mod postgres;
+mod sql;
 mod sqlite;
 
 use crate::ids::{DeliveryId, EventId};
 use crate::settings::StoreLocation;
 use crate::verify::VerifiedEvent;
+use std::sync::Arc;
+
+pub use copy::Copied;
+
+/// The database driver's error, shared by every operation of a failed batch.
+pub type DbError = Arc<dyn std::error::Error + Send + Sync>;
 
 /// A store failure. Inbound answers 503 for any of them (the sender retries).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or written.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+    #[error("store unavailable: {source}; check that the database is up and reachable")]
+    Unavailable {
+        /// The driver's error.
+        #[source]
+        source: DbError,
+    },
     /// Migrations failed at open.
-    #[error("store migration failed: {0}")]
-    Migration(String),
-    /// This build cannot open that kind of store.
-    #[error("unsupported store: {0}")]
-    Unsupported(String),
+    #[error(
+        "store migration failed: {source}; restore the database from a backup or use the version that created it"
+    )]
+    Migration {
+        /// The migrator's error.
+        #[source]
+        source: DbError,
+    },
+    /// The folder of an SQLite store does not exist.
+    #[error("the folder {} of the SQLite store does not exist; create it (mkdir -p {}) or fix the store setting", .0.display(), .0.display())]
+    NoFolder(std::path::PathBuf),
+    /// `store copy` was given an SQLite file that does not exist.
+    #[error("there is no SQLite store at {}; give the path of the stopped daemon's store file", .0.display())]
+    NoStore(std::path::PathBuf),
+    /// A stored value this version cannot read.
+    #[error(
+        "the store holds a value this version cannot read (column {column}: {detail}); was the database changed by hand or by a newer version?"
+    )]
+    Corrupt {
+        /// The column.
+        column: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The target of `store copy` already holds data.
+    #[error("the target store is not empty ({0}); copy into a new, empty database")]
+    NotEmpty(String),
+    /// A bug in the store (never bad data or a database failure).
+    #[error("internal store error: {0}; please report it")]
+    Internal(&'static str),
+}
+
+impl StoreError {
+    fn corrupt(column: &str, detail: impl Into<String>) -> Self {
+        StoreError::Corrupt {
+            column: column.to_owned(),
+            detail: detail.into(),
+        }
+    }
+
+    fn migration(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migration {
+            source: Arc::new(e),
+        }
+    }
+
+    /// Whether the database could not be reached or written (as opposed to
+    /// bad data or a bug).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        StoreError::Unavailable(e.to_string())
+        match e {
+            // A value the driver cannot decode is bad data, not an outage.
+            sqlx::Error::ColumnDecode { index, source } => StoreError::Corrupt {
+                column: index,
+                detail: source.to_string(),
+            },
+            e => StoreError::Unavailable {
+                source: Arc::new(e),
+            },
+        }
     }
 }
 
@@ -249,6 +318,8 @@ pub struct DeliveryRow {
     pub created_at: i64,
     /// Delivered, Unix ms.
     pub delivered_at: Option<i64>,
+    /// While pending: when its next attempt is due, Unix ms.
+    pub next_attempt_at: Option<i64>,
 }
 
 /// One recorded attempt as read back.
@@ -309,10 +380,55 @@ pub struct DeliveryFilter {
     pub before: Option<String>,
 }
 
+/// Filters for listing events.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Only this source.
+    pub source: Option<String>,
+    /// Only this event type.
+    pub event_type: Option<String>,
+    /// Only events accepted at or after this time (Unix ms).
+    pub since: Option<i64>,
+    /// Only events accepted before this time (Unix ms).
+    pub until: Option<i64>,
+    /// At most this many (newest first).
+    pub limit: u32,
+    /// Only ids older than this one (the cursor of the previous page).
+    pub before: Option<String>,
+}
+
+/// How many events (per source) or deliveries (per target and status) fell
+/// in one time bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivityCount {
+    /// The source (events) or target (deliveries).
+    pub name: String,
+    /// The delivery's status now (`None` for events).
+    pub status: Option<DeliveryStatus>,
+    /// Bucket number: 0 starts at [`Activity::since`].
+    pub bucket: u32,
+    /// How many.
+    pub count: u64,
+}
+
+/// Events and deliveries since a time, counted per bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activity {
+    /// Start of bucket 0, Unix ms.
+    pub since: i64,
+    /// Width of a bucket, ms.
+    pub bucket_ms: i64,
+    /// Events accepted, per source and bucket.
+    pub events: Vec<ActivityCount>,
+    /// Deliveries created, per target, status and bucket.
+    pub deliveries: Vec<ActivityCount>,
+}
+
 /// Which deliveries to replay.
 #[derive(Debug, Clone)]
 pub enum ReplayFilter {
-    /// One delivery (dead or delivered).
+    /// One delivery: a dead or delivered one is queued again with a fresh
+    /// retry budget; a pending one is made due now.
     One(DeliveryId),
     /// Every delivery in this state, optionally of one target and route.
     All {
@@ -325,30 +441,171 @@ pub enum ReplayFilter {
     },
 }
 
+/// Work that runs on one instance at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exclusive {
+    /// The ClickUp webhook watch (and its auto-reactivation).
+    ClickUpWatch,
+    /// Retention pruning.
+    Retention,
+}
+
+impl Exclusive {
+    /// The PostgreSQL advisory lock key ("cbridge" and a number).
+    fn key(self) -> i64 {
+        const BASE: i64 = 0x6362_7269_6467_6500;
+        match self {
+            Exclusive::ClickUpWatch => BASE + 1,
+            Exclusive::Retention => BASE + 2,
+        }
+    }
+}
+
+/// Holds an [`Exclusive`] lock until dropped.
+pub struct ExclusiveGuard {
+    // Closing the session releases its advisory locks.
+    _session: Option<sqlx::PgConnection>,
+}
+
 enum Backend {
     Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
+}
+
+/// Runs the copy inside one transaction of the target.
+async fn copy_in_tx<A, DB>(
+    from: &mut A,
+    to: &mut sqlx::pool::PoolConnection<DB>,
+) -> Result<Copied, StoreError>
+where
+    A: sql::Conn,
+    DB: sqlx::Database,
+    DB::Connection: sql::Conn,
+{
+    use sqlx::Connection;
+    let mut tx = (**to).begin().await?;
+    let copied = copy::copy(from, &mut *tx).await?;
+    tx.commit().await?;
+    Ok(copied)
+}
+
+/// Runs a shared read (`ops::...`) on a reading connection of the backend.
+macro_rules! read {
+    ($self:ident, |$c:ident| $body:expr) => {
+        match $self.backend.as_ref() {
+            Backend::Sqlite(s) => {
+                let mut conn = s.reader().await?;
+                let $c = &mut *conn;
+                $body.await
+            }
+            Backend::Postgres(p) => {
+                let mut conn = p.reader().await?;
+                let $c = &mut *conn;
+                $body.await
+            }
+        }
+    };
 }
 
 /// A handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    backend: std::sync::Arc<Backend>,
+    backend: Arc<Backend>,
+}
+
+/// How a store is opened.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// How long the claims of an instance that died hold their work before
+    /// other instances take it over (PostgreSQL; one process owns an SQLite
+    /// file and frees its claims when it starts).
+    pub lease_timeout: std::time::Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            lease_timeout: std::time::Duration::from_secs(60),
+        }
+    }
 }
 
 impl Store {
     /// Opens (creating when missing) and migrates the store.
     pub async fn open(location: &StoreLocation) -> Result<Store, StoreError> {
+        Store::open_with(location, &StoreOptions::default()).await
+    }
+
+    /// Opens (creating when missing) and migrates the store, with options.
+    pub async fn open_with(
+        location: &StoreLocation,
+        options: &StoreOptions,
+    ) -> Result<Store, StoreError> {
         let backend = match location {
             StoreLocation::Sqlite(path) => Backend::Sqlite(sqlite::SqliteStore::open(path).await?),
-            StoreLocation::Postgres(_) => {
-                return Err(StoreError::Unsupported(
-                    "postgres:// is not supported by this version yet; use sqlite://PATH".into(),
-                ));
+            StoreLocation::Postgres(url) => {
+                Backend::Postgres(postgres::PgStore::open(url, options.lease_timeout).await?)
             }
         };
         Ok(Store {
-            backend: std::sync::Arc::new(backend),
+            backend: Arc::new(backend),
         })
+    }
+
+    /// Wakes `router` when new events are stored and `deliveries` when new
+    /// deliveries are, by any instance sharing the store (PostgreSQL
+    /// LISTEN/NOTIFY). An SQLite store has one process, which wakes its own
+    /// workers directly, so this does nothing there.
+    pub fn forward_wakeups(
+        &self,
+        router: Arc<tokio::sync::Notify>,
+        deliveries: Arc<tokio::sync::Notify>,
+    ) {
+        if let Backend::Postgres(p) = self.backend.as_ref() {
+            p.forward_wakeups(router, deliveries);
+        }
+    }
+
+    /// Takes the lock of `what` when no other instance holds it: `None` when
+    /// one does. An SQLite store has one process, which always gets it.
+    pub async fn exclusive(&self, what: Exclusive) -> Result<Option<ExclusiveGuard>, StoreError> {
+        match self.backend.as_ref() {
+            Backend::Sqlite(_) => Ok(Some(ExclusiveGuard { _session: None })),
+            Backend::Postgres(p) => Ok(p
+                .try_lock(what.key())
+                .await?
+                .map(|s| ExclusiveGuard { _session: Some(s) })),
+        }
+    }
+
+    /// Takes one request from `target`'s rate budget shared by every
+    /// instance (PostgreSQL; `interval_ms` per request, bursts of up to
+    /// `burst_ms`). `Ok(None)` when taken, else how many ms to wait before
+    /// asking again. An SQLite store has one process, whose budget lives in
+    /// memory: always `Ok(None)` there.
+    pub async fn take_rate(
+        &self,
+        target: &str,
+        interval_ms: i64,
+        burst_ms: i64,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        match self.backend.as_ref() {
+            Backend::Sqlite(_) => Ok(None),
+            Backend::Postgres(p) => p.take_rate(target, interval_ms, burst_ms, now).await,
+        }
+    }
+
+    /// Whether several instances may share this store.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend.as_ref(), Backend::Postgres(_))
+    }
+
+    async fn write(&self, op: ops::Op) -> Result<ops::Done, StoreError> {
+        match self.backend.as_ref() {
+            Backend::Sqlite(s) => s.run(op).await,
+            Backend::Postgres(p) => p.run(op).await,
+        }
     }
 
     /// Durably stores a verified event, or finds the earlier one with the same
@@ -358,9 +615,16 @@ impl Store {
         event: VerifiedEvent,
         received_at: i64,
     ) -> Result<Inserted, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.insert_event(event, received_at).await,
-        }
+        let (source, identity, payload) = event.into_parts();
+        let new = ops::NewEvent {
+            id: EventId::generate(),
+            source,
+            dedupe_key: identity.dedupe_key,
+            event_type: identity.event_type,
+            payload,
+            received_at,
+        };
+        self.write(ops::Op::InsertEvent(new)).await?.inserted()
     }
 
     /// Frees deliveries claimed by this process whose work was cut short
@@ -378,6 +642,7 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self.backend.as_ref() {
             Backend::Sqlite(s) => s.ping().await,
+            Backend::Postgres(p) => p.ping().await,
         }
     }
 
@@ -387,16 +652,28 @@ impl Store {
         source: Option<&str>,
         limit: u32,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.events_page(source, limit, None).await,
-        }
+        self.events_page(source, limit, None).await
+    }
+
+    /// Events matching `filter`, newest first.
+    pub async fn events(&self, filter: &EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
+        read!(self, |c| ops::events(c, filter))
+    }
+
+    /// How many deliveries match `filter` (its `limit` and `before` aside).
+    pub async fn count_deliveries(&self, filter: &DeliveryFilter) -> Result<u64, StoreError> {
+        read!(self, |c| ops::count_deliveries(c, filter))
+    }
+
+    /// Events accepted and deliveries created since `since` (Unix ms), per
+    /// bucket of `bucket_ms`.
+    pub async fn activity(&self, since: i64, bucket_ms: i64) -> Result<Activity, StoreError> {
+        read!(self, |c| ops::activity(c, since, bucket_ms))
     }
 
     /// Number of stored events.
     pub async fn count_events(&self) -> Result<u64, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.count_events().await,
-        }
+        read!(self, |c| ops::count_events(c))
     }
 
     /// Claims up to `limit` unrouted events for `lease_ms`.
@@ -406,9 +683,13 @@ impl Store {
         now: i64,
         lease_ms: i64,
     ) -> Result<Vec<EventToRoute>, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.claim_events(limit, now, lease_ms).await,
-        }
+        self.write(ops::Op::ClaimEvents {
+            limit,
+            now,
+            lease_ms,
+        })
+        .await?
+        .events()
     }
 
     /// Stores routing results: inserts each event's deliveries and marks it
@@ -420,9 +701,9 @@ impl Store {
         routed: std::sync::Arc<Vec<RoutedEvent>>,
         now: i64,
     ) -> Result<(), StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.complete_routing(routed, now).await,
-        }
+        self.write(ops::Op::CompleteRouting { routed, now })
+            .await
+            .map(|_| ())
     }
 
     /// Claims up to `limit` due deliveries of `target` for `lease_ms`.
@@ -433,21 +714,38 @@ impl Store {
         now: i64,
         lease_ms: i64,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.claim_deliveries(target, limit, now, lease_ms).await,
-        }
+        self.write(ops::Op::ClaimDeliveries {
+            target: target.to_owned(),
+            limit,
+            now,
+            lease_ms,
+        })
+        .await?
+        .deliveries()
     }
 
-    /// Leaves an event unrouted until `retry_at` (its enrichment failed).
+    /// Leaves an event unrouted until `retry_at` (its enrichment failed),
+    /// storing in the same transaction the deliveries of its routes that did
+    /// not need the failed fetch (`ready`), so they go out meanwhile. When the
+    /// event is routed again, the same deliveries (same ids) are not created
+    /// twice.
     pub async fn defer_routing(
         &self,
         event: &EventId,
         retry_at: i64,
         error: &str,
+        ready: Vec<NewDelivery>,
+        now: i64,
     ) -> Result<(), StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.defer_routing(event, retry_at, error).await,
-        }
+        self.write(ops::Op::DeferRouting {
+            event: event.clone(),
+            retry_at,
+            error: error.to_owned(),
+            ready,
+            now,
+        })
+        .await
+        .map(|_| ())
     }
 
     /// The links remembered for a ClickUp task.
@@ -455,23 +753,17 @@ impl Store {
         &self,
         task_id: &str,
     ) -> Result<serde_json::Map<String, serde_json::Value>, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.links(task_id).await,
-        }
+        read!(self, |c| ops::links(c, task_id))
     }
 
     /// Records an attempt and applies its outcome to the delivery.
     pub async fn record_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.record_attempt(record).await,
-        }
+        self.write(ops::Op::RecordAttempt(record)).await.map(|_| ())
     }
 
     /// The earliest time a pending, unleased delivery becomes due.
     pub async fn next_due(&self) -> Result<Option<i64>, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.next_due().await,
-        }
+        read!(self, |c| ops::next_due(c))
     }
 
     /// Deliveries matching `filter`, newest first.
@@ -479,23 +771,17 @@ impl Store {
         &self,
         filter: &DeliveryFilter,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.deliveries(filter).await,
-        }
+        read!(self, |c| ops::deliveries(c, filter))
     }
 
     /// The attempts of one delivery, in order.
     pub async fn attempts(&self, delivery: &DeliveryId) -> Result<Vec<AttemptRow>, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.attempts(delivery).await,
-        }
+        read!(self, |c| ops::attempts(c, delivery))
     }
 
     /// Routes matched by an event (`None` while unrouted).
     pub async fn matched_routes(&self, event: &EventId) -> Result<Option<Vec<String>>, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.matched_routes(event).await,
-        }
+        read!(self, |c| ops::matched_routes(c, event))
     }
 
     /// Events, newest first, at most `limit`, older than `before` (a cursor).
@@ -505,61 +791,100 @@ impl Store {
         limit: u32,
         before: Option<&str>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.events_page(source, limit, before).await,
-        }
+        self.events(&EventFilter {
+            source: source.map(str::to_owned),
+            limit,
+            before: before.map(str::to_owned),
+            ..Default::default()
+        })
+        .await
     }
 
     /// One event.
     pub async fn event(&self, id: &EventId) -> Result<Option<StoredEvent>, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.event(id).await,
-        }
+        read!(self, |c| ops::event(c, id))
     }
 
     /// One delivery.
     pub async fn delivery(&self, id: &DeliveryId) -> Result<Option<DeliveryRow>, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.delivery(id).await,
-        }
+        read!(self, |c| ops::delivery(c, id))
     }
 
     /// Targets that have pending deliveries.
     pub async fn pending_targets(&self) -> Result<Vec<String>, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.pending_targets().await,
-        }
+        read!(self, |c| ops::pending_targets(c))
     }
 
     /// Queues deliveries again (dead or delivered ones matching `filter`, or
     /// the one named): pending, due now, with a fresh retry budget. Returns
     /// how many.
     pub async fn replay(&self, filter: ReplayFilter, now: i64) -> Result<u64, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.replay(filter, now).await,
-        }
+        self.write(ops::Op::Replay { filter, now }).await?.count()
+    }
+
+    /// How many deliveries a bulk replay with this filter would queue (its
+    /// dry run).
+    pub async fn count_replayable(
+        &self,
+        status: DeliveryStatus,
+        target: Option<&str>,
+        route: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        read!(self, |c| ops::count_replayable(c, status, target, route))
     }
 
     /// Counts for metrics.
     pub async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.queue_stats().await,
-        }
+        read!(self, |c| ops::queue_stats(c))
     }
 
     /// Deletes up to `batch` delivered or dead deliveries last updated before
     /// `cutoff` (Unix ms), then events older than `cutoff` with nothing left
     /// to deliver. Pending work is never pruned.
     pub async fn prune(&self, cutoff: i64, batch: u32) -> Result<Pruned, StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.prune(cutoff, batch).await,
+        self.write(ops::Op::Prune { cutoff, batch }).await?.pruned()
+    }
+
+    /// Copies every event (with its dedupe key), delivery, attempt and link
+    /// of a stopped store at `from` into the empty store at `to`, in one
+    /// transaction of the target. Refuses a target that holds any row, and
+    /// a `from` SQLite file that does not exist.
+    pub async fn copy(from: &StoreLocation, to: &StoreLocation) -> Result<Copied, StoreError> {
+        if let StoreLocation::Sqlite(path) = from
+            && !path.is_file()
+        {
+            return Err(StoreError::NoStore(path.clone()));
         }
+        let src = Store::open(from).await?;
+        let dst = Store::open(to).await?;
+        let copied = match (src.backend.as_ref(), dst.backend.as_ref()) {
+            (Backend::Sqlite(a), Backend::Sqlite(b)) => {
+                let (mut r, mut w) = (a.reader().await?, b.reader().await?);
+                copy_in_tx(&mut *r, &mut w).await
+            }
+            (Backend::Sqlite(a), Backend::Postgres(b)) => {
+                let (mut r, mut w) = (a.reader().await?, b.reader().await?);
+                copy_in_tx(&mut *r, &mut w).await
+            }
+            (Backend::Postgres(a), Backend::Sqlite(b)) => {
+                let (mut r, mut w) = (a.reader().await?, b.reader().await?);
+                copy_in_tx(&mut *r, &mut w).await
+            }
+            (Backend::Postgres(a), Backend::Postgres(b)) => {
+                let (mut r, mut w) = (a.reader().await?, b.reader().await?);
+                copy_in_tx(&mut *r, &mut w).await
+            }
+        };
+        src.close().await;
+        dst.close().await;
+        copied
     }
 
     /// Finishes pending writes and closes connections.
     pub async fn close(&self) {
         match self.backend.as_ref() {
             Backend::Sqlite(s) => s.close().await,
+            Backend::Postgres(p) => p.close().await,
         }
     }
 }

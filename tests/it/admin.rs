@@ -198,6 +198,26 @@ async fn dead_deliveries_are_replayed_one_by_one_and_in_bulk() {
         .await;
     assert_eq!(status, 404);
 
+    // A dry run answers the count and queues nothing.
+    let (status, r) = app
+        .admin(
+            "POST",
+            "/api/v1/deliveries/replay?status=dead&target=t&route=r&dry_run=true",
+        )
+        .await;
+    assert_eq!((status, r), (200, json!({"dry_run": true, "matched": 2})));
+    let (status, _) = app
+        .admin(
+            "POST",
+            "/api/v1/deliveries/replay?status=dead&dry_run=maybe",
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        app.settled(&ids[1], 1).await[0].status,
+        DeliveryStatus::Dead,
+        "the dry run changed nothing"
+    );
     let (status, r) = app
         .admin(
             "POST",
@@ -213,6 +233,44 @@ async fn dead_deliveries_are_replayed_one_by_one_and_in_bulk() {
         .admin("POST", "/api/v1/deliveries/replay?status=dead")
         .await;
     assert_eq!(r, json!({"replayed": 0}));
+    app.stop().await;
+}
+
+/// Replaying a pending delivery that waits for its next retry means "try
+/// now": it is attempted at once, with the retry budget it has.
+#[tokio::test]
+async fn replaying_a_pending_delivery_makes_it_due_now() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let routes = format!(
+        "sources:\n  clickup:\n    verify: clickup\n    secret: {CLICKUP_SECRET}\ntargets:\n  t:\n    type: http\n    url: {}/in\n    retry: {{attempts: 5, initial: 3600, max: 3600}}\nroutes:\n  - name: r\n    source: clickup\n    send:\n      - target: t\n        body: {{}}\n",
+        server.uri()
+    );
+    let app = spawn_app(&routes).await;
+    let id = app.post_clickup(&clickup_event(1)).await;
+    let rows = app
+        .wait_deliveries(&id, 20, "the first attempt", |r| {
+            r.first().is_some_and(|d| d.attempts == 1)
+        })
+        .await;
+    assert_eq!(rows[0].status, DeliveryStatus::Pending, "waits an hour");
+    let (status, r) = app
+        .admin("POST", &format!("/api/v1/deliveries/{}/replay", rows[0].id))
+        .await;
+    assert_eq!((status, r), (200, json!({"replayed": 1})));
+    let rows = app.settled(&id, 20).await;
+    assert_eq!(
+        (rows[0].status, rows[0].attempts),
+        (DeliveryStatus::Delivered, 2)
+    );
     app.stop().await;
 }
 

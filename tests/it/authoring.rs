@@ -9,13 +9,14 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Runs the binary as the README's demo does: examples/demo.env loaded.
 fn run(args: &[&str], dir: &Path) -> (i32, String, String) {
     run_output(
         Command::new(bin())
             .args(args)
             .current_dir(dir)
             .env_clear()
-            .env("CLICKUP_WEBHOOK_SECRET", "route-cases"),
+            .envs(demo_env()),
     )
 }
 
@@ -24,8 +25,142 @@ fn run(args: &[&str], dir: &Path) -> (i32, String, String) {
 fn the_shipped_route_cases_pass() {
     let (code, out, err) = run(&["test", "tests/route_cases"], root());
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.trim_end().ends_with("7 passed, 0 failed"), "{out}");
+    let cases = clickup_bridge::cli::route_test::case_files(&root().join("tests/route_cases"));
+    assert!(cases.len() > 30, "{cases:?}");
+    assert!(
+        out.trim_end()
+            .ends_with(&format!("{} passed, 0 failed", cases.len())),
+        "{out}"
+    );
     assert!(!out.contains("FAIL"), "{out}");
+}
+
+/// Every ClickUp fixture event, through the shipped routes: no delivery it
+/// creates fails to render (task-audit once went dead on taskDeleted, which
+/// has no history_items), and every route it matches is pinned by a route
+/// case that sends that very fixture.
+#[test]
+fn every_clickup_fixture_renders_through_the_shipped_routes_and_is_pinned() {
+    let cases: Vec<(String, String)> =
+        clickup_bridge::cli::route_test::case_files(&root().join("tests/route_cases"))
+            .iter()
+            .map(|f| {
+                let text = std::fs::read_to_string(f).unwrap();
+                (f.display().to_string(), text)
+            })
+            .collect();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(fixtures().join("clickup")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if path.extension().is_none_or(|x| x != "json") || name.starts_with("signature-vector") {
+            continue;
+        }
+        let (code, out, err) = run(
+            &[
+                "simulate",
+                "--source",
+                "clickup",
+                "--event",
+                path.to_str().unwrap(),
+                "--task",
+                "examples/task.json",
+            ],
+            root(),
+        );
+        assert_eq!(code, 0, "{name}: {err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        for route in v["routes"].as_array().unwrap() {
+            if route["matched"] != true {
+                continue;
+            }
+            let route_name = route["route"].as_str().unwrap();
+            for d in route["deliveries"].as_array().unwrap() {
+                let error = d["error"].as_str().unwrap_or_default();
+                // Links come from an earlier delivery; the case gives them.
+                assert!(
+                    error.is_empty() || error.contains("links."),
+                    "{name} through {route_name}: {error}"
+                );
+            }
+            let pinned = cases.iter().any(|(_, text)| {
+                text.contains(&format!("event: ../../fixtures/clickup/{name}"))
+                    && text
+                        .lines()
+                        .any(|l| l.trim_start().starts_with("routes:") && l.contains(route_name))
+            });
+            assert!(pinned, "no route case sends {name} through {route_name}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 30, "only {checked} fixture/route pairs");
+}
+
+/// Offline tools need only what they use: `sign` the secret of the source
+/// it signs for, `simulate` and `test` no secret at all.
+#[test]
+fn offline_tools_need_only_the_variables_they_use() {
+    let out = Command::new(bin())
+        .args(["sign", "--source", "stripe", "--event"])
+        .arg("examples/events/stripe-invoice-paid.json")
+        .current_dir(root())
+        .env_clear()
+        .env("STRIPE_WEBHOOK_SECRET", "whsec_only_this")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("Stripe-Signature: t="), "{stdout}");
+
+    let out = Command::new(bin())
+        .args(["sign", "--source", "stripe", "--event"])
+        .arg("examples/events/stripe-invoice-paid.json")
+        .current_dir(root())
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("environment variable STRIPE_WEBHOOK_SECRET is not set")
+            && !stderr.contains("CLICKUP_WEBHOOK_SECRET"),
+        "only the secret sign needs is asked for: {stderr}"
+    );
+
+    let no_secrets: Vec<(String, String)> = demo_env()
+        .into_iter()
+        .filter(|(k, _)| !k.contains("SECRET") && !k.contains("TOKEN"))
+        .collect();
+    let (code, out, err) = run_output(
+        Command::new(bin())
+            .args(["simulate", "--source", "stripe", "--event"])
+            .arg("examples/events/stripe-invoice-paid.json")
+            .current_dir(root())
+            .env_clear()
+            .envs(no_secrets.clone()),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"matched\": true"), "{out}");
+    let (code, out, err) = run_output(
+        Command::new(bin())
+            .args(["test", "tests/route_cases/task-completed.yaml"])
+            .current_dir(root())
+            .env_clear()
+            .envs(no_secrets),
+    );
+    assert_eq!(
+        (code, out.trim_end()),
+        (
+            0,
+            "ok   tests/route_cases/task-completed.yaml: a completed task is announced in Slack\n1 passed, 0 failed"
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -46,13 +181,13 @@ fn a_failing_case_prints_a_readable_diff_and_exits_one() {
     let templates = root().join("templates");
     let out = Command::new(bin())
         .args([
+            "test",
             "--routes",
             routes.to_str().unwrap(),
-            "test",
             dir.path().to_str().unwrap(),
         ])
         .env_clear()
-        .env("CLICKUP_WEBHOOK_SECRET", "x")
+        .envs(demo_env())
         .env("CLICKUP_BRIDGE_TEMPLATES", templates.to_str().unwrap())
         .output()
         .unwrap();
@@ -202,9 +337,9 @@ async fn sign_output_is_accepted_by_the_daemon_for_every_verifier() {
         std::fs::write(&file, &body).unwrap();
         let out = Command::new(bin())
             .args([
+                "sign",
                 "--routes",
                 routes.to_str().unwrap(),
-                "sign",
                 "--source",
                 source,
                 "--event",

@@ -46,7 +46,7 @@ sources:
 targets:
   team-slack:
     type: slack
-    webhook_url: http://127.0.0.1:1/slack
+    webhook_url: https://hooks.slack.com/services/T0/B0/X
 ";
 
 fn with_route(route: &str) -> String {
@@ -69,12 +69,61 @@ fn a_valid_file_prints_a_one_line_summary_and_exits_zero() {
 
 #[test]
 fn yaml_syntax_errors_point_at_the_spot() {
+    // The parser notices the unclosed "[" on line 3; the mistake is on 2.
     let text = "sources:\n  clickup: [verify: clickup\nroutes: []\n";
+    assert_eq!(
+        check(text, &[]),
+        (1, "routes.yaml:2:12: YAML syntax error: this \"[\" is never closed: add \"]\" (the parser noticed at line 3)\nroutes.yaml: 1 error\n".into())
+    );
+    let text = "sources:\n  clickup\n    verify: clickup\n";
+    assert_eq!(
+        check(text, &[]),
+        (1, "routes.yaml:2:10: YAML syntax error: missing \":\" after \"clickup\" (the parser noticed at line 3)\nroutes.yaml: 1 error\n".into())
+    );
+}
+
+#[test]
+fn an_unknown_key_in_a_target_lists_that_types_keys_and_the_nearest() {
+    let text = "sources: {}\ntargets:\n  s:\n    type: slack\n    webhok_url: https://hooks.slack.com/x\n  j:\n    type: jira\n    base_url: https://x.atlassian.net\n    token: t\n    projekt: OPS\nroutes: []\n";
+    assert_eq!(
+        check(text, &[]),
+        (1, "routes.yaml:5:5: unknown key \"webhok_url\" in target \"s\"; did you mean \"webhook_url\"?\n\
+routes.yaml:10:5: unknown key \"projekt\" in target \"j\"; known keys: type, base_url, email, api_token, token, timeout, rate_limit, concurrency, retry\n\
+routes.yaml: 2 errors\n".into())
+    );
+    // Without a misspelling, the missing key itself is the error.
+    let text = "sources: {}\ntargets:\n  s:\n    type: slack\n    channel: C1\nroutes: []\n";
     let (code, out) = check(text, &[]);
     assert_eq!(code, 1);
-    assert!(out.starts_with("routes.yaml:3:"), "{out}");
-    assert!(out.contains("YAML syntax error"), "{out}");
-    assert!(out.ends_with("routes.yaml: 1 error\n"), "{out}");
+    assert!(
+        out.starts_with(
+            "routes.yaml:4:5: slack target \"s\" needs webhook_url, or token and channel\n"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_event_clickup_never_sends_is_a_warning_naming_the_real_one() {
+    let text = with_route(
+        "  - name: r\n    source: clickup\n    when: {event: [taskStatusUpdate, \"task*\", \"zzz*\"]}\n    send:\n      - target: team-slack\n        text: hi\n",
+    );
+    assert_eq!(
+        check(&text, &[]),
+        (0, "routes.yaml:12:20: warning: ClickUp never sends the event \"taskStatusUpdate\", so this route would not fire; did you mean \"taskStatusUpdated\"?\n\
+routes.yaml:12:47: warning: ClickUp never sends the event \"zzz*\", so this route would not fire; known events: taskCreated, taskUpdated, taskDeleted, taskPriorityUpdated, taskStatusUpdated, taskAssigneeUpdated, taskDueDateUpdated, taskTagUpdated, taskMoved, taskCommentPosted, taskCommentUpdated, taskTimeEstimateUpdated, taskTimeTrackedUpdated, listCreated, listUpdated, listDeleted, folderCreated, folderUpdated, folderDeleted, spaceCreated, spaceUpdated, spaceDeleted, goalCreated, goalUpdated, goalDeleted, keyResultCreated, keyResultUpdated, keyResultDeleted\n\
+routes.yaml: ok: 1 sources, 1 targets, 1 routes, 2 warnings\n".into())
+    );
+}
+
+#[test]
+fn a_target_on_this_machine_is_a_warning() {
+    let text = "sources: {}\ntargets:\n  sink:\n    type: http\n    url: http://127.0.0.1:9999/audit\n  real:\n    type: http\n    url: https://audit.example.com/in\nroutes: []\n";
+    assert_eq!(
+        check(text, &[]),
+        (0, "routes.yaml:4:5: warning: target \"sink\" sends to this machine (http://127.0.0.1:9999): right for a local sink or test server, wrong in production; set its URL to the real service\n\
+routes.yaml: ok: 0 sources, 2 targets, 0 routes, 1 warning\n".into())
+    );
 }
 
 #[test]
@@ -267,16 +316,82 @@ fn a_clickup_to_clickup_route_passes_with_a_loop_warning() {
     );
 }
 
-#[test]
-fn the_shipped_routes_file_passes_check() {
+fn check_shipped(env: Vec<(String, String)>) -> (i32, String) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(bin())
         .args(["check", "--routes", "routes.yaml"])
         .current_dir(root)
         .env_clear()
-        .env("CLICKUP_WEBHOOK_SECRET", "x")
+        .envs(env)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Following the deploy env file reaches the real services: with its values
+/// (as an operator fills them in) nothing points at this machine, and the
+/// ClickUp API is api.clickup.com. The demo env points every target at the
+/// local sink and says so.
+#[test]
+fn the_shipped_routes_reach_the_real_services_and_the_demo_says_it_is_local() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let deploy = crate::support::env_file(&root.join("deploy/clickup-bridge.env"));
+    assert_eq!(
+        check_shipped(deploy.clone()),
+        (
+            0,
+            "routes.yaml: ok: 2 sources, 4 targets, 5 routes\n".into()
+        )
+    );
+    let (code, out) = check_shipped(crate::support::demo_env());
+    assert_eq!(code, 0, "{out}");
+    for t in ["team-slack", "ops-jira", "clickup-api", "audit"] {
+        assert!(
+            out.contains(&format!(
+                "warning: target \"{t}\" sends to this machine (http://127.0.0.1:9999)"
+            )),
+            "{t}: {out}"
+        );
+    }
+    assert!(out.ends_with("5 routes, 4 warnings\n"), "{out}");
+
+    // The deploy env file names every variable routes.yaml reads.
+    let text = std::fs::read_to_string(root.join("routes.yaml")).unwrap();
+    let deploy_text = std::fs::read_to_string(root.join("deploy/clickup-bridge.env")).unwrap();
+    let mut rest = text.as_str();
+    let mut seen = 0;
+    while let Some(i) = rest.find("${") {
+        let name: String = rest[i + 2..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[i + 2..];
+        if text
+            .lines()
+            .any(|l| l.trim_start().starts_with('#') && l.contains(&format!("${{{name}}}")))
+        {
+            continue; // only in a commented example
+        }
+        seen += 1;
+        assert!(
+            deploy_text.contains(&format!("\n{name}="))
+                || deploy_text.contains(&format!("\n# {name}=")),
+            "deploy/clickup-bridge.env does not list {name}"
+        );
+    }
+    assert!(seen >= 9, "{seen}");
+    // ... and so does the demo, every one set.
+    let demo = crate::support::demo_env();
+    for (k, _) in deploy
+        .iter()
+        .filter(|(k, _)| !k.starts_with("CLICKUP_BRIDGE_"))
+    {
+        assert!(
+            demo.iter().any(|(d, _)| d == k),
+            "examples/demo.env lacks {k}"
+        );
+    }
 }

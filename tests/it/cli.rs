@@ -93,10 +93,37 @@ async fn the_cli_lists_shows_and_replays_through_the_admin_api() {
         .respond_with(ResponseTemplate::new(200))
         .mount(&server)
         .await;
-    let (code, out, _) = cli(
+    // A bulk replay shows its count and needs a yes; a script says --yes.
+    let (code, out, err) = cli(
         &admin,
         TOKEN,
         &["deliveries", "replay", "--all-dead", "--target", "t"],
+    );
+    assert_eq!(code, 2, "{out}");
+    assert_eq!(
+        err.trim(),
+        "clickup-bridge: 1 dead deliveries match; nothing was replayed (add --yes to replay them without asking)"
+    );
+    let (code, out, _) = cli(
+        &admin,
+        TOKEN,
+        &["deliveries", "replay", "--status", "delivered", "--yes"],
+    );
+    assert_eq!(
+        (code, out.trim()),
+        (0, "no delivered deliveries match; nothing replayed")
+    );
+    let (code, out, _) = cli(
+        &admin,
+        TOKEN,
+        &[
+            "deliveries",
+            "replay",
+            "--all-dead",
+            "--target",
+            "t",
+            "--yes",
+        ],
     );
     assert_eq!((code, out.trim()), (0, "replayed 1"));
     wait_for(20, "the replayed delivery", || {
@@ -112,6 +139,24 @@ async fn the_cli_lists_shows_and_replays_through_the_admin_api() {
     let (code, _, err) = cli(&admin, TOKEN, &["deliveries", "replay"]);
     assert_eq!(code, 2, "an id or --all-dead is needed");
     assert!(err.contains("give a delivery id, or --all-dead"), "{err}");
+    // The reader of a listing goes away before it is written (`... | head
+    // -1`): a quiet exit, no panic. Closing our end of the pipe before the
+    // child writes makes its write fail every time.
+    let mut child = Command::new(bin())
+        .args(["deliveries", "--admin", &admin, "--token", TOKEN, "list"])
+        .env_clear()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+        "{stderr}"
+    );
     d.signal("-TERM");
     assert_eq!(d.wait_exit(), 0);
 }
@@ -207,5 +252,298 @@ async fn logs_never_contain_secrets_tokens_or_signatures() {
     assert!(
         !logs.contains(&"ab".repeat(32)),
         "a rejected signature appears in the logs"
+    );
+}
+
+/// Every error a user meets at start is said once, with what to do: a
+/// taken port, a bad address, a missing store folder, a missing routes file,
+/// an unset secret, a routes file with mistakes.
+#[test]
+fn startup_errors_are_said_once_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        "sources:\n  c: {verify: clickup, secret: \"${CLICKUP_WEBHOOK_SECRET}\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "targets:\n  s: {type: slack, webhok_url: https://hooks.slack.com/x}\n",
+    )
+    .unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let ok_store = format!("sqlite://{d}/x.db");
+    // (environment changes, routes file, the one message expected)
+    type Case<'a> = (Vec<(&'a str, String)>, &'a str, String);
+    let cases: Vec<Case> = vec![
+        (
+            vec![("CLICKUP_BRIDGE_LISTEN", format!("127.0.0.1:{port}"))],
+            "routes.yaml",
+            format!("cannot listen on 127.0.0.1:{port} (setting listen): the address is already in use; stop the other process or choose another address"),
+        ),
+        (
+            vec![("CLICKUP_BRIDGE_ADMIN_LISTEN", "nonsense".into())],
+            "routes.yaml",
+            "cannot listen on nonsense (setting admin_listen): invalid socket address; check the address (host:port)".into(),
+        ),
+        (
+            vec![("CLICKUP_BRIDGE_STORE", format!("sqlite://{d}/nodir/x.db"))],
+            "routes.yaml",
+            format!("cannot open the store sqlite://{d}/nodir/x.db: the folder {d}/nodir of the SQLite store does not exist; create it (mkdir -p {d}/nodir) or fix the store setting"),
+        ),
+        (
+            vec![],
+            "nope.yaml",
+            format!("the routes file has errors; fix them and start again:\n{d}/nope.yaml:1:1: cannot read the routes file: No such file or directory (os error 2); pass --routes FILE or set routes in the settings"),
+        ),
+        (
+            vec![("CLICKUP_WEBHOOK_SECRET", String::new())],
+            "routes.yaml",
+            format!("the routes file has errors; fix them and start again:\n{d}/routes.yaml:2:32: environment variable CLICKUP_WEBHOOK_SECRET is not set; set it, or write ${{CLICKUP_WEBHOOK_SECRET:-default}}"),
+        ),
+        (
+            vec![],
+            "bad.yaml",
+            format!("the routes file has errors; fix them and start again:\n{d}/bad.yaml:2:20: unknown key \"webhok_url\" in target \"s\"; did you mean \"webhook_url\"?"),
+        ),
+    ];
+    for (env, routes, expected) in cases {
+        let mut cmd = Command::new(bin());
+        cmd.args(["serve", "--routes", &format!("{d}/{routes}")])
+            .current_dir(dir.path())
+            .env_clear()
+            .env("CLICKUP_BRIDGE_LISTEN", "127.0.0.1:0")
+            .env("CLICKUP_BRIDGE_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("CLICKUP_BRIDGE_STORE", &ok_store)
+            .env("CLICKUP_BRIDGE_LOG_FORMAT", "json")
+            .env("CLICKUP_WEBHOOK_SECRET", "x");
+        for (k, v) in &env {
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
+        }
+        let (code, _, err) = run_output(&mut cmd);
+        let message: Vec<&str> = err.lines().filter(|l| !l.starts_with('{')).collect();
+        assert_eq!(code, 2, "{err}");
+        assert_eq!(message.join("\n"), format!("clickup-bridge: {expected}"));
+    }
+    drop(taken);
+}
+
+/// `--help` a person can use: every command shows an example; the admin
+/// client commands do not offer --routes; serve names its listeners, the
+/// environment overrides and where secrets come from.
+#[test]
+fn help_has_examples_and_only_the_options_a_command_uses() {
+    let help = |args: &[&str]| {
+        let (code, out, _) = run_output(Command::new(bin()).args(args).arg("--help").env_clear());
+        assert_eq!(code, 0, "{args:?}");
+        out
+    };
+    for args in [
+        &["serve"][..],
+        &["check"],
+        &["sign"],
+        &["simulate"],
+        &["test"],
+        &["events", "list"],
+        &["events", "show"],
+        &["deliveries", "list"],
+        &["deliveries", "show"],
+        &["deliveries", "replay"],
+        &["clickup", "webhooks"],
+        &["store", "copy"],
+    ] {
+        let out = help(args);
+        assert!(out.contains("Example"), "{args:?} has no example:\n{out}");
+        let reads_routes = !matches!(args[0], "events" | "deliveries" | "store");
+        assert_eq!(out.contains("--routes"), reads_routes, "{args:?}:\n{out}");
+    }
+    let out = help(&["deliveries", "list"]);
+    for heading in ["Filters:", "Connection:", "Output:"] {
+        assert!(out.contains(heading), "{out}");
+    }
+    let out = help(&["serve"]);
+    for needle in [
+        "listen",
+        "admin_listen",
+        "CLICKUP_BRIDGE_",
+        "environment",
+        "/hooks/{source}",
+    ] {
+        assert!(out.contains(needle), "serve --help lacks {needle}:\n{out}");
+    }
+}
+
+/// Rejects a JSON object with a key twice (serde_json keeps the last).
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = UniqueKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<UniqueKeys, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                while let Some(k) = m.next_key::<String>()? {
+                    if !seen.insert(k.clone()) {
+                        return Err(serde::de::Error::custom(format!("duplicate key {k}")));
+                    }
+                    m.next_value::<UniqueKeys>()?;
+                }
+                Ok(UniqueKeys)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut s: A,
+            ) -> Result<UniqueKeys, A::Error> {
+                while s.next_element::<UniqueKeys>()?.is_some() {}
+                Ok(UniqueKeys)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys)
+            }
+            fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Every log line is one JSON object with unique keys, so `jq` sees the
+/// delivery's target (once tracing's module path, also called `target`,
+/// shadowed it), and a list of routes is a JSON array.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_log_line_is_json_with_unique_keys() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = format!(
+        "sources:\n  clickup:\n    verify: clickup\n    secret: {CLICKUP_SECRET}\ntargets:\n  hook:\n    type: http\n    url: {}/in\n    retry: {{attempts: 3, initial: 0.05, max: 0.1}}\nroutes:\n  - name: first\n    source: clickup\n    send:\n      - target: hook\n        body: {{n: 1}}\n  - name: second\n    source: clickup\n    send:\n      - target: hook\n        body: {{n: 2}}\n",
+        server.uri()
+    );
+    std::fs::write(dir.path().join("routes.yaml"), routes).unwrap();
+    let mut d = Daemon::start_on(dir.path(), 0, &[("RUST_LOG", "info")]);
+    d.wait_for_log("clickup-bridge serving");
+    let body = clickup_event(5);
+    let mut req = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}/hooks/clickup", d.port))
+        .body(body.clone());
+    for (k, v) in clickup_headers(CLICKUP_SECRET, &body) {
+        req = req.header(k, v);
+    }
+    assert_eq!(req.send().await.unwrap().status(), 200);
+    d.wait_for_all(&["\"outcome\":\"retry\"", "\"outcome\":\"delivered\""]);
+    d.signal("-TERM");
+    assert_eq!(d.wait_exit(), 0);
+    for line in &d.seen {
+        if let Err(e) = serde_json::from_str::<UniqueKeys>(line) {
+            panic!("not one JSON object with unique keys ({e}): {line}");
+        }
+    }
+    let lines: Vec<serde_json::Value> = d
+        .seen
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let attempt = lines
+        .iter()
+        .find(|l| l["message"] == "delivery attempt")
+        .unwrap();
+    assert_eq!(attempt["target"], "hook", "{attempt}");
+    assert_eq!(attempt["module"], "clickup_bridge::deliver", "{attempt}");
+    let routed = lines
+        .iter()
+        .find(|l| l["message"] == "event routed")
+        .unwrap();
+    assert_eq!(
+        routed["routes"],
+        serde_json::json!(["first", "second"]),
+        "{routed}"
+    );
+    let opened = lines
+        .iter()
+        .find(|l| l["message"] == "store opened")
+        .unwrap();
+    let store = opened["store"].as_str().unwrap();
+    assert!(
+        store.starts_with("sqlite:///") && store.ends_with("/clickup-bridge.db"),
+        "the absolute path of the store: {store}"
+    );
+}
+
+/// The commands' own errors are said once with what to do: an admin API
+/// that does not answer, and `clickup webhooks` whose token comes from a
+/// routes.yaml that needs a variable (only the token's: it uses nothing
+/// else).
+#[test]
+fn command_errors_name_the_cause_once_with_what_to_do() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (code, _, err) = run_output(
+        Command::new(bin())
+            .args([
+                "deliveries",
+                "list",
+                "--admin",
+                &format!("http://127.0.0.1:{port}"),
+            ])
+            .env_clear(),
+    );
+    assert_eq!(code, 2);
+    assert_eq!(
+        err.trim(),
+        format!(
+            "clickup-bridge: cannot reach the admin API at http://127.0.0.1:{port}: Connection refused (os error 111); is the daemon running there? pass --admin URL or set admin_listen"
+        )
+    );
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (code, _, err) = run_output(
+        Command::new(bin())
+            .args(["clickup", "webhooks", "list", "--team", "1"])
+            .current_dir(root)
+            .env_clear(),
+    );
+    assert_eq!(code, 2);
+    assert_eq!(
+        err.trim(),
+        format!(
+            "clickup-bridge: the ClickUp token comes from routes.yaml, which does not load: {}/routes.yaml:41:12: environment variable CLICKUP_API_TOKEN is not set; set it, or write ${{CLICKUP_API_TOKEN:-default}}; fix it, or pass --token",
+            root.display()
+        )
     );
 }

@@ -420,12 +420,9 @@ async fn acknowledged_events_survive_a_restart() {
     let body = clickup_event(11);
     let h = clickup_headers(CLICKUP_SECRET, &body);
     let (_, first) = app.post("clickup", body.clone(), &h).await;
-    let dir = app.stop_keep_dir().await;
-    let db = dir.path().join("data/bridge.db");
-    let again = spawn_app_with(ROUTES, |s| {
-        s.store = clickup_bridge::settings::StoreLocation::Sqlite(db.clone());
-    })
-    .await;
+    let location = app.location.clone();
+    let _dir = app.stop_keep_dir().await;
+    let again = spawn_app_with(ROUTES, |s| s.store = location).await;
     let (status, second) = again.post("clickup", body.clone(), &h).await;
     assert_eq!(status, 200);
     assert_eq!(second["duplicate"], true);

@@ -4,17 +4,23 @@
 
 mod admin;
 mod authoring;
+mod browser;
 mod check;
 mod cli;
+mod console;
 mod deliver;
 mod deploy;
 mod hardening;
 mod https;
 mod inbound;
+mod instances;
 mod lifecycle;
+mod pg;
+mod readme;
 mod recovery;
 mod senders;
 mod store;
+mod store_copy;
 mod store_health;
 mod support;
 mod targets;

@@ -37,3 +37,63 @@ async fn one_group_commit_dedupes_within_the_batch_and_against_the_store() {
     assert_eq!(store.count_events().await.unwrap(), 4);
     store.close().await;
 }
+
+/// A stored value this version cannot read is an error naming the column,
+/// never a default (an unknown status is not read as pending).
+#[tokio::test]
+async fn a_row_with_an_unknown_status_fails_loudly() {
+    use clickup_bridge::ids::DeliveryId;
+    use clickup_bridge::store::{DeliveryFilter, NewDelivery, RoutedEvent, StoreError};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let store = Store::open(&StoreLocation::Sqlite(path.clone()))
+        .await
+        .unwrap();
+    let ev = store.insert_event(verified(1), 1).await.unwrap();
+    store
+        .complete_routing(
+            vec![RoutedEvent {
+                event_id: ev.id.clone(),
+                matched_routes: vec!["r".into()],
+                deliveries: vec![NewDelivery {
+                    id: DeliveryId::for_step(&ev.id, "r", 0),
+                    route: "r".into(),
+                    step: 0,
+                    target: "t".into(),
+                    context: serde_json::json!({}),
+                    dead: None,
+                }],
+            }],
+            2,
+        )
+        .await
+        .unwrap();
+    store.close().await;
+    // Changed behind the store's back, as a hand edit or a newer version might.
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
+        "sqlite://{}",
+        path.display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("UPDATE deliveries SET status = 'paused'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let store = Store::open(&StoreLocation::Sqlite(path)).await.unwrap();
+    let err = store
+        .deliveries(&DeliveryFilter::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt { column, .. } if column == "status"),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("unknown delivery status \"paused\""),
+        "{err}"
+    );
+    store.close().await;
+}

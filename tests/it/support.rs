@@ -14,6 +14,8 @@ pub struct TestApp {
     pub admin_url: String,
     /// The store, for checking what was persisted.
     pub store: Store,
+    /// Where it is (to start another daemon on the same store).
+    pub location: StoreLocation,
     /// A client.
     pub client: reqwest::Client,
     /// Keeps the temp folder alive.
@@ -69,7 +71,17 @@ impl TestApp {
     }
 }
 
-/// Settings for a test: loopback, port 0, a store file in `dir`.
+/// The store of a test daemon: a file in `dir`, or with
+/// `CLICKUP_BRIDGE_TEST_STORE=postgres` a fresh database of the test cluster.
+pub fn test_store(dir: &Path) -> StoreLocation {
+    if crate::pg::enabled() {
+        StoreLocation::Postgres(crate::pg::cluster().new_database())
+    } else {
+        StoreLocation::Sqlite(dir.join("data/bridge.db"))
+    }
+}
+
+/// Settings for a test: loopback, port 0, a store in `dir` (see [`test_store`]).
 pub fn settings(dir: &Path) -> Settings {
     std::fs::create_dir_all(dir.join("data")).unwrap();
     Settings {
@@ -78,11 +90,12 @@ pub fn settings(dir: &Path) -> Settings {
         admin_token: None,
         routes: dir.join("routes.yaml"),
         templates: dir.join("templates"),
-        store: StoreLocation::Sqlite(dir.join("data/bridge.db")),
+        store: test_store(dir),
         max_body: 64 * 1024,
         retention_days: 7,
         log_format: None,
         shutdown_timeout: 5,
+        lease_timeout: 60,
         warnings: Vec::new(),
         http: Default::default(),
     }
@@ -113,6 +126,7 @@ pub async fn spawn_app_files(
     let url = format!("http://{}", app.listen_addr());
     let admin_url = format!("http://{}", app.admin_addr());
     let store = app.store();
+    let location = s.store.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
@@ -121,6 +135,7 @@ pub async fn spawn_app_files(
         url,
         admin_url,
         store,
+        location,
         client: reqwest::Client::new(),
         dir,
         stop: Some(stop),
@@ -332,4 +347,24 @@ impl TestApp {
         })
         .await
     }
+}
+
+/// The variables of an env file (`NAME=value` lines; `#` comments), as the
+/// shell's `set -a; . FILE` reads the simple files we ship.
+pub fn env_file(path: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap();
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+/// examples/demo.env: the shipped routes pointed at the local sink.
+pub fn demo_env() -> Vec<(String, String)> {
+    env_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo.env"))
 }

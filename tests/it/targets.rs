@@ -612,3 +612,62 @@ async fn stripe_invoice_paid_updates_the_clickup_task() {
     assert_eq!(matched, Some(vec![]), "visible as unmatched");
     app.stop().await;
 }
+
+/// A ClickUp API outage holds only the routes that need the task: a route
+/// that needs none delivers at once, and when the fetch works again the
+/// held route delivers, while the first route's delivery is not made twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_task_fetch_holds_only_the_routes_that_need_the_task() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v2/task/t1"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    mount_ok(
+        &server,
+        "GET",
+        "/api/v2/task/t1",
+        json!({"id": "t1", "name": "Ship"}),
+    )
+    .await;
+    for p in ["/audit", "/slack"] {
+        Mock::given(method("POST"))
+            .and(path(p))
+            .respond_with(ResponseTemplate::new(200).set_body_string("ok"))
+            .mount(&server)
+            .await;
+    }
+    let text = format!(
+        "{}targets:\n  cu:\n    type: clickup\n    token: pk_1\n    base_url: {uri}/api/v2\n    retry: {{attempts: 4, initial: 1, max: 1}}\n  slack:\n    type: slack\n    webhook_url: {uri}/slack\n    rate_limit: 100/s\n  audit:\n    type: http\n    url: {uri}/audit\nroutes:\n  - name: needs-task\n    source: clickup\n    enrich: [task]\n    send:\n      - target: slack\n        text: '{{{{task.name}}}}'\n  - name: no-task\n    source: clickup\n    send:\n      - target: audit\n        body: {{event: '{{{{event.event}}}}'}}\n",
+        sources(),
+        uri = server.uri()
+    );
+    let app = spawn_app(&text).await;
+    let id = app.post_clickup(&task_event("taskCreated", "t1", 1)).await;
+    let rows = app.settled(&id, 20).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r.status == DeliveryStatus::Delivered),
+        "{rows:?}"
+    );
+    let order: Vec<String> = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.url.path()))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "GET /api/v2/task/t1",
+            "POST /audit",
+            "GET /api/v2/task/t1",
+            "POST /slack"
+        ],
+        "the audit went out while the task fetch was failing, once"
+    );
+    app.stop().await;
+}

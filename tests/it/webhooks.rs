@@ -15,8 +15,9 @@ fn webhooks(server: &MockServer, args: &[&str]) -> (i32, String, String) {
     let base = format!("{}/api/v2", server.uri());
     run_output(
         Command::new(bin())
-            .args(["--routes", "/nonexistent.yaml", "clickup", "webhooks"])
+            .args(["clickup", "webhooks"])
             .args(args)
+            .args(["--routes", "/nonexistent.yaml"])
             .args(["--token", "pk_42_TOKEN", "--base-url", &base])
             .env_clear(),
     )
