@@ -62,6 +62,7 @@ const TABLES: &[Table] = &[
             ("updated_at", Int),
             ("delivered_at", Int),
             ("attempts_base", Int),
+            ("claims", Int),
         ],
     },
     Table {

@@ -46,7 +46,8 @@ pub(super) enum Op {
         lease_ms: i64,
     },
     CompleteRouting {
-        routed: Vec<RoutedEvent>,
+        /// Shared with the caller, which retries with it without copying.
+        routed: std::sync::Arc<Vec<RoutedEvent>>,
         now: i64,
     },
     ClaimDeliveries {
@@ -69,6 +70,12 @@ pub(super) enum Op {
         retry_at: i64,
         error: String,
         ready: Vec<NewDelivery>,
+        now: i64,
+    },
+    /// Frees claims of work this process did not do (shutdown).
+    Release(Vec<DeliveryId>),
+    /// A real write, so health reports whether a commit succeeds.
+    Probe {
         now: i64,
     },
 }
@@ -194,6 +201,7 @@ fn claimed_delivery(r: &Row) -> Result<ClaimedDelivery, StoreError> {
         target: r.text("target")?,
         attempts: r.num("attempts")?,
         attempts_base: r.num("attempts_base")?,
+        unfinished_claims: r.num("claims")?,
         context: json("context", &r.text("context")?)?,
         source: r.text("source")?,
         event_type: r.text("event_type")?,
@@ -588,7 +596,7 @@ pub(super) async fn run_op<C: Conn>(c: &mut C, op: &Op) -> Result<Done, StoreErr
             .await
             .map(Done::Events),
         Op::CompleteRouting { routed, now } => {
-            complete_routing(c, routed, *now).await?;
+            complete_routing(c, routed.as_slice(), *now).await?;
             Ok(Done::Unit)
         }
         Op::ClaimDeliveries {
@@ -626,7 +634,44 @@ pub(super) async fn run_op<C: Conn>(c: &mut C, op: &Op) -> Result<Done, StoreErr
             .await?;
             Ok(Done::Unit)
         }
+        Op::Release(ids) => {
+            release_deliveries(c, ids).await?;
+            Ok(Done::Unit)
+        }
+        Op::Probe { now } => {
+            c.execute(
+                Stmt::new(
+                    "INSERT INTO store_probe (id, at) VALUES (1, $1) \
+                     ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                )
+                .int(*now),
+            )
+            .await?;
+            Ok(Done::Unit)
+        }
     }
+}
+
+/// Rows per statement of a release (one placeholder each).
+const RELEASE_CHUNK: usize = 500;
+
+/// Frees claims this process took but did not finish because it is stopping:
+/// claimable again at once, and the claim is not counted as a crash. Only
+/// pending ones: a delivery finished meanwhile keeps its state.
+async fn release_deliveries<C: Conn>(c: &mut C, ids: &[DeliveryId]) -> Result<(), StoreError> {
+    for chunk in ids.chunks(RELEASE_CHUNK) {
+        let sql = format!(
+            "UPDATE deliveries SET lease_until = NULL, \
+             claims = CASE WHEN claims > 0 THEN claims - 1 ELSE 0 END \
+             WHERE status = 'pending' AND id IN ({})",
+            placeholders(1, chunk.len())
+        );
+        let stmt = chunk
+            .iter()
+            .fold(Stmt::new(sql), |s, id| s.text(id.as_str()));
+        c.execute(stmt).await?;
+    }
+    Ok(())
 }
 
 /// Inserts many events; the ones that conflict on (source, dedupe_key), with
@@ -737,7 +782,7 @@ async fn claim_deliveries<C: Conn>(
     let lock = C::DIALECT.skip_locked(Some("d"));
     let sql = format!(
         "SELECT d.id, d.event_id, d.route, d.step, d.target, d.attempts, d.attempts_base, d.context, \
-                e.source, e.event_type, e.payload, e.received_at \
+                d.claims, e.source, e.event_type, e.payload, e.received_at \
          FROM deliveries d JOIN events e ON e.id = d.event_id \
          WHERE d.status = 'pending' AND d.target = $1 AND d.next_attempt_at <= $2 \
            AND (d.lease_until IS NULL OR d.lease_until < $2) \
@@ -752,7 +797,7 @@ async fn claim_deliveries<C: Conn>(
         .collect::<Result<Vec<_>, _>>()?;
     if !claimed.is_empty() {
         let sql = format!(
-            "UPDATE deliveries SET lease_until = $1 WHERE id IN ({})",
+            "UPDATE deliveries SET lease_until = $1, claims = claims + 1 WHERE id IN ({})",
             placeholders(2, claimed.len())
         );
         let mut stmt = Stmt::new(sql).int(now.saturating_add(lease_ms));
@@ -872,8 +917,8 @@ async fn record_attempts<C: Conn>(c: &mut C, records: &[&AttemptRecord]) -> Resu
         c.execute(stmt).await?;
         let update = format!(
             "UPDATE deliveries SET status = v.column2, attempts = v.column3, next_attempt_at = v.column4, \
-             lease_until = NULL, last_error = v.column5, updated_at = v.column6, delivered_at = v.column7 \
-             FROM (VALUES {}) AS v WHERE deliveries.id = v.column1",
+             lease_until = NULL, claims = 0, last_error = v.column5, updated_at = v.column6, \
+             delivered_at = v.column7 FROM (VALUES {}) AS v WHERE deliveries.id = v.column1",
             values_rows(chunk.len(), 7, 1)
         );
         let mut stmt = Stmt::new(update);
@@ -922,7 +967,7 @@ async fn replay<C: Conn>(c: &mut C, filter: &ReplayFilter, now: i64) -> Result<u
             c.execute(
                 Stmt::new(
                     "UPDATE deliveries SET status = 'pending', next_attempt_at = $1, lease_until = NULL, \
-                     attempts_base = CASE WHEN status = 'pending' THEN attempts_base ELSE attempts END, updated_at = $1 \
+                     attempts_base = CASE WHEN status = 'pending' THEN attempts_base ELSE attempts END, claims = 0, updated_at = $1 \
                      WHERE id = $2 AND (status IN ('dead', 'delivered') \
                      OR (status = 'pending' AND (lease_until IS NULL OR lease_until <= $1)))",
                 )
@@ -938,7 +983,7 @@ async fn replay<C: Conn>(c: &mut C, filter: &ReplayFilter, now: i64) -> Result<u
         } => {
             let sql = format!(
                 "UPDATE deliveries SET status = 'pending', next_attempt_at = $1, lease_until = NULL, \
-                 attempts_base = attempts, updated_at = $1 WHERE {REPLAY_ALL_WHERE}"
+                 attempts_base = attempts, claims = 0, updated_at = $1 WHERE {REPLAY_ALL_WHERE}"
             );
             c.execute(
                 Stmt::new(sql)
