@@ -221,10 +221,7 @@ async fn accept(
     )
     .await
     .map_err(|_| {
-        InboundError::Store(StoreError::Unavailable(format!(
-            "no commit within {} s",
-            STORE_ANSWER_TIMEOUT.as_secs()
-        )))
+        InboundError::Store(StoreError::stalled("commit", STORE_ANSWER_TIMEOUT))
     })?
     .map_err(InboundError::Store)?;
     if !inserted.duplicate {

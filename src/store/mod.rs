@@ -21,7 +21,8 @@ pub use copy::Copied;
 pub type DbError = Arc<dyn std::error::Error + Send + Sync>;
 
 /// A store failure. Inbound answers 503 for any of them (the sender retries).
-#[derive(Debug, thiserror::Error)]
+/// Cloneable: every operation of a batch that failed gets the same error.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or written.
     #[error("store unavailable: {source}; check that the database is up and reachable")]
@@ -63,7 +64,30 @@ pub enum StoreError {
     Internal(&'static str),
 }
 
+/// The store gave no answer in time: the cause of an
+/// [`StoreError::Unavailable`] the driver did not report itself.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no {what} within {} s (a full disk, a read-only file system, or the database locked by another process or unreachable?)",
+    .within.as_secs()
+)]
+pub(crate) struct Stalled {
+    what: &'static str,
+    within: std::time::Duration,
+}
+
+/// How long the health probe may take: the store must commit within it (a
+/// wedged writer, a lock held elsewhere or a full disk all fail it).
+pub const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 impl StoreError {
+    /// The store did not `what` (e.g. "commit") within `within`.
+    pub(crate) fn stalled(what: &'static str, within: std::time::Duration) -> Self {
+        StoreError::Unavailable {
+            source: Arc::new(Stalled { what, within }),
+        }
+    }
+
     fn corrupt(column: &str, detail: impl Into<String>) -> Self {
         StoreError::Corrupt {
             column: column.to_owned(),
@@ -630,20 +654,28 @@ impl Store {
     /// Frees deliveries claimed by this process whose work was cut short
     /// (shutdown): claimable again at once, and not counted as a crash.
     pub async fn release_deliveries(&self, ids: &[DeliveryId]) -> Result<(), StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.release_deliveries(ids).await,
+        if ids.is_empty() {
+            return Ok(());
         }
+        self.write(ops::Op::Release(ids.to_vec())).await.map(|_| ())
     }
 
     /// Whether the store can commit: readiness and the systemd watchdog ask
-    /// this. Every backend answers with a real write (SQLite: a probe row
-    /// through the writer), bounded in time, so a store that cannot commit
-    /// is reported instead of hanging its callers.
+    /// this. Every backend answers with a real write (the `store_probe` row;
+    /// SQLite: through the writer), bounded by [`PROBE_TIMEOUT`], so a store
+    /// that cannot commit is reported instead of hanging its callers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        match self.backend.as_ref() {
-            Backend::Sqlite(s) => s.ping().await,
-            Backend::Postgres(p) => p.ping().await,
-        }
+        let probe = async {
+            read!(self, |c| ops::ping(c))?;
+            self.write(ops::Op::Probe {
+                now: crate::ids::now_millis(),
+            })
+            .await
+            .map(|_| ())
+        };
+        tokio::time::timeout(PROBE_TIMEOUT, probe)
+            .await
+            .map_err(|_| StoreError::stalled("commit of the health probe", PROBE_TIMEOUT))?
     }
 
     /// Recent events, newest first.

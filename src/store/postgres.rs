@@ -23,6 +23,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+/// Bounds the health probe's statements on the server, under
+/// [`super::PROBE_TIMEOUT`].
+const PROBE_STATEMENT_TIMEOUT: &str = "SET LOCAL statement_timeout = 2000";
+
 /// Most inserts committed together.
 const MAX_INSERT_BATCH: usize = 512;
 
@@ -195,7 +199,7 @@ impl PgStore {
         match &op {
             Op::CompleteRouting { routed, .. } => {
                 let mut held = lock(&self.held.events);
-                for r in routed {
+                for r in routed.iter() {
                     held.remove(r.event_id.as_str());
                 }
             }
@@ -204,6 +208,12 @@ impl PgStore {
             }
             Op::RecordAttempt(a) => {
                 lock(&self.held.deliveries).remove(a.delivery_id.as_str());
+            }
+            Op::Release(ids) => {
+                let mut held = lock(&self.held.deliveries);
+                for id in ids {
+                    held.remove(id.as_str());
+                }
             }
             _ => {}
         }
@@ -225,6 +235,12 @@ impl PgStore {
             if rows.first().map(|r| r.int("got")).transpose()? != Some(1) {
                 return Ok(Done::Pruned(super::Pruned::default()));
             }
+        }
+        if matches!(op, Op::Probe { .. }) {
+            // The server gives up before the caller does (PROBE_TIMEOUT), so
+            // a probe stuck on a lock ends there and its connection goes back
+            // to the pool clean instead of cancelled mid-statement.
+            tx.execute(Stmt::new(PROBE_STATEMENT_TIMEOUT)).await?;
         }
         let done = ops::run_op(&mut *tx, &op).await?;
         if wake {
@@ -293,10 +309,6 @@ impl PgStore {
             .transpose()?
             .unwrap_or(now);
         Ok(Some((tat + interval_ms - burst_ms - now).max(1)))
-    }
-
-    pub(super) async fn ping(&self) -> Result<(), StoreError> {
-        ops::ping(&mut *self.reader().await?).await
     }
 
     pub(super) async fn close(&self) {
