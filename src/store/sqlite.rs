@@ -32,6 +32,14 @@ use tokio::sync::{mpsc, oneshot};
 /// Most operations committed in one transaction.
 const MAX_BATCH: usize = 512;
 
+/// How long a writer connection waits for SQLite's lock before an
+/// operation fails (it fails the whole batch at once, never op by op).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long closing a broken writer connection may take before it is
+/// dropped: a wedged connection must not wedge the writer too.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 type Reply = oneshot::Sender<Result<Done, StoreError>>;
 
 enum Msg {
@@ -106,7 +114,7 @@ fn options(path: &Path) -> SqliteConnectOptions {
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(Duration::from_secs(5))
+        .busy_timeout(BUSY_TIMEOUT)
         .foreign_keys(true)
         // Checkpoints run in the background (see `checkpointer`), not inside
         // a commit on the writer, where they would stall every request
@@ -175,7 +183,11 @@ impl SqliteStore {
             .connect_with(options(path))
             .await?;
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(writer(conn, fast, rx));
+        let conns = Conns {
+            path: path.to_path_buf(),
+            open: Some((conn, fast)),
+        };
+        tokio::spawn(writer(conns, rx));
         tokio::spawn(checkpointer(read.clone()));
         Ok(SqliteStore { writer: tx, read })
     }
@@ -195,14 +207,6 @@ impl SqliteStore {
         &self,
     ) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>, StoreError> {
         Ok(self.read.acquire().await?)
-    }
-
-    pub(super) async fn ping(&self) -> Result<(), StoreError> {
-        ops::ping(&mut *self.reader().await?).await?;
-        if self.writer.is_closed() {
-            return Err(stopped());
-        }
-        Ok(())
     }
 
     pub(super) async fn close(&self) {
@@ -226,11 +230,7 @@ impl SqliteStore {
 /// costs: an event routed again gets the same delivery ids
 /// (`DeliveryId::for_step`), and a lost attempt record sends that delivery
 /// again with the same Idempotency-Key: at least once, as promised.
-async fn writer(
-    mut durable: SqliteConnection,
-    mut fast: SqliteConnection,
-    mut rx: mpsc::Receiver<Msg>,
-) {
+async fn writer(mut conns: Conns, mut rx: mpsc::Receiver<Msg>) {
     let mut batch: Vec<(Op, Reply)> = Vec::with_capacity(MAX_BATCH);
     let mut shutdown: Option<oneshot::Sender<()>> = None;
     while let Some(first) = rx.recv().await {
@@ -250,26 +250,130 @@ async fn writer(
         let (inserts, rest): (Vec<_>, Vec<_>) = batch
             .drain(..)
             .partition(|(op, _)| matches!(op, Op::InsertEvent(_)));
-        run_group(&mut durable, inserts).await;
-        run_group(&mut fast, rest).await;
+        match conns.get().await {
+            Ok((durable, fast)) => {
+                let broken = match run_group(durable, inserts).await {
+                    // Not tried on a store that just failed: answered now
+                    // with its error, retried by their callers after the
+                    // reconnect.
+                    Some(e) => {
+                        answer_all(rest, &e);
+                        true
+                    }
+                    None => run_group(fast, rest).await.is_some(),
+                };
+                if broken {
+                    conns.reset().await;
+                }
+            }
+            Err(e) => {
+                // Fail fast: every waiting sender hears at once, and the next
+                // batch tries to reopen.
+                tracing::error!(error = %e, "cannot reopen the store for writing");
+                answer_all(inserts, &e);
+                answer_all(rest, &e);
+            }
+        }
         if shutdown.is_some() {
             break;
         }
     }
     rx.close();
-    let _ = durable.close().await;
-    let _ = fast.close().await;
+    conns.reset().await;
     if let Some(done) = shutdown {
         let _ = done.send(());
     }
 }
 
+fn answer_all(group: Vec<(Op, Reply)>, e: &StoreError) {
+    for (_, reply) in group {
+        let _ = reply.send(Err(e.clone()));
+    }
+}
+
+/// The writer's two connections, reopened after a store-level failure.
+///
+/// After a failed commit (disk full, I/O error, a lock that timed out) a
+/// connection may still hold SQLite's write lock or a half-open transaction,
+/// and every later write by the other connection would wait on it (the
+/// "database is locked by the daemon itself" of a full disk). Closing both
+/// and opening fresh ones is the one state known to be clean.
+struct Conns {
+    path: std::path::PathBuf,
+    open: Option<(SqliteConnection, SqliteConnection)>,
+}
+
+impl Conns {
+    async fn get(&mut self) -> Result<(&mut SqliteConnection, &mut SqliteConnection), StoreError> {
+        let (durable, fast) = match self.open.take() {
+            Some(open) => open,
+            None => {
+                let durable = options(&self.path).connect().await?;
+                let fast = options(&self.path)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .connect()
+                    .await?;
+                tracing::info!("store writer reconnected");
+                (durable, fast)
+            }
+        };
+        let (d, f) = self.open.insert((durable, fast));
+        Ok((d, f))
+    }
+
+    async fn reset(&mut self) {
+        if let Some((d, f)) = self.open.take() {
+            // Closing rolls back whatever the connection still held; bounded,
+            // since a wedged connection must not wedge the writer too.
+            let close = async {
+                let _ = d.close().await;
+                let _ = f.close().await;
+            };
+            if tokio::time::timeout(CLOSE_TIMEOUT, close).await.is_err() {
+                tracing::warn!(
+                    "store connections did not close within {} s; dropped",
+                    CLOSE_TIMEOUT.as_secs()
+                );
+            }
+        }
+    }
+}
+
+/// Whether an error is about the database as a whole (lock, disk, file
+/// system, connection) rather than one operation's data: then retrying the
+/// batch's operations one by one would only wait the lock timeout once per
+/// operation, and the connections are reopened.
+fn store_level(e: &StoreError) -> bool {
+    let StoreError::Unavailable { source } = e else {
+        return false;
+    };
+    match source.downcast_ref::<sqlx::Error>() {
+        Some(sqlx::Error::Database(d)) => d
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            // Primary result codes: BUSY 5, LOCKED 6, NOMEM 7, READONLY 8,
+            // IOERR 10, CORRUPT 11, FULL 13, CANTOPEN 14, PROTOCOL 15, NOTADB 26.
+            .is_some_and(|c| matches!(c & 0xff, 5..=8 | 10 | 11 | 13..=15 | 26)),
+        Some(
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_),
+        ) => true,
+        Some(_) => false,
+        // Not the driver's: the store's own (a stall), about the store.
+        None => true,
+    }
+}
+
 /// Runs a group of operations together and answers each; when the group
 /// fails, its operations are retried one by one so one bad operation cannot
-/// fail its neighbours.
-async fn run_group(conn: &mut SqliteConnection, mut group: Vec<(Op, Reply)>) {
+/// fail its neighbours. Returns the store-level error after which the
+/// connections must be reopened, if there was one.
+async fn run_group(conn: &mut SqliteConnection, mut group: Vec<(Op, Reply)>) -> Option<StoreError> {
     if group.is_empty() {
-        return;
+        return None;
     }
     let ops: Vec<&Op> = group.iter().map(|(op, _)| op).collect();
     match run_batch(conn, &ops).await {
@@ -277,19 +381,33 @@ async fn run_group(conn: &mut SqliteConnection, mut group: Vec<(Op, Reply)>) {
             for ((_, reply), r) in group.drain(..).zip(results) {
                 let _ = reply.send(Ok(r));
             }
+            None
         }
-        Err(e) if group.len() > 1 => {
+        Err(e) if group.len() > 1 && !store_level(&e) => {
             tracing::warn!(error = %e, batch = group.len(), "store batch failed; retrying its operations one by one");
+            let mut broken: Option<StoreError> = None;
             for (op, reply) in group.drain(..) {
-                let r = run_batch(conn, &[&op]).await;
-                let _ = reply.send(r.and_then(|mut v| v.pop().ok_or_else(ops::unexpected)));
+                let r = match &broken {
+                    // Not tried on a store that just failed.
+                    Some(e) => Err(e.clone()),
+                    None => match run_batch(conn, &[&op]).await {
+                        Ok(mut v) => v.pop().ok_or_else(ops::unexpected),
+                        Err(e) => {
+                            if store_level(&e) {
+                                broken = Some(e.clone());
+                            }
+                            Err(e)
+                        }
+                    },
+                };
+                let _ = reply.send(r);
             }
+            broken
         }
         Err(e) => {
-            tracing::error!(error = %e, "store write failed");
-            if let Some((_, reply)) = group.pop() {
-                let _ = reply.send(Err(e));
-            }
+            tracing::error!(error = %e, batch = group.len(), "store write failed; nothing of this batch was committed");
+            answer_all(group, &e);
+            store_level(&e).then_some(e)
         }
     }
 }
