@@ -435,7 +435,8 @@ async fn new_work_wakes_the_other_instances() {
                     context: serde_json::json!({}),
                     dead: None,
                 }],
-            }],
+            }]
+            .into(),
             now(),
         )
         .await

@@ -63,7 +63,8 @@ async fn a_row_with_an_unknown_status_fails_loudly() {
                     context: serde_json::json!({}),
                     dead: None,
                 }],
-            }],
+            }]
+            .into(),
             2,
         )
         .await
@@ -96,4 +97,73 @@ async fn a_row_with_an_unknown_status_fails_loudly() {
         "{err}"
     );
     store.close().await;
+}
+
+/// On both backends: a claim that ends without an attempt record counts (a
+/// stopped process), a release at shutdown does not, an attempt record
+/// clears the count; and the health probe commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_claims_are_counted_released_and_cleared_on_both_backends() {
+    use clickup_bridge::ids::DeliveryId;
+    use clickup_bridge::store::{AttemptOutcome, AttemptRecord, NewDelivery, RoutedEvent};
+    let dir = tempfile::tempdir().unwrap();
+    for location in [
+        StoreLocation::Sqlite(dir.path().join("s.db")),
+        StoreLocation::Postgres(crate::pg::cluster().new_database()),
+    ] {
+        let store = Store::open(&location).await.unwrap();
+        store.ping().await.unwrap();
+        let ev = store.insert_event(verified(1), 1_000).await.unwrap();
+        let id = DeliveryId::for_step(&ev.id, "r", 0);
+        store
+            .complete_routing(
+                vec![RoutedEvent {
+                    event_id: ev.id.clone(),
+                    matched_routes: vec!["r".into()],
+                    deliveries: vec![NewDelivery {
+                        id: id.clone(),
+                        route: "r".into(),
+                        step: 0,
+                        target: "t".into(),
+                        context: serde_json::json!({}),
+                        dead: None,
+                    }],
+                }]
+                .into(),
+                1_000,
+            )
+            .await
+            .unwrap();
+        let claims = |now: i64| {
+            let store = store.clone();
+            async move {
+                let d = store.claim_deliveries("t", 10, now, 60_000).await.unwrap();
+                d.iter().map(|d| d.unfinished_claims).collect::<Vec<_>>()
+            }
+        };
+        // Lease expired without an attempt record: the first claim counts.
+        assert_eq!(claims(1_000).await, [0], "{location:?}");
+        assert_eq!(claims(1_000_000).await, [1], "{location:?}");
+        // Released at shutdown: claimable at once, and not counted.
+        store.release_deliveries(&[id.clone()]).await.unwrap();
+        assert_eq!(claims(1_000_000).await, [1], "{location:?}");
+        // An attempt recorded clears the count.
+        store
+            .record_attempt(AttemptRecord {
+                delivery_id: id.clone(),
+                n: 1,
+                at: 1_000_001,
+                duration_ms: 1,
+                status_code: Some(500),
+                response: None,
+                error: Some("HTTP 500".into()),
+                outcome: AttemptOutcome::Retry { at: 1_000_002 },
+                link: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(claims(1_000_002).await, [0], "{location:?}");
+        store.ping().await.unwrap();
+        store.close().await;
+    }
 }

@@ -49,8 +49,8 @@ async fn fill(store: &Store) -> Vec<clickup_bridge::store::Inserted> {
                 dead: None,
             }],
         })
-        .collect();
-    store.complete_routing(routed, 2_000).await.unwrap();
+        .collect::<Vec<_>>();
+    store.complete_routing(routed.into(), 2_000).await.unwrap();
     let d = store
         .claim_deliveries("t", 10, 3_000, 60_000)
         .await

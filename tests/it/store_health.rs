@@ -42,6 +42,13 @@ async fn post_n(app: &TestApp, n: u64) -> u16 {
         .unwrap_or(0)
 }
 
+/// An SQLite store in the test's folder, whatever `CLICKUP_BRIDGE_TEST_STORE`
+/// says: the test is about SQLite's own lock.
+fn on_sqlite(s: &mut clickup_bridge::settings::Settings) {
+    let dir = s.routes.parent().unwrap().to_path_buf();
+    s.store = clickup_bridge::settings::StoreLocation::Sqlite(dir.join("data/bridge.db"));
+}
+
 /// Another process holds SQLite's write lock: readiness says 503 within
 /// seconds (a read still answers, so `SELECT 1` alone would say ready),
 /// webhooks answer 503 before ClickUp's 7 s, and once the lock is released
@@ -50,7 +57,7 @@ async fn post_n(app: &TestApp, n: u64) -> u16 {
 async fn a_lock_held_elsewhere_is_reported_and_recovered_from() {
     use sqlx::Connection;
     let server = MockServer::start().await;
-    let app = spawn_app(&routes_to(&server).await).await;
+    let app = spawn_app_with(&routes_to(&server).await, on_sqlite).await;
     assert_eq!(readyz(&app).await, 200);
     assert_eq!(post_n(&app, 1).await, 200);
 
@@ -61,6 +68,76 @@ async fn a_lock_held_elsewhere_is_reported_and_recovered_from() {
     .await
     .unwrap();
     sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+
+    let t = Instant::now();
+    assert_eq!(readyz(&app).await, 503);
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "readyz took {:?}",
+        t.elapsed()
+    );
+    let t = Instant::now();
+    assert_eq!(post_n(&app, 2).await, 503);
+    assert!(
+        t.elapsed() < Duration::from_secs(7),
+        "webhook took {:?}",
+        t.elapsed()
+    );
+
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    drop(other);
+    wait_for(15, "ready again", || async {
+        (readyz(&app).await == 200).then_some(())
+    })
+    .await;
+    let t = Instant::now();
+    assert_eq!(post_n(&app, 3).await, 200);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    wait_for(20, "events 1 and 3 delivered", || {
+        let server = &server;
+        async move {
+            let ns: Vec<String> = received_at(server, "/in")
+                .await
+                .iter()
+                .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+                .collect();
+            (ns.iter().any(|b| b.contains("\"1\"")) && ns.iter().any(|b| b.contains("\"3\"")))
+                .then_some(())
+        }
+    })
+    .await;
+    let t = Instant::now();
+    app.stop().await;
+    assert!(
+        t.elapsed() < Duration::from_secs(7),
+        "stop took {:?}",
+        t.elapsed()
+    );
+}
+
+/// PostgreSQL: another session locks the tables the daemon writes. Readiness
+/// says 503 within seconds (the probe is a real write; a read still
+/// answers), webhooks answer 503 before ClickUp's 7 s, and once the lock is
+/// released everything recovers without a restart and the events are
+/// delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_lock_held_elsewhere_is_reported_and_recovered_from() {
+    use sqlx::Connection;
+    let server = MockServer::start().await;
+    let url = crate::pg::cluster().new_database();
+    let app = spawn_app_with(&routes_to(&server).await, |s| {
+        s.store = clickup_bridge::settings::StoreLocation::Postgres(url.clone());
+    })
+    .await;
+    assert_eq!(readyz(&app).await, 200);
+    assert_eq!(post_n(&app, 1).await, 200);
+
+    let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    sqlx::query("LOCK TABLE events, store_probe IN EXCLUSIVE MODE")
         .execute(&mut other)
         .await
         .unwrap();
