@@ -521,7 +521,7 @@ mod tests {
             s.warnings,
             [
                 "environment variable CLICKUP_BRIDGE_LISTN is not a setting and is ignored; did you mean CLICKUP_BRIDGE_LISTEN?",
-                "environment variable CLICKUP_BRIDGE_BIN is not a setting and is ignored (settings: listen, admin_listen, admin_token, routes, templates, store, max_body, retention_days, log_format, shutdown_timeout, lease_timeout)",
+                "environment variable CLICKUP_BRIDGE_BIN is not a setting and is ignored (settings: listen, admin_listen, admin_token, routes, templates, store, max_body, retention_days, log_format, shutdown_timeout, body_timeout, max_connections, tls_cert, tls_key, lease_timeout)",
             ]
         );
     }

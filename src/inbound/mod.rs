@@ -220,9 +220,7 @@ async fn accept(
         state.store.insert_event(event, received_at),
     )
     .await
-    .map_err(|_| {
-        InboundError::Store(StoreError::stalled("commit", STORE_ANSWER_TIMEOUT))
-    })?
+    .map_err(|_| InboundError::Store(StoreError::stalled("commit", STORE_ANSWER_TIMEOUT)))?
     .map_err(InboundError::Store)?;
     if !inserted.duplicate {
         state.wake_router.notify_one();
