@@ -63,7 +63,7 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
-/// 200 when the store answers and routes are loaded (they are loaded before
+/// 200 when the store commits a probe row in time and routes are loaded (they are loaded before
 /// the listener starts, and a failed reload keeps the old ones).
 async fn readyz(state: web::Data<AdminState>) -> HttpResponse {
     match state.store.ping().await {
