@@ -88,7 +88,7 @@ fn an_unknown_key_in_a_target_lists_that_types_keys_and_the_nearest() {
     assert_eq!(
         check(text, &[]),
         (1, "routes.yaml:5:5: unknown key \"webhok_url\" in target \"s\"; did you mean \"webhook_url\"?\n\
-routes.yaml:10:5: unknown key \"projekt\" in target \"j\"; known keys: type, base_url, email, api_token, token, timeout, rate_limit, concurrency, retry\n\
+routes.yaml:10:5: unknown key \"projekt\" in target \"j\"; known keys: type, allow_http, base_url, email, api_token, token, timeout, rate_limit, concurrency, retry\n\
 routes.yaml: 2 errors\n".into())
     );
     // Without a misspelling, the missing key itself is the error.
