@@ -145,7 +145,10 @@ async fn unfinished_claims_are_counted_released_and_cleared_on_both_backends() {
         assert_eq!(claims(1_000).await, [0], "{location:?}");
         assert_eq!(claims(1_000_000).await, [1], "{location:?}");
         // Released at shutdown: claimable at once, and not counted.
-        store.release_deliveries(&[id.clone()]).await.unwrap();
+        store
+            .release_deliveries(std::slice::from_ref(&id))
+            .await
+            .unwrap();
         assert_eq!(claims(1_000_000).await, [1], "{location:?}");
         // An attempt recorded clears the count.
         store
