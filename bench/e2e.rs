@@ -474,6 +474,9 @@ struct DbCounts {
     delivered: i64,
     dead: i64,
     attempts: i64,
+    /// PostgreSQL: transactions committed in the database over the run
+    /// (`pg_stat_database.xact_commit`; the database is fresh per run).
+    commits: Option<i64>,
 }
 
 impl DbCounts {
@@ -485,6 +488,7 @@ impl DbCounts {
             "deliveries_delivered": self.delivered,
             "deliveries_dead": self.dead,
             "attempts": self.attempts,
+            "postgres_commits": self.commits,
         })
     }
 }
@@ -516,6 +520,10 @@ async fn pg_counts(url: &str) -> Res<DbCounts> {
         delivered: count("SELECT count(*) FROM deliveries WHERE status = 'delivered'").await?,
         dead: count("SELECT count(*) FROM deliveries WHERE status = 'dead'").await?,
         attempts: count("SELECT count(*) FROM attempts").await?,
+        commits: Some(
+            count("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+                .await?,
+        ),
     };
     conn.close().await?;
     Ok(c)
@@ -1388,6 +1396,17 @@ fn print_stores(bridges: &[FlowResult], ratios: &[(String, f64)]) {
         );
     }
     println!("(daemon, postgres, other: cores over the same span; x2 and x3 sum their instances)");
+    for b in bridges {
+        if let (Some(c), Some(db)) = (b.config, b.db)
+            && let Some(commits) = db.commits
+        {
+            println!(
+                "{}: {commits} PostgreSQL transactions committed, {:.1} per event",
+                c.label(),
+                ratio(commits as f64, db.events as f64)
+            );
+        }
+    }
     println!();
     println!("{:<48} {:>8}", "ratio", "value");
     for (name, v) in ratios {
@@ -1588,7 +1607,7 @@ fn main() -> Result<(), BoxError> {
         println!("{name:<40} {v:>8.3}");
     }
     let store_ratios = store_ratios(&bridges);
-    if bridges.len() > 1 {
+    if bridges.len() > 1 || bridges.iter().any(|b| b.config.is_some_and(|c| c.postgres)) {
         print_stores(&bridges, &store_ratios);
     }
     println!();
@@ -1611,8 +1630,13 @@ fn main() -> Result<(), BoxError> {
     }
     if let Some(db) = &bridge.db {
         println!(
-            "clickup-bridge SQLite after exit: {} events, {} delivered, {} pending, {} dead, {} attempts",
-            db.events, db.delivered, db.pending, db.dead, db.attempts
+            "clickup-bridge {} after exit: {} events, {} delivered, {} pending, {} dead, {} attempts",
+            bridge.config.map(|c| c.label()).unwrap_or_default(),
+            db.events,
+            db.delivered,
+            db.pending,
+            db.dead,
+            db.attempts
         );
     }
 
