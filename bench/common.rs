@@ -1,7 +1,8 @@
 //! What the load runs `ingest.rs` and `e2e.rs` share: option parsing, the
 //! pool of pre-built signed requests, the signature check of the in-process
 //! receivers, in-process actix-web servers, the daemon as a child process,
-//! SQLite access, CPU and RSS from /proc, the load generator's client and
+//! SQLite access, a throwaway PostgreSQL cluster (`pg.rs`), CPU and RSS from
+//! /proc, the load loop (one or several target URLs, round-robin) with its
 //! bookkeeping, percentiles and the report's last steps.
 //!
 //! Each bench includes it with `#[path = "common.rs"] mod common;`.

@@ -9,7 +9,9 @@
 //! signature, parses the JSON, POSTs the message to the sink and answers only
 //! after the sink did. Nothing is stored; what the sink does not take is lost.
 //! Phase 2 "clickup-bridge": the real daemon, answering after the event is
-//! committed and delivering it from its own queue.
+//! committed and delivering it from its own queue; with `--store both
+//! --instances 1,2,3` once on SQLite, then on a throwaway PostgreSQL with one,
+//! two and three daemons sharing a database, the load spread over them.
 //! Phase 3 "backlog" (`--backlog N`, 0 skips it): the sink answers 503 while N
 //! events are pushed in; RSS is sampled; then the sink recovers and the backlog
 //! drains.

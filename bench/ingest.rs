@@ -3,7 +3,8 @@
 //!
 //! Phase A "ceiling": a bare actix-web server that reads the body and answers.
 //! Phase B "verifying": the same plus HMAC-SHA256 verification and a JSON parse.
-//! Phase C "clickup-bridge": the real daemon, committing every event to SQLite.
+//! Phase C "clickup-bridge": the real daemon, committing every event to SQLite
+//! (or, with `--store postgres --instances N`, N daemons on one PostgreSQL).
 //!
 //! Run with `cargo bench --bench ingest` (see bench/README.md for the options).
 

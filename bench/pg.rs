@@ -92,7 +92,7 @@ pub struct Cluster {
     bin: PathBuf,
     server: Child,
     next_db: std::sync::atomic::AtomicU32,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -151,7 +151,7 @@ impl Cluster {
             bin,
             server,
             next_db: std::sync::atomic::AtomicU32::new(0),
-            _dir: dir,
+            dir,
         };
         cluster.wait_ready(Duration::from_secs(60))?;
         Ok(cluster)
@@ -188,7 +188,7 @@ impl Cluster {
     }
 
     fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self._dir.path().join("server.log")).unwrap_or_default();
+        let text = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
