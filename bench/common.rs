@@ -1,13 +1,17 @@
 //! What the load runs `ingest.rs` and `e2e.rs` share: option parsing, the
 //! pool of pre-built signed requests, the signature check of the in-process
 //! receivers, in-process actix-web servers, the daemon as a child process,
-//! SQLite access, CPU and RSS from /proc, the load generator's client and
+//! SQLite access, a throwaway PostgreSQL cluster (`pg.rs`), CPU and RSS from
+//! /proc, the load loop (one or several target URLs, round-robin) with its
 //! bookkeeping, percentiles and the report's last steps.
 //!
 //! Each bench includes it with `#[path = "common.rs"] mod common;`.
 
 // Each bench uses only part of this module; to it the rest is dead code.
 #![allow(dead_code)]
+
+#[path = "pg.rs"]
+pub mod pg;
 
 use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
@@ -22,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 type HmacSha256 = hmac::Hmac<Sha256>;
@@ -284,13 +289,15 @@ fn free_port() -> Res<SocketAddr> {
 }
 
 /// Starts the daemon in a fresh temp dir named `tmp_prefix...` with this
-/// routes.yaml, a SQLite store and `RUST_LOG=warn`, without the caller's
+/// routes.yaml, `store` (a `postgres://` URL; `None` is a SQLite file in the
+/// temp dir) and `RUST_LOG=warn`, without the caller's
 /// environment variables for which `drop_env(name)` is true. Waits until it
 /// is healthy (killing it if it does not get there), then gives it 300 ms to
 /// settle before idle RSS is read.
 pub async fn start_daemon(
     tmp_prefix: &str,
     routes_yaml: &str,
+    store: Option<&str>,
     drop_env: fn(&str) -> bool,
 ) -> Res<Daemon> {
     let dir = tempfile::Builder::new().prefix(tmp_prefix).tempdir()?;
@@ -299,12 +306,15 @@ pub async fn start_daemon(
     std::fs::create_dir_all(dir.path().join("templates"))?;
     std::fs::write(dir.path().join("routes.yaml"), routes_yaml)?;
     let settings = dir.path().join("settings.toml");
+    let store = match store {
+        Some(url) => url.to_owned(),
+        None => format!("sqlite://{}", dir.path().join("bench.db").display()),
+    };
     std::fs::write(
         &settings,
         format!(
             "listen = \"{addr}\"\nadmin_listen = \"{admin}\"\nroutes = \"routes.yaml\"\ntemplates = \"templates\"\n\
-             store = \"sqlite://{}\"\nlog_format = \"json\"\n",
-            dir.path().join("bench.db").display()
+             store = \"{store}\"\nlog_format = \"json\"\n"
         ),
     )?;
     let log = std::fs::File::create(dir.path().join("daemon.log"))?;
@@ -467,6 +477,48 @@ fn stat_ticks(path: &Path) -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
+/// The fields of a /proc/.../stat file after "pid (comm) " (index 0 is
+/// field 3, the state).
+fn stat_fields(path: &Path) -> Option<Vec<u64>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    // The state is a letter: keep its place with 0.
+    Some(
+        rest.split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+/// CPU ticks of a PostgreSQL cluster: the postmaster's own and those of the
+/// children it has reaped (cutime + cstime: backends that ended), plus the
+/// live children's (backends, checkpointer, WAL writer, ...).
+fn cluster_ticks(postmaster: u32) -> u64 {
+    let Some(pm) = stat_fields(Path::new(&format!("/proc/{postmaster}/stat"))) else {
+        return 0;
+    };
+    // utime 14, stime 15, cutime 16, cstime 17 → indices 11..=14.
+    let mut total: u64 = pm.get(11..15).map(|f| f.iter().sum()).unwrap_or(0);
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid == postmaster {
+                continue;
+            }
+            let Some(f) = stat_fields(&e.path().join("stat")) else {
+                continue;
+            };
+            // ppid is field 4, index 1.
+            if f.get(1) == Some(&u64::from(postmaster)) {
+                total += f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
 /// The ids of this process's threads.
 pub fn own_tids() -> HashSet<u32> {
     std::fs::read_dir("/proc/self/task")
@@ -551,6 +603,9 @@ pub struct Meter {
     cpus: usize,
     /// Threads of an in-process sink (e2e), accounted apart; empty in ingest.
     sink_tids: Arc<HashSet<u32>>,
+    /// The postmaster of the PostgreSQL cluster the daemons use, if any: it
+    /// and its children are accounted apart.
+    pub db_pid: Option<u32>,
 }
 
 pub struct CpuSnap {
@@ -558,9 +613,12 @@ pub struct CpuSnap {
     loadgen: u64,
     sink: u64,
     own: u64,
+    /// The children's ticks, summed; `None` without children.
     child: Option<u64>,
-    /// The child's threads: tid → (name, ticks).
-    child_threads: BTreeMap<u32, (String, u64)>,
+    /// The children's threads: (pid, tid) → (name, ticks).
+    child_threads: BTreeMap<(u32, u32), (String, u64)>,
+    /// The PostgreSQL cluster's ticks.
+    db: u64,
     machine: (u64, u64),
 }
 
@@ -597,6 +655,8 @@ pub struct CpuUse {
     pub server: f64,
     /// The sink's threads (e2e).
     pub sink: f64,
+    /// The PostgreSQL cluster: the postmaster and its children.
+    pub db: f64,
     /// Everything else on the machine.
     pub other: f64,
     /// Busy share of the whole machine.
@@ -611,6 +671,7 @@ impl CpuUse {
             "client_cores": self.client,
             "server_cores": self.server,
             "sink_cores": self.sink,
+            "postgres_cores": self.db,
             "other_cores": self.other,
             "machine_busy": self.machine_busy,
             "server_threads_cores": self.server_threads.iter().map(|(n, c)| json!({"thread": n, "cores": c})).collect::<Vec<_>>(),
@@ -635,18 +696,37 @@ impl Meter {
             hz: clock_ticks(),
             cpus: proc_cpus(),
             sink_tids: Arc::new(sink_tids),
+            db_pid: None,
         }
     }
 
     pub fn snap(&self, child: Option<u32>) -> CpuSnap {
+        self.snap_many(child.as_slice())
+    }
+
+    /// A snapshot with these daemons as "server" (their ticks summed).
+    pub fn snap_many(&self, children: &[u32]) -> CpuSnap {
         let (loadgen, sink, own) = self_ticks(&self.sink_tids);
+        let child = (!children.is_empty()).then(|| {
+            children
+                .iter()
+                .filter_map(|pid| stat_ticks(Path::new(&format!("/proc/{pid}/stat"))))
+                .sum()
+        });
+        let mut child_threads = BTreeMap::new();
+        for pid in children {
+            for (tid, v) in thread_ticks(*pid) {
+                child_threads.insert((*pid, tid), v);
+            }
+        }
         CpuSnap {
             at: Instant::now(),
             loadgen,
             sink,
             own,
-            child: child.and_then(|pid| stat_ticks(Path::new(&format!("/proc/{pid}/stat")))),
-            child_threads: child.map(thread_ticks).unwrap_or_default(),
+            child,
+            child_threads,
+            db: self.db_pid.map(cluster_ticks).unwrap_or(0),
             machine: machine_ticks(),
         }
     }
@@ -658,6 +738,7 @@ impl Meter {
         }
         let loadgen = after.loadgen.saturating_sub(before.loadgen);
         let sink = after.sink.saturating_sub(before.sink);
+        let db = after.db.saturating_sub(before.db);
         let server = match (before.child, after.child) {
             (Some(b), Some(a)) => a.saturating_sub(b),
             // In-process server: everything of this process but the load
@@ -680,6 +761,7 @@ impl Meter {
             client: loadgen as f64 / ticks,
             server: server as f64 / ticks,
             sink: sink as f64 / ticks,
+            db: db as f64 / ticks,
             other: 0.0,
             machine_busy,
             server_threads: Vec::new(),
@@ -698,7 +780,7 @@ impl Meter {
         // threads such as the journal's): the noise the phases share. With a
         // child process the rest of this process (its main thread) counts
         // here too; it is idle but for polling.
-        u.other = (machine_busy * self.cpus as f64 - u.client - u.server - u.sink).max(0.0);
+        u.other = (machine_busy * self.cpus as f64 - u.client - u.server - u.sink - u.db).max(0.0);
         u
     }
 }
@@ -812,6 +894,229 @@ impl Tally {
         self.errors += 1;
         *self.error_kinds.entry(format!("worker: {e}")).or_default() += 1;
     }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Stop {
+    /// Warm-up, then a measured window.
+    Timed {
+        warmup: Duration,
+        duration: Duration,
+    },
+    /// Until this many events were answered 200 (each failure is replaced by
+    /// a fresh event); everything is measured.
+    Accepted(u64),
+}
+
+pub struct LoadSpec {
+    /// Where the requests go: request `i` to `urls[i % urls.len()]`, as a
+    /// round-robin load balancer would spread them over several instances.
+    pub urls: Vec<String>,
+    pub connections: usize,
+    pub stop: Stop,
+    /// Cycle through the pool (only where events need not be distinct).
+    pub wrap: bool,
+    /// The daemons whose CPU counts as "server" (empty: this process).
+    pub server_pids: Vec<u32>,
+    /// Keep the body of every 200 (the ingest bench checks them).
+    pub keep_answers: bool,
+    /// Incremented on every 200, for progress reports.
+    pub progress: Arc<AtomicU64>,
+}
+
+#[derive(Default)]
+pub struct WorkerOut {
+    tally: Tally,
+    /// (pool index, when its 200 was read) of every 200 of the phase.
+    accepted: Vec<(u32, Instant)>,
+    /// The bodies of those 200s, with `keep_answers`.
+    answers: Vec<web::Bytes>,
+    gave_up: bool,
+}
+
+pub struct LoadOut {
+    /// When the measured window began.
+    pub window_start: Instant,
+    /// When it ended.
+    pub window_end: Instant,
+    pub tally: Tally,
+    /// (pool index, when its 200 was read) of every 200, in that order.
+    pub accepted: Vec<(u32, Instant)>,
+    /// The bodies of every 200 (warm-up included), with `keep_answers`.
+    pub answers: Vec<web::Bytes>,
+    pub pool_exhausted: bool,
+    pub gave_up: bool,
+    pub cpu: CpuUse,
+}
+
+impl LoadOut {
+    pub fn window(&self) -> Duration {
+        self.window_end.duration_since(self.window_start)
+    }
+
+    /// 200s sent and answered in the window, per second.
+    pub fn rps(&self) -> f64 {
+        self.tally.latencies.len() as f64 / self.window().as_secs_f64()
+    }
+}
+
+/// Consecutive failures after which a client gives up in `Stop::Accepted`.
+pub const GIVE_UP_AFTER: u32 = 1000;
+
+pub async fn run_load(spec: LoadSpec, pool: Arc<Vec<Prebuilt>>, meter: &Meter) -> Res<LoadOut> {
+    let client = http_client(spec.connections)?;
+    let urls = Arc::new(
+        spec.urls
+            .iter()
+            .map(|u| reqwest::Url::parse(u))
+            .collect::<Result<Vec<_>, _>>()?,
+    );
+    if urls.is_empty() {
+        return Err("the load needs at least one URL".into());
+    }
+    let start = Instant::now();
+    let (warm_end, end) = match spec.stop {
+        Stop::Timed { warmup, duration } => (start + warmup, Some(start + warmup + duration)),
+        Stop::Accepted(_) => (start, None),
+    };
+    let next = Arc::new(AtomicUsize::new(0));
+    let claimed = Arc::new(AtomicU64::new(0));
+    let exhausted = Arc::new(AtomicBool::new(false));
+    let before = if end.is_some() {
+        None
+    } else {
+        Some(meter.snap_many(&spec.server_pids))
+    };
+    let mut tasks = Vec::with_capacity(spec.connections);
+    for _ in 0..spec.connections {
+        let (client, urls, pool, next, claimed, exhausted, progress) = (
+            client.clone(),
+            urls.clone(),
+            pool.clone(),
+            next.clone(),
+            claimed.clone(),
+            exhausted.clone(),
+            spec.progress.clone(),
+        );
+        let (stop, wrap, keep_answers) = (spec.stop, spec.wrap, spec.keep_answers);
+        tasks.push(tokio::spawn(async move {
+            let mut out = WorkerOut::default();
+            'events: loop {
+                match (stop, end) {
+                    (Stop::Timed { .. }, Some(end)) if Instant::now() >= end => break,
+                    (Stop::Accepted(target), _)
+                        if claimed.fetch_add(1, Ordering::Relaxed) >= target =>
+                    {
+                        break;
+                    }
+                    _ => {}
+                }
+                // Send fresh events until one is accepted (timed: just one).
+                let mut failures = 0u32;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let idx = if wrap { i % pool.len() } else { i };
+                    let Some(req) = pool.get(idx) else {
+                        exhausted.store(true, Ordering::Relaxed);
+                        break 'events;
+                    };
+                    let url = &urls[i % urls.len()];
+                    let t0 = Instant::now();
+                    let result = send_signed(&client, url, req).await;
+                    let t1 = Instant::now();
+                    let in_window = t0 >= warm_end && end.is_none_or(|end| t1 <= end);
+                    match result {
+                        Ok(body) => {
+                            out.tally.answered(t0, t1, in_window);
+                            if keep_answers {
+                                out.answers.push(body);
+                            }
+                            out.accepted
+                                .push((u32::try_from(idx).unwrap_or(u32::MAX), t1));
+                            progress.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        Err(kind) => {
+                            out.tally.failed(kind, in_window);
+                            failures += 1;
+                            if end.is_some() {
+                                break;
+                            }
+                            if failures >= GIVE_UP_AFTER {
+                                out.gave_up = true;
+                                break 'events;
+                            }
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                }
+            }
+            out
+        }));
+    }
+    let (before, after) = match (before, end) {
+        (Some(before), _) => {
+            // Measured as a whole: wait for the clients.
+            let mut outs = Vec::with_capacity(tasks.len());
+            for t in tasks.drain(..) {
+                outs.push(t.await);
+            }
+            let after = meter.snap_many(&spec.server_pids);
+            return Ok(collect(
+                outs, start, after.at, &exhausted, meter, &before, &after,
+            ));
+        }
+        (None, Some(end)) => {
+            tokio::time::sleep_until(warm_end.into()).await;
+            let before = meter.snap_many(&spec.server_pids);
+            tokio::time::sleep_until(end.into()).await;
+            (before, meter.snap_many(&spec.server_pids))
+        }
+        (None, None) => return Err("no way to end the load".into()),
+    };
+    let mut outs = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        outs.push(t.await);
+    }
+    let window_end = end.unwrap_or(after.at);
+    Ok(collect(
+        outs, warm_end, window_end, &exhausted, meter, &before, &after,
+    ))
+}
+
+pub fn collect(
+    outs: Vec<Result<WorkerOut, tokio::task::JoinError>>,
+    window_start: Instant,
+    window_end: Instant,
+    exhausted: &AtomicBool,
+    meter: &Meter,
+    before: &CpuSnap,
+    after: &CpuSnap,
+) -> LoadOut {
+    let mut out = LoadOut {
+        window_start,
+        window_end,
+        tally: Tally::default(),
+        accepted: Vec::new(),
+        answers: Vec::new(),
+        pool_exhausted: exhausted.load(Ordering::Relaxed),
+        gave_up: false,
+        cpu: meter.between(before, after),
+    };
+    for w in outs {
+        match w {
+            Ok(w) => {
+                out.tally.absorb(w.tally);
+                out.accepted.extend(w.accepted);
+                out.answers.extend(w.answers);
+                out.gave_up |= w.gave_up;
+            }
+            Err(e) => out.tally.lost_worker(&e),
+        }
+    }
+    out.tally.latencies.sort_unstable();
+    out.accepted.sort_unstable_by_key(|(_, t)| *t);
+    out
 }
 
 // ---------------------------------------------------------------- figures

@@ -9,7 +9,9 @@
 //! signature, parses the JSON, POSTs the message to the sink and answers only
 //! after the sink did. Nothing is stored; what the sink does not take is lost.
 //! Phase 2 "clickup-bridge": the real daemon, answering after the event is
-//! committed and delivering it from its own queue.
+//! committed and delivering it from its own queue; with `--store both
+//! --instances 1,2,3` once on SQLite, then on a throwaway PostgreSQL with one,
+//! two and three daemons sharing a database, the load spread over them.
 //! Phase 3 "backlog" (`--backlog N`, 0 skips it): the sink answers 503 while N
 //! events are pushed in; RSS is sampled; then the sink recovers and the backlog
 //! drains.
@@ -21,15 +23,16 @@ mod common;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use common::{
-    Args, BoxError, Configure, CpuSnap, CpuUse, Daemon, ID_BASE, Meter, Prebuilt, Res, Tally,
-    available_cores, baseline_answer, body_len, fmt_opt, http_client, loadgen_runtime,
-    nearest_rank, open_db, own_tids, percentile_ms, prebuild_pool, print_checks, ratio, rss_mb,
-    send_signed, signature_refusal, start_daemon, start_server, unix_time, write_report,
+    Args, BoxError, Configure, CpuUse, Daemon, GIVE_UP_AFTER, ID_BASE, LoadOut, LoadSpec, Meter,
+    Prebuilt, Res, Stop, available_cores, baseline_answer, body_len, fmt_opt, http_client,
+    loadgen_runtime, nearest_rank, open_db, own_tids, percentile_ms, prebuild_pool, print_checks,
+    ratio, rss_mb, run_load, signature_refusal, start_daemon, start_server, unix_time,
+    write_report,
 };
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -79,7 +82,74 @@ struct Options {
     client_threads: usize,
     server_workers: usize,
     sink_workers: usize,
+    /// Phase 2 runs once per entry, in this order.
+    configs: Vec<Config>,
     out: PathBuf,
+}
+
+/// Where phase 2's daemons keep their store, and how many share it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Config {
+    postgres: bool,
+    instances: usize,
+}
+
+impl Config {
+    fn label(&self) -> String {
+        format!(
+            "{} x{}",
+            if self.postgres {
+                "PostgreSQL"
+            } else {
+                "SQLite"
+            },
+            self.instances
+        )
+    }
+
+    fn key(&self) -> String {
+        format!(
+            "{}_{}",
+            if self.postgres { "postgres" } else { "sqlite" },
+            self.instances
+        )
+    }
+}
+
+/// `--store` and `--instances` into phase 2's runs: SQLite with one
+/// instance first, then PostgreSQL with each count.
+fn configs(store: &str, instances: &[usize]) -> Res<Vec<Config>> {
+    let (sqlite, postgres) = match store {
+        "sqlite" => (true, false),
+        "postgres" => (false, true),
+        "both" => (true, true),
+        other => {
+            return Err(format!("--store {other:?}: use sqlite, postgres or both\n{USAGE}").into());
+        }
+    };
+    if instances.is_empty() || instances.contains(&0) {
+        return Err(format!("--instances needs counts of at least 1\n{USAGE}").into());
+    }
+    if !postgres && instances.iter().any(|n| *n > 1) {
+        return Err(
+            "several instances share one PostgreSQL database: add --store postgres or --store both"
+                .into(),
+        );
+    }
+    let mut out = Vec::new();
+    if sqlite {
+        out.push(Config {
+            postgres: false,
+            instances: 1,
+        });
+    }
+    if postgres {
+        out.extend(instances.iter().map(|n| Config {
+            postgres: true,
+            instances: *n,
+        }));
+    }
+    Ok(out)
 }
 
 const USAGE: &str = "\
@@ -95,6 +165,8 @@ usage: cargo bench --bench e2e -- [options]
   --client-threads N         load generator runtime threads (default 2)
   --server-workers N         actix workers of the naive forwarder (default 2)
   --sink-workers N           actix workers of the sink (default 2)
+  --store sqlite|postgres|both  phase 2's store (default sqlite); postgres starts a throwaway cluster
+  --instances N[,N...]       phase 2 on PostgreSQL: daemons sharing one database, one run per count (default 1)
   --out FILE                 JSON report (default bench/results/e2e-latest.json)";
 
 fn parse_options() -> Res<Options> {
@@ -110,11 +182,22 @@ fn parse_options() -> Res<Options> {
         client_threads: 2,
         server_workers: 2,
         sink_workers: 2,
+        configs: Vec::new(),
         out: Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results/e2e-latest.json"),
     };
+    let mut store = "sqlite".to_owned();
+    let mut instances = vec![1];
     let mut args = Args::new(USAGE);
     while let Some(arg) = args.next_option() {
         match arg.as_str() {
+            "--store" => store = args.value("--store")?,
+            "--instances" => {
+                instances = args
+                    .value("--instances")?
+                    .split(',')
+                    .map(|n| n.trim().parse::<usize>())
+                    .collect::<Result<_, _>>()?;
+            }
             "--duration" => o.duration = args.secs("--duration")?,
             "--warmup" => o.warmup = args.secs("--warmup")?,
             "--connections" => o.connections = args.parse("--connections")?,
@@ -143,6 +226,7 @@ fn parse_options() -> Res<Options> {
         ],
         o.duration,
     )?;
+    o.configs = configs(&store, &instances)?;
     Ok(o)
 }
 
@@ -366,11 +450,13 @@ fn naive_config(sink_url: &str, connections: usize) -> Res<Configure> {
 
 // ---------------------------------------------------------------- daemon
 
-/// The daemon, routing every taskStatusUpdated to the sink.
-async fn start_bridge(sink_url: &str) -> Res<Daemon> {
+/// The daemon, routing every taskStatusUpdated to the sink; `store` as
+/// `start_daemon` takes it.
+async fn start_bridge(sink_url: &str, store: Option<&str>) -> Res<Daemon> {
     start_daemon(
         "clickup-bridge-e2e-",
         &ROUTES_TEMPLATE.replace(SINK_MARK, sink_url),
+        store,
         // Settings and proxies from the caller's environment must not leak
         // into the run (the sink is on loopback).
         |name| {
@@ -390,6 +476,9 @@ struct DbCounts {
     delivered: i64,
     dead: i64,
     attempts: i64,
+    /// PostgreSQL: transactions committed in the database over the run
+    /// (`pg_stat_database.xact_commit`; the database is fresh per run).
+    commits: Option<i64>,
 }
 
 impl DbCounts {
@@ -401,6 +490,7 @@ impl DbCounts {
             "deliveries_delivered": self.delivered,
             "deliveries_dead": self.dead,
             "attempts": self.attempts,
+            "postgres_commits": self.commits,
         })
     }
 }
@@ -416,6 +506,29 @@ async fn db_backlog(conn: &mut sqlx::SqliteConnection) -> Res<(i64, i64)> {
             .fetch_one(&mut *conn)
             .await?;
     Ok((unrouted, pending))
+}
+
+/// The same counts from a PostgreSQL database (the schema is the same).
+async fn pg_counts(url: &str) -> Res<DbCounts> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    let mut count = async |sql: &'static str| -> Res<i64> {
+        Ok(sqlx::query_scalar(sql).fetch_one(&mut conn).await?)
+    };
+    let c = DbCounts {
+        events: count("SELECT count(*) FROM events").await?,
+        unrouted: count("SELECT count(*) FROM events WHERE routed_at IS NULL").await?,
+        pending: count("SELECT count(*) FROM deliveries WHERE status = 'pending'").await?,
+        delivered: count("SELECT count(*) FROM deliveries WHERE status = 'delivered'").await?,
+        dead: count("SELECT count(*) FROM deliveries WHERE status = 'dead'").await?,
+        attempts: count("SELECT count(*) FROM attempts").await?,
+        commits: Some(
+            count("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+                .await?,
+        ),
+    };
+    conn.close().await?;
+    Ok(c)
 }
 
 async fn db_counts(db: &Path) -> Res<DbCounts> {
@@ -441,205 +554,6 @@ async fn db_counts(db: &Path) -> Res<DbCounts> {
 }
 
 // ---------------------------------------------------------------- load
-
-#[derive(Clone, Copy, Debug)]
-enum Stop {
-    /// Warm-up, then a measured window.
-    Timed {
-        warmup: Duration,
-        duration: Duration,
-    },
-    /// Until this many events were answered 200 (each failure is replaced by
-    /// a fresh event); everything is measured.
-    Accepted(u64),
-}
-
-struct LoadSpec {
-    url: String,
-    connections: usize,
-    stop: Stop,
-    /// Cycle through the pool (only where events need not be distinct).
-    wrap: bool,
-    server_pid: Option<u32>,
-    /// Incremented on every 200, for progress reports.
-    progress: Arc<AtomicU64>,
-}
-
-#[derive(Default)]
-struct WorkerOut {
-    tally: Tally,
-    /// (pool index, when its 200 was read) of every 200 of the phase.
-    accepted: Vec<(u32, Instant)>,
-    gave_up: bool,
-}
-
-struct LoadOut {
-    /// When the measured window began.
-    window_start: Instant,
-    /// When it ended.
-    window_end: Instant,
-    tally: Tally,
-    accepted: Vec<(u32, Instant)>,
-    pool_exhausted: bool,
-    gave_up: bool,
-    cpu: CpuUse,
-}
-
-impl LoadOut {
-    fn window(&self) -> Duration {
-        self.window_end.duration_since(self.window_start)
-    }
-
-    /// 200s sent and answered in the window, per second.
-    fn rps(&self) -> f64 {
-        self.tally.latencies.len() as f64 / self.window().as_secs_f64()
-    }
-}
-
-/// Consecutive failures after which a client gives up in `Stop::Accepted`.
-const GIVE_UP_AFTER: u32 = 1000;
-
-async fn run_load(spec: LoadSpec, pool: Arc<Vec<Prebuilt>>, meter: &Meter) -> Res<LoadOut> {
-    let client = http_client(spec.connections)?;
-    let url = reqwest::Url::parse(&spec.url)?;
-    let start = Instant::now();
-    let (warm_end, end) = match spec.stop {
-        Stop::Timed { warmup, duration } => (start + warmup, Some(start + warmup + duration)),
-        Stop::Accepted(_) => (start, None),
-    };
-    let next = Arc::new(AtomicUsize::new(0));
-    let claimed = Arc::new(AtomicU64::new(0));
-    let exhausted = Arc::new(AtomicBool::new(false));
-    let before = if end.is_some() {
-        None
-    } else {
-        Some(meter.snap(spec.server_pid))
-    };
-    let mut tasks = Vec::with_capacity(spec.connections);
-    for _ in 0..spec.connections {
-        let (client, url, pool, next, claimed, exhausted, progress) = (
-            client.clone(),
-            url.clone(),
-            pool.clone(),
-            next.clone(),
-            claimed.clone(),
-            exhausted.clone(),
-            spec.progress.clone(),
-        );
-        let (stop, wrap) = (spec.stop, spec.wrap);
-        tasks.push(tokio::spawn(async move {
-            let mut out = WorkerOut::default();
-            'events: loop {
-                match (stop, end) {
-                    (Stop::Timed { .. }, Some(end)) if Instant::now() >= end => break,
-                    (Stop::Accepted(target), _)
-                        if claimed.fetch_add(1, Ordering::Relaxed) >= target =>
-                    {
-                        break;
-                    }
-                    _ => {}
-                }
-                // Send fresh events until one is accepted (timed: just one).
-                let mut failures = 0u32;
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let idx = if wrap { i % pool.len() } else { i };
-                    let Some(req) = pool.get(idx) else {
-                        exhausted.store(true, Ordering::Relaxed);
-                        break 'events;
-                    };
-                    let t0 = Instant::now();
-                    let result = send_signed(&client, &url, req).await.map(|_| ());
-                    let t1 = Instant::now();
-                    let in_window = t0 >= warm_end && end.is_none_or(|end| t1 <= end);
-                    match result {
-                        Ok(()) => {
-                            out.tally.answered(t0, t1, in_window);
-                            out.accepted
-                                .push((u32::try_from(idx).unwrap_or(u32::MAX), t1));
-                            progress.fetch_add(1, Ordering::Relaxed);
-                            break;
-                        }
-                        Err(kind) => {
-                            out.tally.failed(kind, in_window);
-                            failures += 1;
-                            if end.is_some() {
-                                break;
-                            }
-                            if failures >= GIVE_UP_AFTER {
-                                out.gave_up = true;
-                                break 'events;
-                            }
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        }
-                    }
-                }
-            }
-            out
-        }));
-    }
-    let (before, after) = match (before, end) {
-        (Some(before), _) => {
-            // Measured as a whole: wait for the clients.
-            let mut outs = Vec::with_capacity(tasks.len());
-            for t in tasks.drain(..) {
-                outs.push(t.await);
-            }
-            let after = meter.snap(spec.server_pid);
-            return Ok(collect(
-                outs, start, after.at, &exhausted, meter, &before, &after,
-            ));
-        }
-        (None, Some(end)) => {
-            tokio::time::sleep_until(warm_end.into()).await;
-            let before = meter.snap(spec.server_pid);
-            tokio::time::sleep_until(end.into()).await;
-            (before, meter.snap(spec.server_pid))
-        }
-        (None, None) => return Err("no way to end the load".into()),
-    };
-    let mut outs = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        outs.push(t.await);
-    }
-    let window_end = end.unwrap_or(after.at);
-    Ok(collect(
-        outs, warm_end, window_end, &exhausted, meter, &before, &after,
-    ))
-}
-
-fn collect(
-    outs: Vec<Result<WorkerOut, tokio::task::JoinError>>,
-    window_start: Instant,
-    window_end: Instant,
-    exhausted: &AtomicBool,
-    meter: &Meter,
-    before: &CpuSnap,
-    after: &CpuSnap,
-) -> LoadOut {
-    let mut out = LoadOut {
-        window_start,
-        window_end,
-        tally: Tally::default(),
-        accepted: Vec::new(),
-        pool_exhausted: exhausted.load(Ordering::Relaxed),
-        gave_up: false,
-        cpu: meter.between(before, after),
-    };
-    for w in outs {
-        match w {
-            Ok(w) => {
-                out.tally.absorb(w.tally);
-                out.accepted.extend(w.accepted);
-                out.gave_up |= w.gave_up;
-            }
-            Err(e) => out.tally.lost_worker(&e),
-        }
-    }
-    out.tally.latencies.sort_unstable();
-    out.accepted.sort_unstable_by_key(|(_, t)| *t);
-    out
-}
 
 // ---------------------------------------------------------------- figures
 
@@ -760,11 +674,15 @@ struct Ctx {
     sink: Arc<Sink>,
     sink_url: String,
     meter: Meter,
+    /// The throwaway PostgreSQL cluster, when a run uses it.
+    cluster: Option<common::pg::Cluster>,
 }
 
 /// One row of the main table.
 #[derive(Clone, Debug, Default)]
 struct FlowResult {
+    /// clickup-bridge: the store and instance count.
+    config: Option<Config>,
     accepted_rps: f64,
     delivered_rps: Option<f64>,
     client_p50_ms: f64,
@@ -781,6 +699,15 @@ struct FlowResult {
     /// clickup-bridge: from the end of the load until the last message.
     tail_s: Option<f64>,
     tail_cpu: Option<CpuUse>,
+    /// clickup-bridge: cores from the start of the warm-up until the last
+    /// message arrived, and how long that was.
+    whole_cpu: Option<CpuUse>,
+    whole_s: Option<f64>,
+    /// CPU time per delivered event over that span (µs): the daemons', and
+    /// the PostgreSQL cluster's.
+    daemon_us_per_event: Option<f64>,
+    postgres_us_per_event: Option<f64>,
+    /// The highest of the instances.
     idle_rss_mb: Option<f64>,
     peak_rss_mb: Option<f64>,
     sink: SinkCounts,
@@ -792,6 +719,8 @@ struct FlowResult {
 impl FlowResult {
     fn json(&self) -> Value {
         json!({
+            "store": self.config.map(|c| if c.postgres { "postgres" } else { "sqlite" }),
+            "instances": self.config.map(|c| c.instances),
             "accepted_per_sec": self.accepted_rps,
             "delivered_per_sec": self.delivered_rps,
             "client_p50_ms": self.client_p50_ms,
@@ -807,6 +736,10 @@ impl FlowResult {
             "cpu_window": self.cpu.json(),
             "tail_s": self.tail_s,
             "cpu_tail": self.tail_cpu.as_ref().map(CpuUse::json),
+            "cpu_whole": self.whole_cpu.as_ref().map(CpuUse::json),
+            "whole_s": self.whole_s,
+            "daemon_cpu_us_per_event": self.daemon_us_per_event,
+            "postgres_cpu_us_per_event": self.postgres_us_per_event,
             "idle_rss_mb": self.idle_rss_mb,
             "peak_rss_mb": self.peak_rss_mb,
             "sink": self.sink.json(),
@@ -842,14 +775,15 @@ async fn run_naive(ctx: &Ctx) -> Res<FlowResult> {
         naive_config(&ctx.sink_url, ctx.opts.connections)?,
     )?;
     let spec = LoadSpec {
-        url: format!("http://{}/hooks/clickup", server.addr),
+        urls: vec![format!("http://{}/hooks/clickup", server.addr)],
         connections: ctx.opts.connections,
         stop: Stop::Timed {
             warmup: ctx.opts.warmup,
             duration: ctx.opts.duration,
         },
         wrap: true,
-        server_pid: None,
+        server_pids: Vec::new(),
+        keep_answers: false,
         progress: Arc::new(AtomicU64::new(0)),
     };
     let load = run_load(spec, ctx.pool.clone(), &ctx.meter).await;
@@ -895,38 +829,78 @@ async fn run_naive(ctx: &Ctx) -> Res<FlowResult> {
     Ok(r)
 }
 
-async fn run_bridge(ctx: &Ctx) -> Res<FlowResult> {
+/// Stops every daemon (SIGTERM) and returns each one's exit problem, if any.
+async fn stop_all(daemons: &mut [Daemon]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (i, d) in daemons.iter_mut().enumerate() {
+        let exit = d.stop().await;
+        problems.extend(
+            d.exit_problem(&exit)
+                .map(|p| format!("instance {}: {p}", i + 1)),
+        );
+    }
+    problems
+}
+
+/// Phase 2 for one store and instance count: `config.instances` daemons on
+/// one store, the load spread over them request by request.
+async fn run_bridge(ctx: &Ctx, config: Config) -> Res<FlowResult> {
     ctx.sink.reset();
     ctx.sink.fail.store(false, Ordering::SeqCst);
-    let mut daemon = start_bridge(&ctx.sink_url).await?;
-    let pid = daemon.pid();
-    let idle = rss_mb(pid, "VmRSS:");
+    let store = match (&ctx.cluster, config.postgres) {
+        (Some(cluster), true) => Some(cluster.new_database()?),
+        (None, true) => return Err("PostgreSQL run without a cluster".into()),
+        (_, false) => None,
+    };
+    let mut daemons: Vec<Daemon> = Vec::with_capacity(config.instances);
+    for _ in 0..config.instances {
+        match start_bridge(&ctx.sink_url, store.as_deref()).await {
+            Ok(d) => daemons.push(d),
+            Err(e) => {
+                daemons.iter_mut().for_each(Daemon::kill_now);
+                return Err(e);
+            }
+        }
+    }
+    let pids: Vec<u32> = daemons.iter().map(Daemon::pid).collect();
+    let idle = pids
+        .iter()
+        .filter_map(|pid| rss_mb(*pid, "VmRSS:"))
+        .reduce(f64::max);
     let spec = LoadSpec {
-        url: format!("http://{}/hooks/clickup", daemon.addr),
+        urls: daemons
+            .iter()
+            .map(|d| format!("http://{}/hooks/clickup", d.addr))
+            .collect(),
         connections: ctx.opts.connections,
         stop: Stop::Timed {
             warmup: ctx.opts.warmup,
             duration: ctx.opts.duration,
         },
         wrap: false,
-        server_pid: Some(pid),
+        server_pids: pids.clone(),
+        keep_answers: false,
         progress: Arc::new(AtomicU64::new(0)),
     };
+    let whole_start = ctx.meter.snap_many(&pids);
     let load = run_load(spec, ctx.pool.clone(), &ctx.meter).await;
     let load = match load {
         Ok(l) => l,
         Err(e) => {
-            daemon.kill_now();
+            daemons.iter_mut().for_each(Daemon::kill_now);
             return Err(e);
         }
     };
-    let tail_start = ctx.meter.snap(Some(pid));
+    let tail_start = ctx.meter.snap_many(&pids);
     let all = wait_all_arrived(&ctx.sink, &load.accepted, Instant::now() + ctx.opts.settle).await;
-    let tail_end = ctx.meter.snap(Some(pid));
+    let tail_end = ctx.meter.snap_many(&pids);
     // Late duplicates would show up now.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let peak = rss_mb(pid, "VmHWM:");
-    let exit = daemon.stop().await;
+    let peak = pids
+        .iter()
+        .filter_map(|pid| rss_mb(*pid, "VmHWM:"))
+        .reduce(f64::max);
+    let exit_problems = stop_all(&mut daemons).await;
     let arrivals = ctx.sink.arrivals();
     let sink = ctx.sink.counts();
     let d = compare(
@@ -936,7 +910,13 @@ async fn run_bridge(ctx: &Ctx) -> Res<FlowResult> {
     );
     let delivered_rps =
         secs_between(d.first_acceptance, d.last_arrival).map(|s| arrivals.len() as f64 / s);
+    let whole = ctx.meter.between(&whole_start, &tail_end);
+    let whole_s = tail_end.at.duration_since(whole_start.at).as_secs_f64();
+    let per_event_us = |cores: f64| {
+        (sink.distinct_events > 0).then(|| cores * whole_s * 1e6 / sink.distinct_events as f64)
+    };
     let mut r = FlowResult {
+        config: Some(config),
         accepted_rps: load.rps(),
         delivered_rps,
         client_p50_ms: percentile_ms(&load.tally.latencies, 50.0),
@@ -952,6 +932,10 @@ async fn run_bridge(ctx: &Ctx) -> Res<FlowResult> {
         cpu: load.cpu.clone(),
         tail_s: secs_between(Some(load.window_end), d.last_arrival),
         tail_cpu: Some(ctx.meter.between(&tail_start, &tail_end)),
+        daemon_us_per_event: per_event_us(whole.server),
+        postgres_us_per_event: config.postgres.then(|| per_event_us(whole.db)).flatten(),
+        whole_cpu: Some(whole),
+        whole_s: Some(whole_s),
         idle_rss_mb: idle,
         peak_rss_mb: peak,
         sink,
@@ -983,23 +967,39 @@ async fn run_bridge(ctx: &Ctx) -> Res<FlowResult> {
             d.arrived_before_answer
         ));
     }
-    r.problems.extend(daemon.exit_problem(&exit));
-    match db_counts(&daemon.db_path()).await {
+    r.problems.extend(exit_problems);
+    let counts = match (&store, daemons.first()) {
+        (Some(url), _) => pg_counts(url).await,
+        (None, Some(daemon)) => db_counts(&daemon.db_path()).await,
+        (None, None) => Err("no daemon ran".into()),
+    };
+    let store_name = if config.postgres {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    match counts {
         Ok(c) => {
             if c.delivered != i64::try_from(d.accepted + d.extra).unwrap_or(i64::MAX) {
                 r.notes.push(format!(
-                    "SQLite after exit: {} deliveries delivered for {} events at the sink",
+                    "{store_name} after exit: {} deliveries delivered for {} events at the sink",
                     c.delivered,
                     d.accepted + d.extra
                 ));
             }
             r.db = Some(c);
         }
-        Err(e) => r
-            .notes
-            .push(format!("could not read the SQLite file after exit: {e}")),
+        Err(e) => r.notes.push(format!(
+            "could not read the {store_name} store after exit: {e}"
+        )),
     }
-    r.notes.extend(daemon.log_note());
+    for (i, daemon) in daemons.iter().enumerate() {
+        r.notes.extend(
+            daemon
+                .log_note()
+                .map(|n| format!("instance {}: {n}", i + 1)),
+        );
+    }
     Ok(r)
 }
 
@@ -1141,7 +1141,7 @@ async fn run_backlog(ctx: &Ctx) -> Res<BacklogResult> {
     let n = ctx.opts.backlog as u64;
     ctx.sink.reset();
     ctx.sink.fail.store(true, Ordering::SeqCst);
-    let mut daemon = start_bridge(&ctx.sink_url).await?;
+    let mut daemon = start_bridge(&ctx.sink_url, None).await?;
     let pid = daemon.pid();
     let mut r = BacklogResult {
         events: n,
@@ -1203,11 +1203,12 @@ async fn backlog_steps(
     let pid = daemon.pid();
     // Fill: the sink refuses everything.
     let spec = LoadSpec {
-        url: format!("http://{}/hooks/clickup", daemon.addr),
+        urls: vec![format!("http://{}/hooks/clickup", daemon.addr)],
         connections: ctx.opts.backlog_connections,
         stop: Stop::Accepted(r.events),
         wrap: false,
-        server_pid: Some(pid),
+        server_pids: vec![pid],
+        keep_answers: false,
         progress,
     };
     let load = run_load(spec, ctx.pool.clone(), &ctx.meter).await?;
@@ -1303,6 +1304,118 @@ async fn backlog_steps(
 
 // ---------------------------------------------------------------- main
 
+/// PostgreSQL against SQLite, and each PostgreSQL instance count against one
+/// instance: (name, value), for the table and the JSON report.
+fn store_ratios(bridges: &[FlowResult]) -> Vec<(String, f64)> {
+    let find = |postgres: bool, instances: usize| {
+        bridges.iter().find(|b| {
+            b.config
+                == Some(Config {
+                    postgres,
+                    instances,
+                })
+        })
+    };
+    let delivered = |b: &FlowResult| b.delivered_rps.unwrap_or(f64::NAN);
+    let opt = |v: Option<f64>| v.unwrap_or(f64::NAN);
+    let mut out = Vec::new();
+    if let (Some(pg), Some(lite)) = (find(true, 1), find(false, 1)) {
+        out.push((
+            "postgres_x1_delivered_over_sqlite".into(),
+            ratio(delivered(pg), delivered(lite)),
+        ));
+        out.push((
+            "postgres_x1_accepted_over_sqlite".into(),
+            ratio(pg.accepted_rps, lite.accepted_rps),
+        ));
+        out.push((
+            "postgres_x1_client_p99_over_sqlite".into(),
+            ratio(pg.client_p99_ms, lite.client_p99_ms),
+        ));
+        out.push((
+            "postgres_x1_daemon_cpu_per_event_over_sqlite".into(),
+            ratio(opt(pg.daemon_us_per_event), opt(lite.daemon_us_per_event)),
+        ));
+    }
+    if let Some(one) = find(true, 1) {
+        for b in bridges {
+            let Some(c) = b.config.filter(|c| c.postgres && c.instances > 1) else {
+                continue;
+            };
+            let n = c.instances;
+            out.push((
+                format!("postgres_x{n}_delivered_over_x1"),
+                ratio(delivered(b), delivered(one)),
+            ));
+            out.push((
+                format!("postgres_x{n}_daemon_cpu_per_event_over_x1"),
+                ratio(opt(b.daemon_us_per_event), opt(one.daemon_us_per_event)),
+            ));
+            out.push((
+                format!("postgres_x{n}_postgres_cpu_per_event_over_x1"),
+                ratio(opt(b.postgres_us_per_event), opt(one.postgres_us_per_event)),
+            ));
+        }
+    }
+    out
+}
+
+/// The stores-and-instances block: per run, rates, p99 and CPU per event.
+fn print_stores(bridges: &[FlowResult], ratios: &[(String, f64)]) {
+    println!();
+    println!(
+        "== stores and instances (cpu per event: from the start of the warm-up to the last arrival, over the events delivered) =="
+    );
+    println!(
+        "{:<16} {:>10} {:>11} {:>8} {:>8} {:>8} {:>14} {:>14} {:>8} {:>8} {:>8}",
+        "clickup-bridge",
+        "accepted/s",
+        "delivered/s",
+        "cli p99",
+        "e2e p99",
+        "span s",
+        "daemon us/evt",
+        "postgres us/evt",
+        "daemon",
+        "postgres",
+        "other"
+    );
+    for b in bridges {
+        let whole = b.whole_cpu.clone().unwrap_or_default();
+        println!(
+            "{:<16} {:>10.0} {:>11} {:>8.2} {:>8} {:>8} {:>14} {:>14} {:>8.2} {:>8.2} {:>8.2}",
+            b.config.map(|c| c.label()).unwrap_or_default(),
+            b.accepted_rps,
+            fmt_opt(b.delivered_rps, 0),
+            b.client_p99_ms,
+            fmt_opt(b.e2e_p99_ms, 1),
+            fmt_opt(b.whole_s, 1),
+            fmt_opt(b.daemon_us_per_event, 0),
+            fmt_opt(b.postgres_us_per_event, 0),
+            whole.server,
+            whole.db,
+            whole.other
+        );
+    }
+    println!("(daemon, postgres, other: cores over the same span; x2 and x3 sum their instances)");
+    for b in bridges {
+        if let (Some(c), Some(db)) = (b.config, b.db)
+            && let Some(commits) = db.commits
+        {
+            println!(
+                "{}: {commits} PostgreSQL transactions committed, {:.1} per event",
+                c.label(),
+                ratio(commits as f64, db.events as f64)
+            );
+        }
+    }
+    println!();
+    println!("{:<48} {:>8}", "ratio", "value");
+    for (name, v) in ratios {
+        println!("{name:<48} {v:>8.3}");
+    }
+}
+
 fn cpu_cols(c: &CpuUse) -> String {
     format!(
         "{:>7.2} {:>7.2} {:>7.2} {:>7.2}",
@@ -1337,15 +1450,32 @@ fn main() -> Result<(), BoxError> {
     let sink_server = start_server("sink", opts.sink_workers, sink_config(sink.clone()))?;
     std::thread::sleep(Duration::from_millis(300));
     let sink_tids: HashSet<u32> = own_tids().difference(&tids_before).copied().collect();
+    let mut meter = Meter::new(sink_tids);
+    let cluster = if opts.configs.iter().any(|c| c.postgres) {
+        let t = Instant::now();
+        let cluster = common::pg::Cluster::start()
+            .map_err(|e| format!("starting the PostgreSQL cluster: {e}"))?;
+        println!(
+            "PostgreSQL cluster on 127.0.0.1:{} (postmaster {}) started in {:.1} s",
+            cluster.port,
+            cluster.postmaster_pid(),
+            t.elapsed().as_secs_f64()
+        );
+        meter.db_pid = Some(cluster.postmaster_pid());
+        Some(cluster)
+    } else {
+        None
+    };
     let ctx = Ctx {
         sink_url: format!("http://{}/slack", sink_server.addr),
         opts: opts.clone(),
         pool,
         sink,
-        meter: Meter::new(sink_tids),
+        meter,
+        cluster,
     };
 
-    let (naive, bridge, backlog) = rt.block_on(async {
+    let (naive, bridges, backlog) = rt.block_on(async {
         let naive = run_naive(&ctx)
             .await
             .map_err(|e| format!("phase 1 (naive forwarder): {e}"))?;
@@ -1353,18 +1483,23 @@ fn main() -> Result<(), BoxError> {
             "phase 1 naive forwarder: {:.0} events/s, client p50 {:.2} ms, p99 {:.2} ms, errors {}",
             naive.accepted_rps, naive.client_p50_ms, naive.client_p99_ms, naive.errors
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let bridge = run_bridge(&ctx)
-            .await
-            .map_err(|e| format!("phase 2 (clickup-bridge): {e}"))?;
-        println!(
-            "phase 2 clickup-bridge: {:.0} accepted/s, {} delivered/s, e2e p50 {} ms, p99 {} ms, errors {}",
-            bridge.accepted_rps,
-            fmt_opt(bridge.delivered_rps, 0),
-            fmt_opt(bridge.e2e_p50_ms, 2),
-            fmt_opt(bridge.e2e_p99_ms, 2),
-            bridge.errors
-        );
+        let mut bridges = Vec::new();
+        for config in &ctx.opts.configs {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let bridge = run_bridge(&ctx, *config)
+                .await
+                .map_err(|e| format!("phase 2 (clickup-bridge, {}): {e}", config.label()))?;
+            println!(
+                "phase 2 clickup-bridge {}: {:.0} accepted/s, {} delivered/s, e2e p50 {} ms, p99 {} ms, errors {}",
+                config.label(),
+                bridge.accepted_rps,
+                fmt_opt(bridge.delivered_rps, 0),
+                fmt_opt(bridge.e2e_p50_ms, 2),
+                fmt_opt(bridge.e2e_p99_ms, 2),
+                bridge.errors
+            );
+            bridges.push(bridge);
+        }
         let backlog = if ctx.opts.backlog > 0 {
             tokio::time::sleep(Duration::from_millis(500)).await;
             println!(
@@ -1380,8 +1515,9 @@ fn main() -> Result<(), BoxError> {
             None
         };
         sink_server.stop().await?;
-        Ok::<_, BoxError>((naive, bridge, backlog))
+        Ok::<_, BoxError>((naive, bridges, backlog))
     })?;
+    let bridge = bridges.first().ok_or("phase 2 did not run")?;
 
     println!();
     println!("== e2e: signed ClickUp events to a Slack-shaped sink, 1 round ==");
@@ -1419,7 +1555,10 @@ fn main() -> Result<(), BoxError> {
         );
     };
     row("1 naive forwarder (sync)", &naive);
-    row("2 clickup-bridge (durable)", &bridge);
+    for b in &bridges {
+        let label = b.config.map(|c| c.label()).unwrap_or_default();
+        row(&format!("2 clickup-bridge {label}"), b);
+    }
     if let Some(tail) = &bridge.tail_cpu {
         println!(
             "{:<30} {:>10} {:>11} {:>8} {:>8} {:>8} {:>8} {:>5} {:>7} {:>6}   {}",
@@ -1460,9 +1599,18 @@ fn main() -> Result<(), BoxError> {
         ),
     ];
     println!();
-    println!("{:<40} {:>8}", "ratio", "value");
+    println!(
+        "{:<40} {:>8}   (clickup-bridge {})",
+        "ratio",
+        "value",
+        bridge.config.map(|c| c.label()).unwrap_or_default()
+    );
     for (name, v) in &ratios {
         println!("{name:<40} {v:>8.3}");
+    }
+    let store_ratios = store_ratios(&bridges);
+    if bridges.len() > 1 || bridges.iter().any(|b| b.config.is_some_and(|c| c.postgres)) {
+        print_stores(&bridges, &store_ratios);
     }
     println!();
     println!(
@@ -1484,8 +1632,13 @@ fn main() -> Result<(), BoxError> {
     }
     if let Some(db) = &bridge.db {
         println!(
-            "clickup-bridge SQLite after exit: {} events, {} delivered, {} pending, {} dead, {} attempts",
-            db.events, db.delivered, db.pending, db.dead, db.attempts
+            "clickup-bridge {} after exit: {} events, {} delivered, {} pending, {} dead, {} attempts",
+            bridge.config.map(|c| c.label()).unwrap_or_default(),
+            db.events,
+            db.delivered,
+            db.pending,
+            db.dead,
+            db.attempts
         );
     }
 
@@ -1556,7 +1709,18 @@ fn main() -> Result<(), BoxError> {
 
     let mut problems: Vec<String> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
-    for (key, r) in [("naive", &naive), ("clickup_bridge", &bridge)] {
+    let keyed: Vec<(String, &FlowResult)> = std::iter::once(("naive".to_owned(), &naive))
+        .chain(bridges.iter().map(|b| {
+            (
+                format!(
+                    "clickup_bridge {}",
+                    b.config.map(|c| c.label()).unwrap_or_default()
+                ),
+                b,
+            )
+        }))
+        .collect();
+    for (key, r) in keyed {
         problems.extend(r.problems.iter().map(|p| format!("{key}: {p}")));
         notes.extend(r.notes.iter().map(|p| format!("{key}: {p}")));
     }
@@ -1595,11 +1759,16 @@ fn main() -> Result<(), BoxError> {
             "client_threads": opts.client_threads,
             "server_workers": opts.server_workers,
             "sink_workers": opts.sink_workers,
+            "phase_2_runs": opts.configs.iter().map(Config::label).collect::<Vec<_>>(),
             "body_bytes": body_len,
         },
         "phases": {
             "naive_forwarder": naive.json(),
             "clickup_bridge": bridge.json(),
+            "clickup_bridge_by_store": bridges
+                .iter()
+                .map(|b| (b.config.map(|c| c.key()).unwrap_or_default(), b.json()))
+                .collect::<serde_json::Map<_, _>>(),
             "backlog": backlog.as_ref().map(BacklogResult::json),
         },
         "ratios": {
@@ -1607,6 +1776,10 @@ fn main() -> Result<(), BoxError> {
             "bridge_accepted_over_naive": ratios[1].1,
             "bridge_client_p99_over_naive_client_p99": ratios[2].1,
             "bridge_e2e_p99_over_naive_client_p99": ratios[3].1,
+            "stores": store_ratios
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect::<serde_json::Map<_, _>>(),
         },
         "problems": problems,
         "notes": notes,

@@ -3,7 +3,8 @@
 //!
 //! Phase A "ceiling": a bare actix-web server that reads the body and answers.
 //! Phase B "verifying": the same plus HMAC-SHA256 verification and a JSON parse.
-//! Phase C "clickup-bridge": the real daemon, committing every event to SQLite.
+//! Phase C "clickup-bridge": the real daemon, committing every event to SQLite
+//! (or, with `--store postgres --instances N`, N daemons on one PostgreSQL).
 //!
 //! Run with `cargo bench --bench ingest` (see bench/README.md for the options).
 
@@ -12,17 +13,17 @@ mod common;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use common::{
-    Args, BoxError, CpuUse, Meter, Prebuilt, Res, Server, Tally, available_cores, baseline_answer,
-    body_len, fmt_opt, http_client, loadgen_runtime, open_db, percentile_ms, prebuild_pool,
-    print_checks, ratio, rss_mb, send_signed, signature_refusal, start_daemon, start_server,
-    unix_time, write_report,
+    Args, BoxError, Daemon, LoadOut, LoadSpec, Meter, Prebuilt, Res, Server, Stop, available_cores,
+    baseline_answer, body_len, fmt_opt, loadgen_runtime, open_db, percentile_ms, prebuild_pool,
+    print_checks, ratio, rss_mb, signature_refusal, start_daemon, start_server, unix_time,
+    write_report,
 };
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 const ROUTES_YAML: &str =
     "version: 1\nsources:\n  clickup:\n    verify: clickup\n    secret: bench-secret\nroutes: []\n";
@@ -38,7 +39,21 @@ struct Options {
     requests: usize,
     client_threads: usize,
     server_workers: usize,
+    /// Phase C's store: PostgreSQL (a throwaway cluster) instead of SQLite.
+    postgres: bool,
+    /// Phase C: daemons sharing the PostgreSQL database.
+    instances: usize,
     out: PathBuf,
+}
+
+impl Options {
+    fn store_label(&self) -> String {
+        if self.postgres {
+            format!("PostgreSQL x{}", self.instances)
+        } else {
+            "SQLite, FULL".into()
+        }
+    }
 }
 
 const USAGE: &str = "\
@@ -50,6 +65,8 @@ usage: cargo bench --bench ingest -- [options]
   --requests N          distinct signed requests built up front (default 400000)
   --client-threads N    load generator runtime threads (default 2)
   --server-workers N    actix workers of the baselines (default 2, as the daemon on 2 cores)
+  --store sqlite|postgres  phase C's store (default sqlite); postgres starts a throwaway cluster
+  --instances N         phase C on PostgreSQL: daemons sharing one database (default 1)
   --out FILE            JSON report (default bench/results/ingest-latest.json)";
 
 fn parse_options() -> Res<Options> {
@@ -61,6 +78,8 @@ fn parse_options() -> Res<Options> {
         requests: 400_000,
         client_threads: 2,
         server_workers: 2,
+        postgres: false,
+        instances: 1,
         out: Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results/ingest-latest.json"),
     };
     let mut args = Args::new(USAGE);
@@ -73,6 +92,18 @@ fn parse_options() -> Res<Options> {
             "--requests" => o.requests = args.parse("--requests")?,
             "--client-threads" => o.client_threads = args.parse("--client-threads")?,
             "--server-workers" => o.server_workers = args.parse("--server-workers")?,
+            "--store" => {
+                o.postgres = match args.value("--store")?.as_str() {
+                    "sqlite" => false,
+                    "postgres" => true,
+                    other => {
+                        return Err(
+                            format!("--store {other:?}: use sqlite or postgres\n{USAGE}").into(),
+                        );
+                    }
+                }
+            }
+            "--instances" => o.instances = args.parse("--instances")?,
             "--out" => o.out = PathBuf::from(args.value("--out")?),
             other => return Err(args.unknown(other)),
         }
@@ -84,9 +115,13 @@ fn parse_options() -> Res<Options> {
             o.requests,
             o.client_threads,
             o.server_workers,
+            o.instances,
         ],
         o.duration,
     )?;
+    if o.instances > 1 && !o.postgres {
+        return Err("several instances share one PostgreSQL database: add --store postgres".into());
+    }
     Ok(o)
 }
 
@@ -110,11 +145,11 @@ impl Phase {
         }
     }
 
-    fn label(self) -> &'static str {
+    fn label(self, opts: &Options) -> String {
         match self {
-            Phase::Ceiling => "A ceiling (read body, 200)",
-            Phase::Verifying => "B verifying (HMAC + JSON parse)",
-            Phase::Bridge => "C clickup-bridge (SQLite, FULL)",
+            Phase::Ceiling => "A ceiling (read body, 200)".into(),
+            Phase::Verifying => "B verifying (HMAC + JSON parse)".into(),
+            Phase::Bridge => format!("C clickup-bridge ({})", opts.store_label()),
         }
     }
 }
@@ -168,95 +203,28 @@ async fn stored_event_ids(db: &Path) -> Res<HashSet<String>> {
 
 // ---------------------------------------------------------------- load
 
-#[derive(Default)]
-struct WorkerOut {
-    tally: Tally,
-    /// Bodies of every 200 answer over the whole phase (warm-up included).
-    answers: Vec<Vec<u8>>,
-}
-
-struct LoadOut {
-    measured: Duration,
-    tally: Tally,
-    answers: Vec<Vec<u8>>,
-    pool_exhausted: bool,
-    cpu: CpuUse,
-}
-
+/// Phase load: warm-up, then the measured window, through the shared loop.
 async fn run_load(
-    url: String,
+    urls: Vec<String>,
     pool: Arc<Vec<Prebuilt>>,
     opts: &Options,
     wrap: bool,
-    server_pid: Option<u32>,
+    server_pids: Vec<u32>,
     meter: &Meter,
 ) -> Res<LoadOut> {
-    let client = http_client(opts.connections)?;
-    let url = reqwest::Url::parse(&url)?;
-    let start = Instant::now();
-    let warm_end = start + opts.warmup;
-    let end = warm_end + opts.duration;
-    let next = Arc::new(AtomicUsize::new(0));
-    let exhausted = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::with_capacity(opts.connections);
-    for _ in 0..opts.connections {
-        let (client, url, pool, next, exhausted) = (
-            client.clone(),
-            url.clone(),
-            pool.clone(),
-            next.clone(),
-            exhausted.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut out = WorkerOut::default();
-            while Instant::now() < end {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let req = match pool.get(if wrap { i % pool.len() } else { i }) {
-                    Some(r) => r,
-                    None => {
-                        exhausted.store(true, Ordering::Relaxed);
-                        break;
-                    }
-                };
-                let t0 = Instant::now();
-                let result = send_signed(&client, &url, req).await.map(|b| b.to_vec());
-                let t1 = Instant::now();
-                let in_window = t0 >= warm_end && t1 <= end;
-                match result {
-                    Ok(body) => {
-                        out.tally.answered(t0, t1, in_window);
-                        out.answers.push(body);
-                    }
-                    Err(kind) => out.tally.failed(kind, in_window),
-                }
-            }
-            out
-        }));
-    }
-    tokio::time::sleep_until(warm_end.into()).await;
-    let before = meter.snap(server_pid);
-    tokio::time::sleep_until(end.into()).await;
-    let after = meter.snap(server_pid);
-
-    let mut out = LoadOut {
-        measured: opts.duration,
-        tally: Tally::default(),
-        answers: Vec::new(),
-        pool_exhausted: false,
-        cpu: meter.between(&before, &after),
+    let spec = LoadSpec {
+        urls,
+        connections: opts.connections,
+        stop: Stop::Timed {
+            warmup: opts.warmup,
+            duration: opts.duration,
+        },
+        wrap,
+        server_pids,
+        keep_answers: true,
+        progress: Arc::new(AtomicU64::new(0)),
     };
-    for t in tasks {
-        match t.await {
-            Ok(w) => {
-                out.tally.absorb(w.tally);
-                out.answers.extend(w.answers);
-            }
-            Err(e) => out.tally.lost_worker(&e),
-        }
-    }
-    out.pool_exhausted = exhausted.load(Ordering::Relaxed);
-    out.tally.latencies.sort_unstable();
-    Ok(out)
+    common::run_load(spec, pool, meter).await
 }
 
 // ---------------------------------------------------------------- results
@@ -272,6 +240,8 @@ struct PhaseResult {
     error_kinds: BTreeMap<String, u64>,
     client_cores: f64,
     server_cores: f64,
+    /// The PostgreSQL cluster (phase C on PostgreSQL).
+    db_cores: f64,
     machine_busy: f64,
     other_cores: f64,
     idle_rss_mb: Option<f64>,
@@ -289,7 +259,7 @@ fn summarize(phase: Phase, load: &LoadOut) -> PhaseResult {
     let ok = load.tally.latencies.len() as u64;
     PhaseResult {
         phase,
-        rps: ok as f64 / load.measured.as_secs_f64(),
+        rps: ok as f64 / load.window().as_secs_f64(),
         p50_ms: percentile_ms(&load.tally.latencies, 50.0),
         p99_ms: percentile_ms(&load.tally.latencies, 99.0),
         ok,
@@ -297,6 +267,7 @@ fn summarize(phase: Phase, load: &LoadOut) -> PhaseResult {
         error_kinds: load.tally.error_kinds.clone(),
         client_cores: load.cpu.client,
         server_cores: load.cpu.server,
+        db_cores: load.cpu.db,
         machine_busy: load.cpu.machine_busy,
         other_cores: load.cpu.other,
         idle_rss_mb: None,
@@ -320,34 +291,79 @@ async fn run_baseline(
 ) -> Res<PhaseResult> {
     let server = start_baseline(phase, opts.server_workers)?;
     let url = format!("http://{}/hooks/clickup", server.addr);
-    let load = run_load(url, pool, opts, true, None, meter).await;
+    let load = run_load(vec![url], pool, opts, true, Vec::new(), meter).await;
     server.stop().await?;
     let load = load?;
     Ok(summarize(phase, &load))
 }
 
-async fn run_bridge(pool: Arc<Vec<Prebuilt>>, opts: &Options, meter: &Meter) -> Res<PhaseResult> {
-    let mut daemon = start_daemon(
-        "clickup-bridge-bench-",
-        ROUTES_YAML,
-        // Settings from the caller's environment must not leak into the run.
-        |name| name.starts_with("CLICKUP_BRIDGE_"),
-    )
-    .await?;
-    let pid = daemon.pid();
-    let idle = rss_mb(pid, "VmRSS:");
-    let url = format!("http://{}/hooks/clickup", daemon.addr);
-    let load = run_load(url, pool, opts, false, Some(pid), meter).await;
-    let peak = rss_mb(pid, "VmHWM:");
-    let after = rss_mb(pid, "VmRSS:");
-    let exit = daemon.stop().await;
+/// Ids of the clickup events in a PostgreSQL database.
+async fn pg_event_ids(url: &str) -> Res<HashSet<String>> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM events WHERE source = 'clickup'")
+        .fetch_all(&mut conn)
+        .await?;
+    conn.close().await?;
+    Ok(ids.into_iter().collect())
+}
+
+async fn run_bridge(
+    pool: Arc<Vec<Prebuilt>>,
+    opts: &Options,
+    meter: &Meter,
+    cluster: Option<&common::pg::Cluster>,
+) -> Res<PhaseResult> {
+    let store = match cluster {
+        Some(c) => Some(c.new_database()?),
+        None => None,
+    };
+    let mut daemons: Vec<Daemon> = Vec::with_capacity(opts.instances);
+    for _ in 0..opts.instances {
+        let started = start_daemon(
+            "clickup-bridge-bench-",
+            ROUTES_YAML,
+            store.as_deref(),
+            // Settings from the caller's environment must not leak into the run.
+            |name| name.starts_with("CLICKUP_BRIDGE_"),
+        )
+        .await;
+        match started {
+            Ok(d) => daemons.push(d),
+            Err(e) => {
+                daemons.iter_mut().for_each(Daemon::kill_now);
+                return Err(e);
+            }
+        }
+    }
+    let pids: Vec<u32> = daemons.iter().map(Daemon::pid).collect();
+    let max_rss = |key: &str| {
+        pids.iter()
+            .filter_map(|pid| rss_mb(*pid, key))
+            .reduce(f64::max)
+    };
+    let idle = max_rss("VmRSS:");
+    let urls = daemons
+        .iter()
+        .map(|d| format!("http://{}/hooks/clickup", d.addr))
+        .collect();
+    let load = run_load(urls, pool, opts, false, pids.clone(), meter).await;
+    let peak = max_rss("VmHWM:");
+    let after = max_rss("VmRSS:");
+    let mut exit_problems = Vec::new();
+    for (i, d) in daemons.iter_mut().enumerate() {
+        let exit = d.stop().await;
+        exit_problems.extend(
+            d.exit_problem(&exit)
+                .map(|p| format!("instance {}: {p}", i + 1)),
+        );
+    }
     let load = load?;
     let mut r = summarize(Phase::Bridge, &load);
     r.idle_rss_mb = idle;
     r.peak_rss_mb = peak;
     r.after_rss_mb = after;
-
-    r.problems.extend(daemon.exit_problem(&exit));
+    r.problems.extend(exit_problems);
 
     // Every 200 must be a fresh event with its own id.
     let mut ids = HashSet::with_capacity(load.answers.len());
@@ -384,24 +400,34 @@ async fn run_bridge(pool: Arc<Vec<Prebuilt>>, opts: &Options, meter: &Meter) -> 
             .push(format!("{unparsable} 200 answers lacked an evt_ event_id"));
     }
 
-    // After a clean exit, every acknowledged id must be in the file.
-    match stored_event_ids(&daemon.db_path()).await {
+    // After a clean exit, every acknowledged id must be in the store.
+    let store_name = if opts.postgres {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    let stored = match (&store, daemons.first()) {
+        (Some(url), _) => pg_event_ids(url).await,
+        (None, Some(d)) => stored_event_ids(&d.db_path()).await,
+        (None, None) => Err("no daemon ran".into()),
+    };
+    match stored {
         Ok(stored) => {
             let missing = ids.iter().filter(|id| !stored.contains(*id)).count();
             if missing > 0 {
                 r.problems.push(format!(
-                    "{missing} acknowledged events missing from SQLite after exit"
+                    "{missing} acknowledged events missing from {store_name} after exit"
                 ));
             }
             r.notes.push(format!(
-                "SQLite after exit: {} clickup events stored, {} of {} acknowledged ids found",
+                "{store_name} after exit: {} clickup events stored, {} of {} acknowledged ids found",
                 stored.len(),
                 ids.len() - missing,
                 ids.len()
             ));
         }
         Err(e) => r.notes.push(format!(
-            "could not read the SQLite file after exit (skipped): {e}"
+            "could not read the {store_name} store after exit (skipped): {e}"
         )),
     }
     Ok(r)
@@ -453,6 +479,7 @@ fn combine(rounds: &[Vec<PhaseResult>], phase: Phase) -> Option<PhaseResult> {
         error_kinds,
         client_cores: pick(|r| r.client_cores),
         server_cores: pick(|r| r.server_cores),
+        db_cores: pick(|r| r.db_cores),
         machine_busy: pick(|r| r.machine_busy),
         other_cores: pick(|r| r.other_cores),
         idle_rss_mb: pick_opt(|r| r.idle_rss_mb),
@@ -474,6 +501,9 @@ fn phase_json(r: &PhaseResult) -> Value {
         "error_kinds": r.error_kinds,
         "client_cpu_cores": r.client_cores,
         "server_cpu_cores": r.server_cores,
+        "postgres_cpu_cores": r.db_cores,
+        "server_cpu_us_per_event": ratio(r.server_cores * 1e6, r.rps),
+        "postgres_cpu_us_per_event": ratio(r.db_cores * 1e6, r.rps),
         "machine_busy": r.machine_busy,
         "other_cpu_cores": r.other_cores,
         "idle_rss_mb": r.idle_rss_mb,
@@ -489,7 +519,20 @@ fn phase_json(r: &PhaseResult) -> Value {
 
 fn main() -> Result<(), BoxError> {
     let opts = parse_options()?;
-    let meter = Meter::new(HashSet::new());
+    let mut meter = Meter::new(HashSet::new());
+    let cluster = if opts.postgres {
+        let cluster = common::pg::Cluster::start()
+            .map_err(|e| format!("starting the PostgreSQL cluster: {e}"))?;
+        println!(
+            "PostgreSQL cluster on 127.0.0.1:{} (postmaster {})",
+            cluster.port,
+            cluster.postmaster_pid()
+        );
+        meter.db_pid = Some(cluster.postmaster_pid());
+        Some(cluster)
+    } else {
+        None
+    };
     let cores = available_cores();
     println!(
         "ingest bench: {} connections, {} client threads, {} server workers, {} s warm-up + {} s per phase, {} round(s), {} cores",
@@ -511,13 +554,15 @@ fn main() -> Result<(), BoxError> {
             let mut results = Vec::new();
             for phase in Phase::ALL {
                 let r = match phase {
-                    Phase::Bridge => run_bridge(pool.clone(), &opts, &meter).await,
+                    Phase::Bridge => {
+                        run_bridge(pool.clone(), &opts, &meter, cluster.as_ref()).await
+                    }
                     _ => run_baseline(phase, pool.clone(), &opts, &meter).await,
                 }
                 .map_err(|e| format!("round {round}, phase {}: {e}", phase.key()))?;
                 println!(
                     "round {round} {:<34} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}",
-                    phase.label(),
+                    phase.label(&opts),
                     r.rps,
                     r.p50_ms,
                     r.p99_ms,
@@ -568,7 +613,7 @@ fn main() -> Result<(), BoxError> {
     for r in &combined {
         println!(
             "{:<34} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>11.2} {:>11.2} {:>10.2} {:>9} {:>9}",
-            r.phase.label(),
+            r.phase.label(&opts),
             r.rps,
             r.p50_ms,
             r.p99_ms,
@@ -613,6 +658,19 @@ fn main() -> Result<(), BoxError> {
         fmt_opt(c.idle_rss_mb, 1),
         fmt_opt(c.peak_rss_mb, 1),
         fmt_opt(c.after_rss_mb, 1)
+    );
+    println!(
+        "clickup-bridge ({}): CPU per accepted event in the window: daemon{} {} us, PostgreSQL {} us ({:.2} and {:.2} cores)",
+        opts.store_label(),
+        if opts.instances > 1 { "s" } else { "" },
+        fmt_opt(Some(ratio(c.server_cores * 1e6, c.rps)), 0),
+        if opts.postgres {
+            fmt_opt(Some(ratio(c.db_cores * 1e6, c.rps)), 0)
+        } else {
+            "-".into()
+        },
+        c.server_cores,
+        c.db_cores
     );
     for r in rounds.iter().flatten() {
         for n in &r.notes {
@@ -674,6 +732,8 @@ fn main() -> Result<(), BoxError> {
             "requests_prebuilt": opts.requests,
             "client_threads": opts.client_threads,
             "server_workers": opts.server_workers,
+            "store": if opts.postgres { "postgres" } else { "sqlite" },
+            "instances": opts.instances,
             "body_bytes": body_len,
         },
         "aggregate": if opts.rounds > 1 { "median" } else { "single" },
