@@ -6,6 +6,35 @@ use jsonpath_rust::query::js_path_process;
 use serde_json::Value;
 use std::fmt;
 
+/// The longest JSONPath accepted.
+pub const MAX_PATH_LEN: usize = 512;
+
+/// The deepest nesting of `[` and `(` accepted (outside quoted strings).
+pub const MAX_PATH_NESTING: usize = 8;
+
+/// The deepest nesting of `[` and `(` in `text`, ignoring quoted strings.
+fn nesting(text: &str) -> usize {
+    let (mut depth, mut max, mut quote) = (0usize, 0usize, None::<char>);
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(_), '\\') => {
+                chars.next();
+            }
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '[' | '(') => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            (None, ']' | ')') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
 /// A compiled JSONPath and its source text.
 #[derive(Clone)]
 pub struct JsonPath {
@@ -38,6 +67,20 @@ impl JsonPath {
         };
         if !text.starts_with('$') {
             return Err(err("a JSONPath starts with \"$\", e.g. $.event".to_owned()));
+        }
+        // The parser backtracks: a few unclosed nested filters
+        // (`$[?length($[?length(...`) took it seconds per level (found by
+        // fuzzing), enough to hang `check` and every reload. Real paths are
+        // short and shallow.
+        if text.len() > MAX_PATH_LEN {
+            return Err(err(format!(
+                "longer than {MAX_PATH_LEN} characters; split it into several extracts"
+            )));
+        }
+        if nesting(text) > MAX_PATH_NESTING {
+            return Err(err(format!(
+                "brackets and parentheses nested deeper than {MAX_PATH_NESTING}; simplify the filter"
+            )));
         }
         let query = parse_json_path(text).map_err(|e| err(describe(&e.to_string())))?;
         Ok(JsonPath {
@@ -91,6 +134,20 @@ fn describe(raw: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Found by `cargo fuzz run jsonpath`: unclosed nested filters made the
+    /// parser backtrack for over 10 s. Refused at once now; real filters pass.
+    #[test]
+    fn deeply_nested_paths_are_refused_quickly() {
+        let bomb = "$[?length(\nin( $[?length(\nin(  $\r.Z".repeat(6);
+        let started = std::time::Instant::now();
+        let e = JsonPath::compile(&bomb).unwrap_err().to_string();
+        assert!(e.contains("nested deeper than 8"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert!(JsonPath::compile(&format!("$.{}", "a".repeat(600))).is_err());
+        let real = "$.history_items[?(@.field == 'tag' && @.after[0].name == \"[bug(\")].id";
+        assert!(JsonPath::compile(real).is_ok(), "{real}");
+    }
 
     #[test]
     fn selects_nodes_and_reports_bad_paths() {

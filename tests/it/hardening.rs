@@ -406,3 +406,57 @@ async fn admin_small_ones_scheme_cursor_limit_and_blank_token() {
     assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains("admin_token: it is only whitespace"), "{err}");
 }
+
+/// The new settings: body_timeout and max_connections at least 1, tls_cert
+/// and tls_key together, paths resolved like the others.
+#[test]
+fn hardening_settings_are_checked_when_loaded() {
+    use clickup_bridge::settings::Settings;
+    use std::path::Path;
+    let load = |vars: &[(&str, &str)]| {
+        let env = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Settings::load(None, env, Path::new("/srv"))
+    };
+    let s = load(&[]).unwrap();
+    assert_eq!(s.http.body_timeout, std::time::Duration::from_secs(5));
+    assert_eq!(s.http.max_connections, 4096);
+    assert_eq!(s.http.tls, None);
+    for (k, v, needle) in [
+        (
+            "CLICKUP_BRIDGE_BODY_TIMEOUT",
+            "0",
+            "body_timeout must be at least 1",
+        ),
+        (
+            "CLICKUP_BRIDGE_MAX_CONNECTIONS",
+            "0",
+            "max_connections must be at least 1",
+        ),
+        (
+            "CLICKUP_BRIDGE_TLS_CERT",
+            "cert.pem",
+            "tls_cert and tls_key go together",
+        ),
+        (
+            "CLICKUP_BRIDGE_TLS_KEY",
+            "key.pem",
+            "tls_cert and tls_key go together",
+        ),
+    ] {
+        let e = load(&[(k, v)]).unwrap_err().to_string();
+        assert!(e.contains(needle), "{k}={v}: {e}");
+    }
+    let s = load(&[
+        ("CLICKUP_BRIDGE_BODY_TIMEOUT", "2"),
+        ("CLICKUP_BRIDGE_TLS_CERT", "tls/fullchain.pem"),
+        ("CLICKUP_BRIDGE_TLS_KEY", "/etc/key.pem"),
+    ])
+    .unwrap();
+    assert_eq!(s.http.body_timeout, std::time::Duration::from_secs(2));
+    let tls = s.http.tls.unwrap();
+    assert_eq!(tls.cert, Path::new("/srv/tls/fullchain.pem"));
+    assert_eq!(tls.key, Path::new("/etc/key.pem"));
+}
