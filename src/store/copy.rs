@@ -62,6 +62,12 @@ const TABLES: &[Table] = &[
             ("updated_at", Int),
             ("delivered_at", Int),
             ("attempts_base", Int),
+            ("order_key", Text),
+            ("order_seq", Text),
+            ("link_task", Text),
+            ("link_names", Text),
+            ("remember_task", Text),
+            ("remember_name", Text),
         ],
     },
     Table {

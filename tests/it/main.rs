@@ -13,6 +13,7 @@ mod deploy;
 mod inbound;
 mod instances;
 mod lifecycle;
+mod ordering;
 mod pg;
 mod readme;
 mod recovery;

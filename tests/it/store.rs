@@ -62,6 +62,7 @@ async fn a_row_with_an_unknown_status_fails_loudly() {
                     target: "t".into(),
                     context: serde_json::json!({}),
                     dead: None,
+                    order: Default::default(),
                 }],
             }],
             2,
