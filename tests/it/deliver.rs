@@ -445,7 +445,9 @@ async fn a_thousand_events_from_sixteen_clients_are_each_delivered_exactly_once(
     let server = MockServer::start().await;
     ok_mock(&server).await;
     let text = format!(
-        "{SOURCE}targets:\n{}routes:\n  - name: r\n    source: clickup\n    send:\n      - target: t\n        body: {{n: '{{{{event.history_items.[0].id}}}}'}}\n",
+        // Every event is about one task: order_by none lets them go side
+        // by side (ordering has its own tests in ordering.rs).
+        "{SOURCE}targets:\n{}routes:\n  - name: r\n    source: clickup\n    order_by: none\n    send:\n      - target: t\n        body: {{n: '{{{{event.history_items.[0].id}}}}'}}\n",
         http_target("t", &server, "    concurrency: 16\n")
     );
     let app = spawn_app(&text).await;
