@@ -92,6 +92,8 @@ pub fn delivery_json(d: &DeliveryRow) -> Value {
         "created_at": time(d.created_at),
         "delivered_at": d.delivered_at.map(time),
         "next_attempt_at": d.next_attempt_at.map(time),
+        "order_key": d.order_key,
+        "waiting_for": d.waiting_for.as_ref().map(|w| w.as_str()),
     })
 }
 

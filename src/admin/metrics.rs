@@ -34,7 +34,7 @@ pub struct TargetOutcome {
 /// A single label `state`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
-    /// unrouted, pending or dead.
+    /// unrouted, pending, dead or waiting (pending behind another).
     pub state: String,
 }
 
@@ -108,7 +108,7 @@ impl Metrics {
         let queue_depth = Family::<StateLabel, Gauge>::default();
         registry.register(
             "queue_depth",
-            "Unrouted events, pending and dead deliveries",
+            "Unrouted events, pending and dead deliveries, and pending ones waiting behind another",
             queue_depth.clone(),
         );
         let oldest_pending_age = Gauge::<f64, AtomicU64>::default();

@@ -90,6 +90,7 @@ async fn metrics_text(_auth: Authorized, state: web::Data<AdminState>) -> HttpRe
         set("unrouted", q.unrouted);
         set("pending", q.pending);
         set("dead", q.dead);
+        set("waiting", q.waiting);
         let age = q
             .oldest_pending_received_at
             .map(|t| (crate::ids::now_millis() - t).max(0) as f64 / 1000.0)

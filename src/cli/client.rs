@@ -192,7 +192,12 @@ fn delivery_rows(items: &[Value]) -> Vec<Vec<String>> {
         .map(|d| {
             vec![
                 s(&d["id"]),
-                s(&d["status"]),
+                // A pending delivery behind another one says so.
+                if d["waiting_for"].is_string() {
+                    "waiting".to_owned()
+                } else {
+                    s(&d["status"])
+                },
                 s(&d["target"]),
                 s(&d["route"]),
                 s(&d["attempts"]),
@@ -331,6 +336,7 @@ pub async fn deliveries(admin: &Admin, cmd: DeliveriesCommand) -> anyhow::Result
                 "last_error",
                 "created_at",
                 "delivered_at",
+                "waiting_for",
             ] {
                 outln!("{key:<12} {}", s(&v[key]));
             }

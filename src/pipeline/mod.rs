@@ -18,7 +18,7 @@ use reader::MapReader;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-pub use routes::{Action, Body, BodyNode, Condition, EventPattern, Op, Route, SendStep};
+pub use routes::{Action, Body, BodyNode, Condition, EventPattern, Op, OrderBy, Route, SendStep};
 pub use sources::{Source, Watch};
 pub use targets::{RateLimit, RetryPolicy, Target, TargetKind};
 

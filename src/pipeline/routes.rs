@@ -192,6 +192,9 @@ pub struct SendStep {
     /// Whether a template of the step mentions `links` (only then are the
     /// task's links read from the store for each attempt).
     pub uses_links: bool,
+    /// The `links.NAME` names its templates read (`*` when one reads
+    /// `links` otherwise): its delivery waits for those being remembered.
+    pub reads_links: Vec<String>,
     /// Where it is written.
     pub pos: Pos,
 }
@@ -219,8 +222,51 @@ pub struct Route {
     pub extract: Vec<(String, JsonPath)>,
     /// Send steps, in order.
     pub send: Vec<SendStep>,
+    /// What orders its deliveries with others to the same target.
+    pub order_by: OrderBy,
     /// Where it is written.
     pub pos: Pos,
+}
+
+/// A route's `order_by`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderBy {
+    /// The ClickUp task the event is about (the default).
+    Task,
+    /// A template's result (an empty result: not ordered).
+    Template(TemplateId),
+    /// `order_by: none`: not ordered.
+    Off,
+}
+
+/// The `links.NAME` names a template source reads; `*` when it mentions
+/// `links` other than as `links.NAME` (e.g. `{{#each links}}`).
+pub fn link_names(src: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut rest = src;
+    while let Some(i) = rest.find("links") {
+        let before = rest[..i].chars().next_back();
+        let after = &rest[i + "links".len()..];
+        rest = after;
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+            continue; // part of another name (e.g. `mylinks`, `event.links`)
+        }
+        if after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+            continue;
+        }
+        let name: String = after
+            .strip_prefix('.')
+            .unwrap_or("")
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        out.insert(if name.is_empty() {
+            "*".to_owned()
+        } else {
+            name
+        });
+    }
+    out
 }
 
 /// Everything a route compiler needs besides the node.
@@ -411,6 +457,24 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
         }
     }
 
+    let order_by = match r.take("order_by") {
+        None => OrderBy::Task,
+        Some(n) => match reader::string(n, "order_by", d) {
+            None => OrderBy::Task,
+            Some(t) if t == "none" => OrderBy::Off,
+            Some(t) => {
+                let name = format!("{label}.order_by@{}:{}", n.pos.line, n.pos.col);
+                match ctx.templates.add(&name, &t, Kind::Plain) {
+                    Ok(id) => OrderBy::Template(id),
+                    Err(e) => {
+                        d.error(n.pos, format!("order_by of {what}: {e}; write a template such as \"{{{{event.customer}}}}\", or none"));
+                        OrderBy::Task
+                    }
+                }
+            }
+        },
+    };
+
     let mut send = Vec::new();
     if let Some(s) = r.require("send", d) {
         match &s.value {
@@ -454,6 +518,7 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
         enrich_via,
         extract,
         send,
+        order_by,
         pos: node.pos,
     })
 }
@@ -653,6 +718,7 @@ struct StepBuilder<'c, 'a> {
     ctx: &'c mut Ctx<'a>,
     prefix: String,
     uses_links: bool,
+    links: std::collections::BTreeSet<String>,
 }
 
 impl StepBuilder<'_, '_> {
@@ -669,6 +735,7 @@ impl StepBuilder<'_, '_> {
     ) -> Option<TemplateId> {
         let src = reader::string(node, key, d)?;
         self.uses_links |= src.contains("links");
+        self.links.extend(link_names(&src));
         let name = format!("{}.{key}@{}:{}", self.prefix, node.pos.line, node.pos.col);
         match self.ctx.templates.add(&name, &src, kind) {
             Ok(id) => Some(id),
@@ -745,6 +812,7 @@ impl StepBuilder<'_, '_> {
             }
         };
         self.uses_links |= src.contains("links");
+        self.links.extend(link_names(&src));
         let id = format!("file:{name}");
         if self.ctx.templates.has(&id, Kind::JsonFile) {
             return Some(TemplateId {
@@ -856,6 +924,7 @@ fn compile_step(
         ctx,
         prefix: format!("{route}#{}", index + 1),
         uses_links: false,
+        links: Default::default(),
     };
     let action = match kind.as_str() {
         "slack" => {
@@ -1018,11 +1087,13 @@ fn compile_step(
     };
     r.finish(d);
     let uses_links = b.uses_links;
+    let reads_links = b.links.into_iter().collect();
     Some(SendStep {
         target: target?,
         action: action?,
         remember,
         uses_links,
+        reads_links,
         pos: node.pos,
     })
 }

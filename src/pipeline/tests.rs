@@ -264,3 +264,46 @@ fn the_shipped_commented_header_source_compiles_when_uncommented() {
         .unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
     assert_eq!(p.sources["clickup-automation"].kind(), "header");
 }
+
+const ORDER_BASE: &str = "sources:\n  s:\n    verify: clickup\n    secret: x\ntargets:\n  t:\n    type: http\n    url: https://example.com\nroutes:\n  - name: r\n    source: s\n";
+
+/// `order_by` is the task by default, `none` turns it off, a template sets
+/// another key, and a template that does not compile is an error naming
+/// the route, with what to write instead.
+#[test]
+fn order_by_compiles_and_a_broken_template_is_reported() {
+    let send = "    send:\n      - target: t\n        body: {}\n";
+    let p = compile(&format!("{ORDER_BASE}{send}")).unwrap();
+    assert_eq!(p.routes[0].order_by, OrderBy::Task);
+    let p = compile(&format!("{ORDER_BASE}    order_by: none\n{send}")).unwrap();
+    assert_eq!(p.routes[0].order_by, OrderBy::Off);
+    let p = compile(&format!(
+        "{ORDER_BASE}    order_by: '{{{{event.customer}}}}'\n{send}"
+    ))
+    .unwrap();
+    assert!(matches!(p.routes[0].order_by, OrderBy::Template(_)));
+    let errs = errors(&format!("{ORDER_BASE}    order_by: '{{{{event.x'\n{send}"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("order_by of route \"r\"") && errs[0].contains("or none"),
+        "{errs:?}"
+    );
+}
+
+/// The link names a step reads: `links.NAME` names, `*` for `links` read
+/// whole, nothing for words that only contain "links".
+#[test]
+fn a_step_knows_which_links_it_reads() {
+    let names = |s: &str| routes::link_names(s).into_iter().collect::<Vec<_>>();
+    assert_eq!(
+        names("on {{links.jira_issue}} and {{ links.pr }}"),
+        ["jira_issue", "pr"]
+    );
+    assert_eq!(names("{{#each links}}{{this}}{{/each}}"), ["*"]);
+    assert!(names("{{event.links}} {{mylinks.x}} {{linksx}}").is_empty());
+    let p = compile(&format!(
+        "{ORDER_BASE}    send:\n      - target: t\n        body: {{on: '{{{{links.issue}}}}'}}\n"
+    ))
+    .unwrap();
+    assert_eq!(p.routes[0].send[0].reads_links, ["issue"]);
+}

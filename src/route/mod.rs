@@ -12,8 +12,8 @@ pub mod matcher;
 use crate::deliver::classify::backoff;
 use crate::deliver::task_id_of;
 use crate::ids::{DeliveryId, EventId, now_millis};
-use crate::pipeline::{Pipeline, Route};
-use crate::store::{EventToRoute, NewDelivery, RoutedEvent, Store, StoreError};
+use crate::pipeline::{OrderBy, Pipeline, Route};
+use crate::store::{DeliveryOrder, EventToRoute, NewDelivery, RoutedEvent, Store, StoreError};
 use arc_swap::ArcSwap;
 use enrich::{Enricher, FetchError};
 use serde_json::{Map, Value};
@@ -58,31 +58,88 @@ pub fn candidates(pipeline: &Pipeline, event: &EventToRoute, payload: &Value) ->
     out
 }
 
-/// One delivery per send step of `route`, pending or created dead.
-pub fn deliveries(
-    event: &EventId,
+/// The ordering key of a delivery of `route`: the ClickUp task the event is
+/// about unless `order_by` says otherwise; `None` when not ordered.
+pub fn order_key(
+    pipeline: &Pipeline,
     route: &Route,
     context: &Map<String, Value>,
+    payload: &Value,
+) -> Option<String> {
+    match &route.order_by {
+        OrderBy::Off => None,
+        OrderBy::Task => task_id_of(&Value::Object(context.clone()), payload),
+        OrderBy::Template(id) => {
+            let mut ctx = context.clone();
+            ctx.insert("event".into(), payload.clone());
+            match pipeline
+                .templates
+                .render_text(id, &handlebars::Context::from(Value::Object(ctx)))
+            {
+                Ok(key) if !key.is_empty() => Some(key),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!(route = %route.name, error = %e.0, "order_by cannot be rendered; the delivery is not ordered");
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// One delivery per send step of route number `index`, pending or created
+/// dead, with what each waits for ([`DeliveryOrder`]).
+pub fn deliveries(
+    pipeline: &Pipeline,
+    event: &EventId,
+    index: usize,
+    context: &Map<String, Value>,
+    payload: &Value,
     dead: Option<&str>,
 ) -> Vec<NewDelivery> {
+    let Some(route) = pipeline.routes.get(index) else {
+        return Vec::new();
+    };
+    let key = order_key(pipeline, route, context, payload);
+    let task = task_id_of(&Value::Object(context.clone()), payload);
     route
         .send
         .iter()
         .enumerate()
-        .map(|(i, step)| NewDelivery {
-            id: DeliveryId::for_step(event, &route.name, u32::try_from(i).unwrap_or(u32::MAX)),
-            route: route.name.clone(),
-            step: u32::try_from(i).unwrap_or(u32::MAX),
-            target: step.target.clone(),
-            context: Value::Object(context.clone()),
-            dead: dead.map(str::to_owned),
+        .map(|(i, step)| {
+            let step_no = u32::try_from(i).unwrap_or(u32::MAX);
+            NewDelivery {
+                id: DeliveryId::for_step(event, &route.name, step_no),
+                route: route.name.clone(),
+                step: step_no,
+                target: step.target.clone(),
+                context: Value::Object(context.clone()),
+                dead: dead.map(str::to_owned),
+                order: DeliveryOrder {
+                    key: key.clone(),
+                    // Event ids follow acceptance order; then routes in file
+                    // order, then steps.
+                    seq: format!("{}.{index:05}.{i:05}", event.as_str()),
+                    link_task: task.clone().filter(|_| !step.reads_links.is_empty()),
+                    link_names: step.reads_links.clone(),
+                    remember: match (&step.remember, &task) {
+                        (Some(name), Some(t)) => Some((t.clone(), name.clone())),
+                        _ => None,
+                    },
+                },
+            }
         })
         .collect()
 }
 
 /// The routing result of an event whose matching routes need no task
 /// (pure).
-pub fn routed(pipeline: &Pipeline, event: &EventToRoute, cands: Vec<Candidate>) -> RoutedEvent {
+pub fn routed(
+    pipeline: &Pipeline,
+    event: &EventToRoute,
+    payload: &Value,
+    cands: Vec<Candidate>,
+) -> RoutedEvent {
     let mut routed = RoutedEvent {
         event_id: event.id.clone(),
         matched_routes: Vec::new(),
@@ -91,9 +148,9 @@ pub fn routed(pipeline: &Pipeline, event: &EventToRoute, cands: Vec<Candidate>) 
     for c in cands {
         let route = &pipeline.routes[c.route];
         routed.matched_routes.push(route.name.clone());
-        routed
-            .deliveries
-            .extend(deliveries(&event.id, route, &c.context, None));
+        routed.deliveries.extend(deliveries(
+            pipeline, &event.id, c.route, &c.context, payload, None,
+        ));
     }
     routed
 }
@@ -186,14 +243,19 @@ async fn enrich_one(shared: &RouterShared, pipeline: &Pipeline, p: Pending) -> O
         deliveries: Vec::new(),
     };
     let mut retry: Option<(String, Option<Duration>, &Route)> = None;
-    let mut failed_retryable: Vec<(&Route, Map<String, Value>, String)> = Vec::new();
+    let mut failed_retryable: Vec<(usize, Map<String, Value>, String)> = Vec::new();
     for c in p.candidates {
         let route = &pipeline.routes[c.route];
         if !route.enrich_task {
             routed.matched_routes.push(route.name.clone());
-            routed
-                .deliveries
-                .extend(deliveries(&p.event.id, route, &c.context, None));
+            routed.deliveries.extend(deliveries(
+                pipeline,
+                &p.event.id,
+                c.route,
+                &c.context,
+                &p.payload,
+                None,
+            ));
             continue;
         }
         let via = route
@@ -204,9 +266,14 @@ async fn enrich_one(shared: &RouterShared, pipeline: &Pipeline, p: Pending) -> O
         let (Some(via), Some(task_id)) = (via, task_id) else {
             let why = "cannot fetch the task: the event has no task_id and the route extracts none";
             routed.matched_routes.push(route.name.clone());
-            routed
-                .deliveries
-                .extend(deliveries(&p.event.id, route, &c.context, Some(why)));
+            routed.deliveries.extend(deliveries(
+                pipeline,
+                &p.event.id,
+                c.route,
+                &c.context,
+                &p.payload,
+                Some(why),
+            ));
             continue;
         };
         match shared.enricher.task(via, &task_id).await {
@@ -215,9 +282,14 @@ async fn enrich_one(shared: &RouterShared, pipeline: &Pipeline, p: Pending) -> O
                     let mut ctx = c.context;
                     ctx.insert("task".into(), task);
                     routed.matched_routes.push(route.name.clone());
-                    routed
-                        .deliveries
-                        .extend(deliveries(&p.event.id, route, &ctx, None));
+                    routed.deliveries.extend(deliveries(
+                        pipeline,
+                        &p.event.id,
+                        c.route,
+                        &ctx,
+                        &p.payload,
+                        None,
+                    ));
                 }
                 Err(m) => {
                     tracing::debug!(event_id = %p.event.id, route = %route.name, reason = %m.reason, "task condition does not hold");
@@ -226,13 +298,18 @@ async fn enrich_one(shared: &RouterShared, pipeline: &Pipeline, p: Pending) -> O
             Err(FetchError::Gone(reason)) => {
                 tracing::warn!(event_id = %p.event.id, route = %route.name, error = %reason, "task fetch failed for good");
                 routed.matched_routes.push(route.name.clone());
-                routed
-                    .deliveries
-                    .extend(deliveries(&p.event.id, route, &c.context, Some(&reason)));
+                routed.deliveries.extend(deliveries(
+                    pipeline,
+                    &p.event.id,
+                    c.route,
+                    &c.context,
+                    &p.payload,
+                    Some(&reason),
+                ));
             }
             Err(FetchError::Retry { reason, after }) => {
                 retry.get_or_insert((reason.clone(), after, route));
-                failed_retryable.push((route, c.context, reason));
+                failed_retryable.push((c.route, c.context, reason));
             }
         }
     }
@@ -267,12 +344,19 @@ async fn enrich_one(shared: &RouterShared, pipeline: &Pipeline, p: Pending) -> O
             }
             return None;
         }
-        for (route, ctx, reason) in failed_retryable {
+        for (index, ctx, reason) in failed_retryable {
             let why = format!("{reason}; gave up fetching the task after {n} attempts");
-            routed.matched_routes.push(route.name.clone());
             routed
-                .deliveries
-                .extend(deliveries(&p.event.id, route, &ctx, Some(&why)));
+                .matched_routes
+                .push(pipeline.routes[index].name.clone());
+            routed.deliveries.extend(deliveries(
+                pipeline,
+                &p.event.id,
+                index,
+                &ctx,
+                &p.payload,
+                Some(&why),
+            ));
         }
     }
     Some(routed)
@@ -332,7 +416,7 @@ impl Router {
                     candidates: cands,
                 });
             } else {
-                ready.push(routed(&pipeline, &event, cands));
+                ready.push(routed(&pipeline, &event, &payload, cands));
             }
         }
         complete(&self.shared, ready).await?;

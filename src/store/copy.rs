@@ -63,6 +63,12 @@ const TABLES: &[Table] = &[
             ("delivered_at", Int),
             ("attempts_base", Int),
             ("claims", Int),
+            ("order_key", Text),
+            ("order_seq", Text),
+            ("link_task", Text),
+            ("link_names", Text),
+            ("remember_task", Text),
+            ("remember_name", Text),
         ],
     },
     Table {

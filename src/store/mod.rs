@@ -215,6 +215,25 @@ pub struct NewDelivery {
     pub context: serde_json::Value,
     /// Created dead with this reason (e.g. the ClickUp task does not exist).
     pub dead: Option<String>,
+    /// What it waits for before it is attempted.
+    pub order: DeliveryOrder,
+}
+
+/// What a delivery waits for, fixed when it is created. A delivery waits
+/// while an earlier (by `seq`) delivery is pending that shares its target
+/// and `key`, is an earlier step of its route, or remembers a link it reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryOrder {
+    /// The ordering key (`None`: not ordered with other events).
+    pub key: Option<String>,
+    /// Acceptance order: compared as text between deliveries.
+    pub seq: String,
+    /// The ClickUp task whose links the step reads.
+    pub link_task: Option<String>,
+    /// The link names the step reads (`*`: it reads `links` as a whole).
+    pub link_names: Vec<String>,
+    /// The task and name under which the step remembers what it creates.
+    pub remember: Option<(String, String)>,
 }
 
 /// The result of routing one event.
@@ -344,6 +363,10 @@ pub struct DeliveryRow {
     pub delivered_at: Option<i64>,
     /// While pending: when its next attempt is due, Unix ms.
     pub next_attempt_at: Option<i64>,
+    /// Its ordering key, if it is ordered.
+    pub order_key: Option<String>,
+    /// While pending: the earlier pending delivery it waits behind.
+    pub waiting_for: Option<DeliveryId>,
 }
 
 /// One recorded attempt as read back.
@@ -374,6 +397,9 @@ pub struct QueueStats {
     pub pending: u64,
     /// Deliveries given up.
     pub dead: u64,
+    /// Pending deliveries that wait behind an earlier one (ordering or a
+    /// link), counted in `pending` too.
+    pub waiting: u64,
     /// Acceptance time of the oldest pending delivery's event, Unix ms.
     pub oldest_pending_received_at: Option<i64>,
 }
@@ -754,6 +780,12 @@ impl Store {
         })
         .await?
         .deliveries()
+    }
+
+    /// The database's plan for claiming `target`'s deliveries at `now`, one
+    /// line per step (to check that claiming stays an index walk).
+    pub async fn claim_plan(&self, target: &str, now: i64) -> Result<Vec<String>, StoreError> {
+        read!(self, |c| ops::claim_plan(c, target, now))
     }
 
     /// Leaves an event unrouted until `retry_at` (its enrichment failed),

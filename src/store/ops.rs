@@ -21,7 +21,7 @@ const ID_CLOCK_SLACK_MS: i64 = 1_000;
 
 /// Rows per multi-row INSERT of events (6 values each).
 pub(super) const INSERT_CHUNK: usize = 512;
-/// Rows per multi-row statement of deliveries (9 values each).
+/// Rows per multi-row statement of deliveries (15 values each).
 const DELIVERY_CHUNK: usize = 256;
 /// Rows per multi-row statement of attempt records (8 values each).
 const RECORD_CHUNK: usize = 256;
@@ -157,8 +157,60 @@ fn stored_event(r: &Row) -> Result<StoredEvent, StoreError> {
     })
 }
 
-/// The columns [`delivery_row`] reads.
-pub(super) const DELIVERY_COLUMNS: &str = "id, event_id, route, step, target, status, attempts, last_error, created_at, delivered_at, next_attempt_at";
+/// The columns [`delivery_row`] reads (besides `waiting_for`).
+pub(super) const DELIVERY_COLUMNS: &str = "id, event_id, route, step, target, status, attempts, last_error, created_at, delivered_at, next_attempt_at, order_key";
+
+// What a pending delivery `d` waits behind: a pending delivery `p` that is
+// earlier in its chain. Each is one lookup in an index (deliveries_order,
+// the UNIQUE (event_id, route, step), deliveries_remember). Every wait
+// points to an earlier `order_seq` (a step's too), so waits never form a
+// cycle.
+
+/// An earlier delivery of the same target and ordering key.
+const BEHIND_KEY: &str = "p.status = 'pending' AND p.target = d.target AND p.order_key = d.order_key \
+     AND p.order_seq < d.order_seq";
+/// An earlier step of the same route for the same event.
+const BEHIND_STEP: &str =
+    "p.status = 'pending' AND p.event_id = d.event_id AND p.route = d.route AND p.step < d.step";
+
+/// An earlier delivery that remembers a link `d` reads, for the same task.
+fn behind_link(dialect: Dialect) -> String {
+    format!(
+        "p.status = 'pending' AND p.remember_task = d.link_task AND p.order_seq < d.order_seq \
+         AND (d.link_names = ',*,' OR {})",
+        dialect.contains("d.link_names", "',' || p.remember_name || ','")
+    )
+}
+
+/// Ends each "is there one ahead?" subquery. `OFFSET 0` keeps PostgreSQL
+/// from turning it into an anti-join, whose plan (with stale statistics of
+/// a fast-growing table) can compare every pending delivery of the target
+/// with every other; as a subplan it is one index lookup per candidate, as
+/// on SQLite (where this changes nothing).
+const PROBE: &str = " LIMIT 1 OFFSET 0";
+
+/// SQL true when the pending delivery `d` waits behind another.
+fn waits(dialect: Dialect) -> String {
+    format!(
+        "(EXISTS (SELECT 1 FROM deliveries p WHERE {BEHIND_STEP}{PROBE}) \
+         OR EXISTS (SELECT 1 FROM deliveries p WHERE {BEHIND_KEY}{PROBE}) \
+         OR EXISTS (SELECT 1 FROM deliveries p WHERE {}{PROBE}))",
+        behind_link(dialect)
+    )
+}
+
+/// The `waiting_for` column of a delivery `d`: the id of the earliest
+/// pending delivery it waits behind (its route's step first, then its key,
+/// then a link), NULL when it does not wait.
+fn waiting_for_column(dialect: Dialect) -> String {
+    format!(
+        "CASE WHEN d.status = 'pending' THEN COALESCE(\
+         (SELECT p.id FROM deliveries p WHERE {BEHIND_STEP} ORDER BY p.step LIMIT 1), \
+         (SELECT p.id FROM deliveries p WHERE {BEHIND_KEY} ORDER BY p.order_seq LIMIT 1), \
+         (SELECT p.id FROM deliveries p WHERE {} ORDER BY p.order_seq LIMIT 1)) END AS waiting_for",
+        behind_link(dialect)
+    )
+}
 
 fn delivery_row(r: &Row) -> Result<DeliveryRow, StoreError> {
     let status = status(r, "status")?;
@@ -178,6 +230,8 @@ fn delivery_row(r: &Row) -> Result<DeliveryRow, StoreError> {
         } else {
             None
         },
+        order_key: r.opt_text("order_key")?,
+        waiting_for: r.opt_text("waiting_for")?.map(DeliveryId::from_stored),
     })
 }
 
@@ -382,7 +436,10 @@ pub(super) async fn delivery<C: Conn>(
     c: &mut C,
     id: &DeliveryId,
 ) -> Result<Option<DeliveryRow>, StoreError> {
-    let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $1");
+    let sql = format!(
+        "SELECT {DELIVERY_COLUMNS}, {} FROM deliveries d WHERE id = $1",
+        waiting_for_column(C::DIALECT)
+    );
     let rows = c.fetch(Stmt::new(sql).text(id.as_str())).await?;
     rows.first().map(delivery_row).transpose()
 }
@@ -415,6 +472,13 @@ pub(super) async fn queue_stats<C: Conn>(c: &mut C) -> Result<QueueStats, StoreE
         ))
         .await?,
     )?;
+    let waiting = one_count(
+        c.fetch(Stmt::new(format!(
+            "SELECT COUNT(*) AS n FROM deliveries d WHERE d.status = 'pending' AND {}",
+            waits(C::DIALECT)
+        )))
+        .await?,
+    )?;
     let oldest = one_opt_int(
         c.fetch(Stmt::new(
             "SELECT MIN(e.received_at) AS t FROM deliveries d JOIN events e ON e.id = d.event_id \
@@ -427,6 +491,7 @@ pub(super) async fn queue_stats<C: Conn>(c: &mut C) -> Result<QueueStats, StoreE
         unrouted,
         pending,
         dead,
+        waiting,
         oldest_pending_received_at: oldest,
     })
 }
@@ -479,10 +544,11 @@ pub(super) async fn deliveries<C: Conn>(
     f: &DeliveryFilter,
 ) -> Result<Vec<DeliveryRow>, StoreError> {
     let sql = format!(
-        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE ($1 IS NULL OR status = $1) \
+        "SELECT {DELIVERY_COLUMNS}, {} FROM deliveries d WHERE ($1 IS NULL OR status = $1) \
          AND ($2 IS NULL OR target = $2) AND ($3 IS NULL OR route = $3) \
          AND ($4 IS NULL OR event_id = $4) AND ($6 IS NULL OR id < $6) \
-         ORDER BY id DESC LIMIT $5"
+         ORDER BY id DESC LIMIT $5",
+        waiting_for_column(C::DIALECT)
     );
     let rows = c
         .fetch(
@@ -772,6 +838,45 @@ async fn claim_events<C: Conn>(
     Ok(events)
 }
 
+/// The claim of a target's due deliveries ($1 target, $2 now, $3 limit):
+/// pending, due, not leased, and waiting behind nothing (an earlier step of
+/// its route, an earlier delivery of its key to this target, or one that
+/// remembers a link it reads). A predecessor another instance holds is
+/// still pending, so what follows it is not handed out either.
+fn claim_sql(dialect: Dialect) -> String {
+    let lock = dialect.skip_locked(Some("d"));
+    format!(
+        "SELECT d.id, d.event_id, d.route, d.step, d.target, d.attempts, d.attempts_base, d.context, \
+                d.claims, e.source, e.event_type, e.payload, e.received_at \
+         FROM deliveries d JOIN events e ON e.id = d.event_id \
+         WHERE d.status = 'pending' AND d.target = $1 AND d.next_attempt_at <= $2 \
+           AND (d.lease_until IS NULL OR d.lease_until < $2) \
+           AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE {BEHIND_STEP}{PROBE}) \
+           AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE {BEHIND_KEY}{PROBE}) \
+           AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE {link}{PROBE}) \
+         ORDER BY d.next_attempt_at, d.id LIMIT $3{lock}",
+        link = behind_link(dialect)
+    )
+}
+
+/// The database's plan for the claim of `target` at `now` (EXPLAIN QUERY
+/// PLAN on SQLite, EXPLAIN on PostgreSQL), one line per step.
+pub(super) async fn claim_plan<C: Conn>(
+    c: &mut C,
+    target: &str,
+    now: i64,
+) -> Result<Vec<String>, StoreError> {
+    let (explain, column) = match C::DIALECT {
+        Dialect::Sqlite => ("EXPLAIN QUERY PLAN", "detail"),
+        Dialect::Postgres => ("EXPLAIN", "QUERY PLAN"),
+    };
+    let sql = format!("{explain} {}", claim_sql(C::DIALECT));
+    let rows = c
+        .fetch(Stmt::new(sql).text(target).int(now).int(100))
+        .await?;
+    rows.iter().map(|r| r.text(column)).collect()
+}
+
 async fn claim_deliveries<C: Conn>(
     c: &mut C,
     target: &str,
@@ -779,15 +884,7 @@ async fn claim_deliveries<C: Conn>(
     now: i64,
     lease_ms: i64,
 ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-    let lock = C::DIALECT.skip_locked(Some("d"));
-    let sql = format!(
-        "SELECT d.id, d.event_id, d.route, d.step, d.target, d.attempts, d.attempts_base, d.context, \
-                d.claims, e.source, e.event_type, e.payload, e.received_at \
-         FROM deliveries d JOIN events e ON e.id = d.event_id \
-         WHERE d.status = 'pending' AND d.target = $1 AND d.next_attempt_at <= $2 \
-           AND (d.lease_until IS NULL OR d.lease_until < $2) \
-         ORDER BY d.next_attempt_at, d.id LIMIT $3{lock}"
-    );
+    let sql = claim_sql(C::DIALECT);
     let rows = c
         .fetch(Stmt::new(sql).text(target).int(now).int(i64::from(limit)))
         .await?;
@@ -809,6 +906,14 @@ async fn claim_deliveries<C: Conn>(
     Ok(claimed)
 }
 
+/// Values bound per delivery row of [`insert_deliveries`].
+const DELIVERY_VALUES: usize = 15;
+
+/// `link_names` as stored: `,a,b,` (so `,name,` is a substring test).
+fn link_names(names: &[String]) -> Option<String> {
+    (!names.is_empty()).then(|| format!(",{},", names.join(",")))
+}
+
 /// Inserts deliveries (one multi-row INSERT per chunk); a delivery that
 /// exists already (same event, route and step) is left as it is.
 async fn insert_deliveries<C: Conn>(
@@ -819,28 +924,28 @@ async fn insert_deliveries<C: Conn>(
     for chunk in all.chunks(DELIVERY_CHUNK) {
         let rows = (0..chunk.len())
             .map(|r| {
-                let b = r * 9;
+                let p: Vec<String> = (1..=DELIVERY_VALUES)
+                    .map(|i| format!("${}", r * DELIVERY_VALUES + i))
+                    .collect();
+                // $9 (now) is next_attempt_at, created_at and updated_at.
                 format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, 0, ${n}, ${}, ${}, ${n}, ${n})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7,
-                    b + 8,
-                    n = b + 9
+                    "({}, 0, {n}, {}, {n}, {n}, {})",
+                    p[..6].join(", "),
+                    p[6..8].join(", "),
+                    p[9..].join(", "),
+                    n = p[8]
                 )
             })
             .collect::<Vec<_>>()
             .join(", ");
         let sql = format!(
             "INSERT INTO deliveries (id, event_id, route, step, target, status, attempts, next_attempt_at, \
-             context, last_error, created_at, updated_at) VALUES {rows} ON CONFLICT (event_id, route, step) DO NOTHING"
+             context, last_error, created_at, updated_at, order_key, order_seq, link_task, link_names, \
+             remember_task, remember_name) VALUES {rows} ON CONFLICT (event_id, route, step) DO NOTHING"
         );
         let mut stmt = Stmt::new(sql);
         for (event_id, d) in chunk {
+            let o = &d.order;
             stmt = stmt
                 .text(d.id.as_str())
                 .text(event_id.as_str())
@@ -850,7 +955,13 @@ async fn insert_deliveries<C: Conn>(
                 .text(if d.dead.is_some() { "dead" } else { "pending" })
                 .text(d.context.to_string())
                 .opt_text(d.dead.as_deref())
-                .int(now);
+                .int(now)
+                .opt_text(o.key.as_deref())
+                .text(o.seq.as_str())
+                .opt_text(o.link_task.as_deref())
+                .opt_text(link_names(&o.link_names).as_deref())
+                .opt_text(o.remember.as_ref().map(|(t, _)| t.as_str()))
+                .opt_text(o.remember.as_ref().map(|(_, n)| n.as_str()));
         }
         c.execute(stmt).await?;
     }
@@ -939,7 +1050,42 @@ async fn record_attempts<C: Conn>(c: &mut C, records: &[&AttemptRecord]) -> Resu
         if let Some(link) = &a.link {
             store_link(c, link, a.at).await?;
         }
+        wait_hint(c, a).await?;
     }
+    Ok(())
+}
+
+/// The deliveries that wait behind `$1` on its key and target.
+const FOLLOWERS: &str = "status = 'pending' \
+     AND target = (SELECT h.target FROM deliveries h WHERE h.id = $1) \
+     AND order_key = (SELECT h.order_key FROM deliveries h WHERE h.id = $1) \
+     AND order_seq > (SELECT h.order_seq FROM deliveries h WHERE h.id = $1)";
+
+/// Keeps the claim from walking over deliveries that wait: when a
+/// delivery is to retry at `at`, the ones behind it on its key are not due
+/// before then either, so their next attempt moves there; when it is
+/// delivered or dead, those never attempted since they were queued are
+/// due now. Only a hint: the claim still checks what each one waits for,
+/// and a hint missed (a replay, another path) delays one at most until
+/// its moved time, never for ever.
+async fn wait_hint<C: Conn>(c: &mut C, a: &AttemptRecord) -> Result<(), StoreError> {
+    let sql = match a.outcome {
+        AttemptOutcome::Retry { .. } => {
+            format!(
+                "UPDATE deliveries SET next_attempt_at = $2 WHERE {FOLLOWERS} AND next_attempt_at < $2"
+            )
+        }
+        AttemptOutcome::Delivered | AttemptOutcome::Dead => format!(
+            "UPDATE deliveries SET next_attempt_at = $2 WHERE {FOLLOWERS} AND next_attempt_at > $2 \
+             AND attempts = attempts_base"
+        ),
+    };
+    let at = match a.outcome {
+        AttemptOutcome::Retry { at } => at,
+        _ => a.at,
+    };
+    c.execute(Stmt::new(sql).text(a.delivery_id.as_str()).int(at))
+        .await?;
     Ok(())
 }
 

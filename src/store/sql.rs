@@ -194,6 +194,16 @@ impl Dialect {
     }
 }
 
+impl Dialect {
+    /// SQL that is true when text `hay` contains text `needle`.
+    pub(super) fn contains(self, hay: &str, needle: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("instr({hay}, {needle}) > 0"),
+            Dialect::Postgres => format!("strpos({hay}, {needle}) > 0"),
+        }
+    }
+}
+
 /// A connection (or transaction) that runs statements: all a backend must
 /// provide to the shared logic.
 pub(super) trait Conn: Send {

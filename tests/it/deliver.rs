@@ -398,7 +398,8 @@ async fn slack_api_ok_false_is_dead_but_ratelimited_is_retried() {
 }
 
 /// A target that answers after 5 s holds only its own slots: the other
-/// target's delivery is done while the slow one is still waiting.
+/// target's delivery (of another route: one route's steps go in order) is
+/// done while the slow one is still waiting.
 #[tokio::test]
 async fn a_slow_target_does_not_delay_another_target() {
     let slow = MockServer::start().await;
@@ -409,7 +410,7 @@ async fn a_slow_target_does_not_delay_another_target() {
     let fast = MockServer::start().await;
     ok_mock(&fast).await;
     let text = format!(
-        "{SOURCE}targets:\n{}{}routes:\n  - name: r\n    source: clickup\n    send:\n      - target: slow\n        body: {{}}\n      - target: fast\n        body: {{}}\n",
+        "{SOURCE}targets:\n{}{}routes:\n  - name: r\n    source: clickup\n    send:\n      - target: slow\n        body: {{}}\n  - name: r2\n    source: clickup\n    send:\n      - target: fast\n        body: {{}}\n",
         http_target("slow", &slow, "    concurrency: 1\n    timeout: 30\n"),
         http_target("fast", &fast, "")
     );
@@ -446,7 +447,9 @@ async fn a_thousand_events_from_sixteen_clients_are_each_delivered_exactly_once(
     let server = MockServer::start().await;
     ok_mock(&server).await;
     let text = format!(
-        "{SOURCE}targets:\n{}routes:\n  - name: r\n    source: clickup\n    send:\n      - target: t\n        body: {{n: '{{{{event.history_items.[0].id}}}}'}}\n",
+        // Every event is about one task: order_by none lets them go side
+        // by side (ordering has its own tests in ordering.rs).
+        "{SOURCE}targets:\n{}routes:\n  - name: r\n    source: clickup\n    order_by: none\n    send:\n      - target: t\n        body: {{n: '{{{{event.history_items.[0].id}}}}'}}\n",
         http_target("t", &server, "    concurrency: 16\n")
     );
     let app = spawn_app(&text).await;

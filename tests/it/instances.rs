@@ -23,9 +23,11 @@ const INSTANCES: usize = 3;
 /// in flight on the killed instance, the only ones that may be sent twice.
 const CONCURRENCY: usize = 8;
 
+/// Every event is about one task; `order_by: none` lets them go side by
+/// side (ordering has its own tests in ordering.rs).
 fn routes(server: &MockServer) -> String {
     format!(
-        "sources:\n  clickup:\n    verify: clickup\n    secret: {CLICKUP_SECRET}\ntargets:\n  t:\n    type: http\n    url: {}/in\n    concurrency: {CONCURRENCY}\n    retry: {{attempts: 100000, initial: 0.05, max: 0.2}}\nroutes:\n  - name: r\n    source: clickup\n    send:\n      - target: t\n        body: {{n: '{{{{event.history_items.[0].id}}}}'}}\n",
+        "sources:\n  clickup:\n    verify: clickup\n    secret: {CLICKUP_SECRET}\ntargets:\n  t:\n    type: http\n    url: {}/in\n    concurrency: {CONCURRENCY}\n    retry: {{attempts: 100000, initial: 0.05, max: 0.2}}\nroutes:\n  - name: r\n    source: clickup\n    order_by: none\n    send:\n      - target: t\n        body: {{n: '{{{{event.history_items.[0].id}}}}'}}\n",
         server.uri()
     )
 }
@@ -434,6 +436,7 @@ async fn new_work_wakes_the_other_instances() {
                     target: "t".into(),
                     context: serde_json::json!({}),
                     dead: None,
+                    order: Default::default(),
                 }],
             }]
             .into(),

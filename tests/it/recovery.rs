@@ -9,9 +9,11 @@ use std::sync::{Arc, Mutex};
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+/// Every event is about one task; `order_by: none` lets them go side by
+/// side (ordering has its own tests in ordering.rs).
 fn routes(server: &MockServer) -> String {
     format!(
-        "sources:\n  clickup:\n    verify: clickup\n    secret: {CLICKUP_SECRET}\ntargets:\n  t:\n    type: http\n    url: {}/in\n    concurrency: 8\n    retry: {{attempts: 100000, initial: 0.05, max: 0.2}}\nroutes:\n  - name: r\n    source: clickup\n    send:\n      - target: t\n        body: {{n: '{{{{event.history_items.[0].id}}}}'}}\n",
+        "sources:\n  clickup:\n    verify: clickup\n    secret: {CLICKUP_SECRET}\ntargets:\n  t:\n    type: http\n    url: {}/in\n    concurrency: 8\n    retry: {{attempts: 100000, initial: 0.05, max: 0.2}}\nroutes:\n  - name: r\n    source: clickup\n    order_by: none\n    send:\n      - target: t\n        body: {{n: '{{{{event.history_items.[0].id}}}}'}}\n",
         server.uri()
     )
 }

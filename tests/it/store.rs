@@ -62,6 +62,7 @@ async fn a_row_with_an_unknown_status_fails_loudly() {
                     target: "t".into(),
                     context: serde_json::json!({}),
                     dead: None,
+                    order: Default::default(),
                 }],
             }]
             .into(),
@@ -127,6 +128,7 @@ async fn unfinished_claims_are_counted_released_and_cleared_on_both_backends() {
                         target: "t".into(),
                         context: serde_json::json!({}),
                         dead: None,
+                        order: Default::default(),
                     }],
                 }]
                 .into(),

@@ -47,6 +47,7 @@ async fn fill(store: &Store) -> Vec<clickup_bridge::store::Inserted> {
                 target: "t".into(),
                 context: serde_json::json!({"n": e.received_at}),
                 dead: None,
+                order: Default::default(),
             }],
         })
         .collect::<Vec<_>>();

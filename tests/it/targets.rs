@@ -8,11 +8,11 @@ use serde_json::{Value, json};
 use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-fn fixture(rel: &str) -> Value {
+pub(crate) fn fixture(rel: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixtures().join(rel)).unwrap()).unwrap()
 }
 
-fn body_json(r: &wiremock::Request) -> Value {
+pub(crate) fn body_json(r: &wiremock::Request) -> Value {
     serde_json::from_slice(&r.body).unwrap_or(Value::Null)
 }
 
@@ -26,27 +26,27 @@ fn header(r: &wiremock::Request, name: &str) -> String {
 
 const FAST_RETRY: &str = "retry: {attempts: 4, initial: 0.05, max: 0.2}";
 
-fn sources() -> String {
+pub(crate) fn sources() -> String {
     format!(
         "sources:\n  clickup:\n    verify: clickup\n    secret: {CLICKUP_SECRET}\n  stripe:\n    verify: stripe\n    secret: whsec_test_secret\n"
     )
 }
 
-fn clickup_target(name: &str, server: &MockServer, token: &str) -> String {
+pub(crate) fn clickup_target(name: &str, server: &MockServer, token: &str) -> String {
     format!(
         "  {name}:\n    type: clickup\n    token: {token}\n    base_url: {}/api/v2\n    {FAST_RETRY}\n",
         server.uri()
     )
 }
 
-fn jira_target(server: &MockServer, auth: &str) -> String {
+pub(crate) fn jira_target(server: &MockServer, auth: &str) -> String {
     format!(
         "  jira:\n    type: jira\n    base_url: {}\n    {auth}\n    timeout: 1\n    {FAST_RETRY}\n",
         server.uri()
     )
 }
 
-async fn mount_ok(server: &MockServer, m: &str, p: &str, answer: Value) {
+pub(crate) async fn mount_ok(server: &MockServer, m: &str, p: &str, answer: Value) {
     Mock::given(method(m))
         .and(path(p))
         .respond_with(ResponseTemplate::new(200).set_body_json(answer))
@@ -54,7 +54,7 @@ async fn mount_ok(server: &MockServer, m: &str, p: &str, answer: Value) {
         .await;
 }
 
-fn task_event(event: &str, task_id: &str, n: u64) -> Vec<u8> {
+pub(crate) fn task_event(event: &str, task_id: &str, n: u64) -> Vec<u8> {
     serde_json::to_vec(&json!({"event": event, "task_id": task_id, "webhook_id": "w", "history_items": [{"id": n.to_string()}]})).unwrap()
 }
 
