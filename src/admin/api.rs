@@ -22,7 +22,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/deliveries/{id}", web::get().to(show_delivery))
         .route("/deliveries/{id}/replay", web::post().to(replay_one))
         .route("/activity", web::get().to(activity))
-        .route("/reload", web::post().to(reload));
+        .route("/reload", web::post().to(reload))
+        .route("/openapi.json", web::get().to(openapi));
+}
+
+/// The OpenAPI document of `/api/v1` (served at `/api/v1/openapi.json`).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Serves [`OPENAPI`]. Open without the token: it describes the API and holds
+/// no data, so tools can load it before they are given a token.
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
 }
 
 /// Admin API errors, mapped to statuses in one place.
