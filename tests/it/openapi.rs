@@ -7,10 +7,11 @@ const DOC: &str = include_str!("../../src/admin/openapi.json");
 const API: &str = include_str!("../../src/admin/api.rs");
 const TOKEN: &str = "openapi-test-token";
 
-/// `(path, method)` of every `.route("PATH", web::METHOD()` in api.rs.
+/// `(path, method)` of every `only("PATH", ...).route(web::METHOD()` in api.rs
+/// (the `configure` of the admin API).
 fn registered_routes() -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for part in API.split(".route(\"").skip(1) {
+    for part in API.split("only(\"").skip(1) {
         let (path, rest) = part.split_once('"').unwrap();
         let method = rest
             .split_once("web::")
@@ -90,4 +91,23 @@ async fn served_without_token_while_the_rest_needs_it() {
         .await
         .unwrap();
     assert_eq!(res.status(), 401);
+}
+
+#[tokio::test]
+async fn other_methods_answer_405_with_allow() {
+    let app = spawn_app_with(ROUTES, |s| s.admin_token = Some(TOKEN.into())).await;
+    for (method, path, allow) in [("TRACE", "/activity", "GET"), ("GET", "/reload", "POST")] {
+        let res = app
+            .client
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{}/api/v1{path}", app.admin_url),
+            )
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 405, "{method} {path}");
+        assert_eq!(res.headers()["allow"], allow, "{method} {path}");
+    }
 }
