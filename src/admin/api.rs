@@ -15,14 +15,36 @@ use serde_json::{Value, json};
 
 /// Registers the `/api/v1` routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/events", web::get().to(list_events))
-        .route("/events/{id}", web::get().to(show_event))
-        .route("/deliveries", web::get().to(list_deliveries))
-        .route("/deliveries/replay", web::post().to(replay_all))
-        .route("/deliveries/{id}", web::get().to(show_delivery))
-        .route("/deliveries/{id}/replay", web::post().to(replay_one))
-        .route("/activity", web::get().to(activity))
-        .route("/reload", web::post().to(reload));
+    cfg.service(only("/events", "GET").route(web::get().to(list_events)))
+        .service(only("/events/{id}", "GET").route(web::get().to(show_event)))
+        .service(only("/deliveries", "GET").route(web::get().to(list_deliveries)))
+        .service(only("/deliveries/replay", "POST").route(web::post().to(replay_all)))
+        .service(only("/deliveries/{id}", "GET").route(web::get().to(show_delivery)))
+        .service(only("/deliveries/{id}/replay", "POST").route(web::post().to(replay_one)))
+        .service(only("/activity", "GET").route(web::get().to(activity)))
+        .service(only("/reload", "POST").route(web::post().to(reload)))
+        .service(only("/openapi.json", "GET").route(web::get().to(openapi)));
+}
+
+/// A resource that answers other methods than `allow` with 405 and an
+/// `Allow` header (the app's default service would say 404).
+fn only(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        HttpResponse::MethodNotAllowed()
+            .insert_header(("Allow", allow))
+            .json(json!({"error": format!("method not allowed here; use {allow}")}))
+    }))
+}
+
+/// The OpenAPI document of `/api/v1` (served at `/api/v1/openapi.json`).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Serves [`OPENAPI`]. Open without the token: it describes the API and holds
+/// no data, so tools can load it before they are given a token.
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
 }
 
 /// Admin API errors, mapped to statuses in one place.
