@@ -14,7 +14,7 @@ async fn routes_to(server: &MockServer) -> String {
     format!(
         "version: 1\nsources:\n  clickup:\n    verify: clickup\n    secret: {CLICKUP_SECRET}\n\
 targets:\n  t:\n    type: http\n    url: {}/in\n    retry: {{attempts: 50, initial: 0.05, max: 0.2}}\n\
-routes:\n  - name: r\n    source: clickup\n    send:\n      - target: t\n        body: {{n: '{{{{event.history_items.[0].id}}}}'}}\n",
+routes:\n  - name: r\n    source: clickup\n    order_by: none\n    send:\n      - target: t\n        body: {{n: '{{{{event.history_items.[0].id}}}}'}}\n",
         server.uri()
     )
 }
