@@ -20,11 +20,11 @@
 //! ```
 
 use super::outln;
-use super::simulate::{Input, simulate};
 use crate::pipeline::Pipeline;
 use crate::pipeline::reader::{self, MapReader};
 use crate::routes_file::diag::Diagnostics;
 use crate::routes_file::yaml::{self, Node, Value as Y};
+use crate::simulate::{Input, simulate};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 

@@ -12,9 +12,8 @@ pub mod matcher;
 use crate::deliver::classify::backoff;
 use crate::deliver::task_id_of;
 use crate::ids::{DeliveryId, EventId, now_millis};
-use crate::pipeline::{OrderBy, Pipeline, Route};
+use crate::pipeline::{Live, OrderBy, Pipeline, Route};
 use crate::store::{DeliveryOrder, EventToRoute, NewDelivery, RoutedEvent, Store, StoreError};
-use arc_swap::ArcSwap;
 use enrich::{Enricher, FetchError};
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -158,7 +157,7 @@ pub fn routed(
 /// What routers share with their enrichment tasks.
 pub struct RouterShared {
     /// The routes in force.
-    pub pipeline: Arc<ArcSwap<Pipeline>>,
+    pub pipeline: Arc<Live>,
     /// The store.
     pub store: Store,
     /// Notified when events are stored.
