@@ -502,10 +502,14 @@ fn simulate_cmd(
         headers,
         task,
         links: serde_json::Map::new(),
+        stored: None,
     };
     match crate::simulate::simulate(&pipeline, &input) {
         Ok(v) => {
-            outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            outln!(
+                "{}",
+                serde_json::to_string_pretty(&v.to_json()).unwrap_or_default()
+            );
             Ok(0)
         }
         Err(e) => {

@@ -803,13 +803,15 @@ async fn simulate(
                 task,
                 links: serde_json::Map::new(),
                 headers: &[],
+                stored: None,
             },
         )
+        .map_err(|e| e.to_string())
     });
     let (status, out) = match &result {
         Ok(v) => (
             StatusCode::OK,
-            Ok(serde_json::to_string_pretty(v).unwrap_or_default()),
+            Ok(serde_json::to_string_pretty(&v.to_json()).unwrap_or_default()),
         ),
         Err(e) => (StatusCode::BAD_REQUEST, Err(e.clone())),
     };
