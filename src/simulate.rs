@@ -38,14 +38,14 @@ pub struct Input<'a> {
     pub links: Map<String, Value>,
     /// The stored event this stands for; `None`: an event id of
     /// [`SIMULATED_EVENT_ID`], received now.
-    pub stored: Option<StoredEvent>,
+    pub stored: Option<EventStamp>,
 }
 
 /// A stored event's id and acceptance time: with them, delivery ids (the
 /// `Idempotency-Key`, Jira's delivery label, `meta.delivery_id`) and
 /// `meta.received_at` are the daemon's own.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredEvent {
+pub struct EventStamp {
     /// Its id.
     pub id: EventId,
     /// When it was accepted, Unix ms.
@@ -344,7 +344,7 @@ pub fn simulate(pipeline: &Pipeline, input: &Input<'_>) -> Result<Simulation, Re
     let identity = identify(&source.identity, input.headers, input.body)?;
     // `identify` has parsed the body: it is JSON.
     let payload: Value = serde_json::from_slice(input.body).unwrap_or(Value::Null);
-    let stored = input.stored.clone().unwrap_or_else(|| StoredEvent {
+    let stored = input.stored.clone().unwrap_or_else(|| EventStamp {
         id: EventId::from_stored(SIMULATED_EVENT_ID.into()),
         received_at: now_millis(),
     });
