@@ -1,19 +1,23 @@
 //! Wiring: settings -> pipeline, store, listeners; run until a shutdown signal.
+//!
+//! Nothing here decides anything: each part is built by its module and
+//! handed what it shares (the [`Live`] pipeline, the store, the metrics,
+//! the wake-ups).
 
-use crate::admin::metrics::Metrics;
 use crate::admin::{self, AdminState};
+use crate::console;
 use crate::deliver::Deliverer;
 use crate::deliver::limits::Limits;
 use crate::inbound::{self, InboundState};
 use crate::lifecycle::InFlight;
-use crate::pipeline::{LoadError, LoadOptions, Pipeline, process_env};
+use crate::metrics::Metrics;
+use crate::pipeline::{Live, LoadError};
 use crate::route::enrich::Enricher;
 use crate::route::{Router, RouterShared};
 use crate::settings::Settings;
 use crate::store::{Store, StoreError, StoreOptions};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
-use arc_swap::ArcSwap;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -66,10 +70,8 @@ pub struct Application {
     admin_server: Server,
     store: Store,
     shutdown_timeout: Duration,
-    pipeline: Arc<ArcSwap<Pipeline>>,
+    pipeline: Arc<Live>,
     in_flight: Arc<InFlight>,
-    routes_path: std::path::PathBuf,
-    templates_path: std::path::PathBuf,
     wake_router: Arc<Notify>,
     wake_deliveries: Arc<Notify>,
     deliverer: Deliverer,
@@ -78,49 +80,7 @@ pub struct Application {
     retention_days: u32,
     client: reqwest::Client,
     hangup: Option<tokio::signal::unix::Signal>,
-    certificates: Option<Arc<crate::tls::Certificates>>,
     webhooks: Arc<crate::clickup::watch::HealthBoard>,
-}
-
-/// Loads routes.yaml again and swaps it in; an invalid file leaves the
-/// running routes in force. Requests in flight keep the pipeline they started
-/// with (each holds its own `Arc`).
-pub fn reload(
-    pipeline: &ArcSwap<Pipeline>,
-    routes: &std::path::Path,
-    templates: &std::path::Path,
-    metrics: &Metrics,
-) -> Result<(), LoadError> {
-    let fresh = Pipeline::load(&LoadOptions {
-        routes,
-        templates,
-        env: &process_env,
-        unset: crate::pipeline::Unset::Refuse,
-    });
-    match fresh {
-        Ok(p) => {
-            for w in &p.warnings {
-                tracing::warn!("{w}");
-            }
-            let (routes, sources, targets) = (p.routes.len(), p.sources.len(), p.targets.len());
-            // Swap first, log after: "reloaded" means the new routes serve.
-            pipeline.store(Arc::new(p));
-            metrics.reload(true);
-            tracing::info!(routes, sources, targets, "routes reloaded");
-            Ok(())
-        }
-        Err(e) => {
-            for d in &e.diagnostics {
-                tracing::error!("{d}");
-            }
-            tracing::error!(
-                errors = e.diagnostics.len(),
-                "reload rejected; the running routes stay in force"
-            );
-            metrics.reload(false);
-            Err(e)
-        }
-    }
 }
 
 /// What to do about a store that does not open, unless its message says.
@@ -169,15 +129,12 @@ impl Application {
     pub async fn build(settings: &Settings) -> Result<Application, StartError> {
         // Before anything listens: an early SIGHUP must reload, not kill.
         let hangup = crate::lifecycle::listen_for_sighup();
-        let pipeline = Pipeline::load(&LoadOptions {
-            routes: &settings.routes,
-            templates: &settings.templates,
-            env: &process_env,
-            unset: crate::pipeline::Unset::Refuse,
-        })?;
-        for w in &pipeline.warnings {
-            tracing::warn!("{w}");
-        }
+        let metrics = Metrics::new();
+        let pipeline = Live::open(
+            settings.routes.clone(),
+            settings.templates.clone(),
+            metrics.clone(),
+        )?;
         let listener = bind("listen", &settings.listen)?;
         let admin_listener = bind("admin_listen", &settings.admin_listen)?;
         let listen_addr = listener.local_addr().map_err(|cause| StartError::Bind {
@@ -219,11 +176,10 @@ impl Application {
             cause,
         })?;
         tracing::info!(store = %settings.store.describe(), "store opened");
-        let pipeline = Arc::new(ArcSwap::from_pointee(pipeline));
+        let pipeline = Arc::new(pipeline.with_certificates(certificates));
         let shutdown_timeout = Duration::from_secs(settings.shutdown_timeout);
 
         let in_flight = InFlight::new();
-        let metrics = Metrics::new();
         let wake_router = Arc::new(Notify::new());
         let wake_deliveries = Arc::new(Notify::new());
         store.forward_wakeups(wake_router.clone(), wake_deliveries.clone());
@@ -277,17 +233,16 @@ impl Application {
             metrics: metrics.clone(),
             token: settings.admin_token.clone(),
             pipeline: pipeline.clone(),
-            routes: settings.routes.clone(),
-            templates: settings.templates.clone(),
             wake_deliveries: wake_deliveries.clone(),
-            certificates: certificates.clone(),
             webhooks: webhooks.clone(),
-            console: crate::console::Keys::new(settings.admin_token.as_deref()),
         });
+        let console_keys = web::Data::new(console::Keys::new(settings.admin_token.as_deref()));
         let admin_server = HttpServer::new(move || {
             App::new()
                 .app_data(admin_state.clone())
+                .app_data(console_keys.clone())
                 .configure(admin::configure)
+                .service(console::scope())
         })
         .workers(1)
         // Its own cap and deadlines: the admin listener keeps answering
@@ -321,8 +276,6 @@ impl Application {
             shutdown_timeout,
             pipeline,
             in_flight,
-            routes_path: settings.routes.clone(),
-            templates_path: settings.templates.clone(),
             wake_router,
             wake_deliveries,
             deliverer,
@@ -331,7 +284,6 @@ impl Application {
             retention_days: settings.retention_days,
             client,
             hangup,
-            certificates,
             webhooks,
         })
     }
@@ -352,7 +304,7 @@ impl Application {
     }
 
     /// The routes in force.
-    pub fn pipeline(&self) -> Arc<ArcSwap<Pipeline>> {
+    pub fn pipeline(&self) -> Arc<Live> {
         self.pipeline.clone()
     }
 
@@ -364,7 +316,7 @@ impl Application {
     ) -> std::io::Result<()> {
         let handle: ServerHandle = self.server.handle();
         let admin_handle: ServerHandle = self.admin_server.handle();
-        let https = self.certificates.is_some();
+        let https = self.pipeline.certificates().is_some();
         let admin_https = https && !is_loopback(&self.admin_addr);
         tracing::info!(listen = %self.listen_addr, admin = %self.admin_addr, https, admin_https, "clickup-bridge serving");
         let server = tokio::spawn(self.server);
@@ -396,19 +348,11 @@ impl Application {
         ));
         crate::lifecycle::systemd::ready();
         let watchdog = crate::lifecycle::systemd::spawn_watchdog(self.store.clone());
-        let (pipeline, routes, templates, metrics) = (
-            self.pipeline.clone(),
-            self.routes_path.clone(),
-            self.templates_path.clone(),
-            self.metrics.clone(),
-        );
-        let certificates = self.certificates.clone();
+        let live = self.pipeline.clone();
+        // The outcome is logged and counted by the reload itself.
         let reloader = self.hangup.map(|hup| {
             crate::lifecycle::spawn_reload_on_sighup(hup, move || {
-                let _ = reload(&pipeline, &routes, &templates, &metrics);
-                if let Some(c) = &certificates {
-                    c.reload_logged();
-                }
+                let _ = live.reload();
             })
         });
         shutdown.await;

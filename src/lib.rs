@@ -8,7 +8,8 @@
 //! - [`routes_file`]: routes.yaml text -> node tree with positions, `${VAR}`
 //!   expansion, `file:line:col` diagnostics.
 //! - [`pipeline`]: the tree compiled into one immutable `Pipeline` (sources,
-//!   targets, routes, templates); `Pipeline::load` is the single entry point.
+//!   targets, routes, templates); `Pipeline::load` is the single entry point,
+//!   `pipeline::Live` the one handle on the pipeline in force (and reload).
 //! - [`inbound`]: `POST /hooks/{source}`: capped body -> verify -> store -> 200.
 //! - [`verify`]: ClickUp, Stripe and generic HMAC signatures; event identity.
 //! - [`store`]: the only module with SQL; events, deliveries, attempts; group
@@ -17,7 +18,10 @@
 //! - [`transform`]: JSONPath, Handlebars and the template helpers.
 //! - [`deliver`]: the delivery worker; requests per target, the retry
 //!   decision (`classify`).
-//! - [`admin`]: health and readiness.
+//! - [`admin`]: health, readiness and the admin API; [`console`]: the web
+//!   console beside it; [`metrics`]: the one registry everything counts on.
+//! - [`simulate`]: what routes.yaml does with one event, offline, through
+//!   the router's and the deliverer's own functions.
 //! - [`clickup`]: ClickUp's webhook API and the webhook health watch.
 //! - [`retention`]: pruning of old history.
 //! - [`cli`], [`app`], [`lifecycle`], [`telemetry`]: the wiring.
@@ -34,11 +38,13 @@ pub mod errors;
 pub mod ids;
 pub mod inbound;
 pub mod lifecycle;
+pub mod metrics;
 pub mod pipeline;
 pub mod retention;
 pub mod route;
 pub mod routes_file;
 pub mod settings;
+pub mod simulate;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

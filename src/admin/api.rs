@@ -499,12 +499,8 @@ fn dry_run(v: Option<&str>) -> Result<bool, ApiError> {
 }
 
 async fn reload(_a: Authorized, s: web::Data<AdminState>) -> HttpResponse {
-    if let Some(c) = &s.certificates {
-        c.reload_logged();
-    }
-    match crate::app::reload(&s.pipeline, &s.routes, &s.templates, &s.metrics) {
-        Ok(()) => HttpResponse::Ok()
-            .json(json!({"reloaded": true, "routes": s.pipeline.load().routes.len()})),
+    match s.pipeline.reload() {
+        Ok(done) => HttpResponse::Ok().json(json!({"reloaded": true, "routes": done.routes})),
         Err(e) => HttpResponse::BadRequest().json(json!({
             "error": "routes file has errors; the running routes stay in force",
             "diagnostics": e.diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>(),

@@ -5,17 +5,14 @@
 //! stay open for probes.
 
 pub mod api;
-pub mod metrics;
 
-use crate::pipeline::Pipeline;
+use crate::metrics::{self, Metrics};
+use crate::pipeline::Live;
 use crate::store::Store;
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
 use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, web};
-use arc_swap::ArcSwap;
-use metrics::Metrics;
 use std::future::{Ready, ready};
-use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -27,20 +24,12 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Bearer token required by `/api/v1` and `/metrics`, when set.
     pub token: Option<String>,
-    /// The routes in force (reload swaps it).
-    pub pipeline: Arc<ArcSwap<Pipeline>>,
-    /// routes.yaml.
-    pub routes: PathBuf,
-    /// The templates folder.
-    pub templates: PathBuf,
+    /// The routes in force, reloaded with the HTTPS certificate.
+    pub pipeline: Arc<Live>,
     /// Wakes the delivery worker after a replay.
     pub wake_deliveries: Arc<Notify>,
-    /// The HTTPS certificate, reloaded with the routes (as on SIGHUP).
-    pub certificates: Option<Arc<crate::tls::Certificates>>,
     /// ClickUp webhook health, as the watch last saw it.
     pub webhooks: Arc<crate::clickup::watch::HealthBoard>,
-    /// The console's session and CSRF keys.
-    pub console: crate::console::Keys,
 }
 
 /// Registers the admin routes.
@@ -55,8 +44,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics_text))
-        .service(web::scope("/api/v1").configure(api::configure))
-        .service(crate::console::scope());
+        .service(web::scope("/api/v1").configure(api::configure));
 }
 
 async fn healthz() -> HttpResponse {

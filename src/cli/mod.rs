@@ -4,7 +4,6 @@
 
 pub mod client;
 pub mod route_test;
-pub mod simulate;
 pub mod webhooks;
 
 use crate::app::Application;
@@ -497,16 +496,20 @@ fn simulate_cmd(
         }
         None => None,
     };
-    let input = simulate::Input {
+    let input = crate::simulate::Input {
         source,
         body: &body,
         headers,
         task,
         links: serde_json::Map::new(),
+        stored: None,
     };
-    match simulate::simulate(&pipeline, &input) {
+    match crate::simulate::simulate(&pipeline, &input) {
         Ok(v) => {
-            outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            outln!(
+                "{}",
+                serde_json::to_string_pretty(&v.to_json()).unwrap_or_default()
+            );
             Ok(0)
         }
         Err(e) => {

@@ -20,11 +20,11 @@
 //! ```
 
 use super::outln;
-use super::simulate::{Input, simulate};
 use crate::pipeline::Pipeline;
 use crate::pipeline::reader::{self, MapReader};
 use crate::routes_file::diag::Diagnostics;
 use crate::routes_file::yaml::{self, Node, Value as Y};
+use crate::simulate::{Input, RouteOutcome, simulate};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 
@@ -242,17 +242,13 @@ fn run_case(pipeline: &Pipeline, file: &Path, case: &Case) -> Vec<String> {
         headers: &case.headers,
         task: case.task.clone(),
         links: case.links.clone(),
+        stored: None,
     };
     let result = match simulate(pipeline, &input) {
         Ok(r) => r,
         Err(e) => return vec![format!("the event is refused: {e}")],
     };
-    let routes = result["routes"].as_array().cloned().unwrap_or_default();
-    let matched: Vec<String> = routes
-        .iter()
-        .filter(|r| r["matched"] == true)
-        .filter_map(|r| r["route"].as_str().map(str::to_owned))
-        .collect();
+    let matched: Vec<String> = result.matched().map(|r| r.route.clone()).collect();
     if let Some(want) = &case.routes {
         let mut w = want.clone();
         let mut g = matched.clone();
@@ -262,10 +258,14 @@ fn run_case(pipeline: &Pipeline, file: &Path, case: &Case) -> Vec<String> {
             let mut msg =
                 format!("matched routes differ:\n      expected {w:?}\n      actual   {g:?}");
             for name in w.iter().filter(|n| !g.contains(n)) {
-                let why = routes
+                let why = result
+                    .routes
                     .iter()
-                    .find(|r| r["route"] == name.as_str())
-                    .and_then(|r| r["reason"].as_str())
+                    .find(|r| r.route == *name)
+                    .and_then(|r| match &r.outcome {
+                        RouteOutcome::NoMatch(reason) => Some(reason.as_str()),
+                        RouteOutcome::Matched(_) => None,
+                    })
                     .unwrap_or("no such route in routes.yaml");
                 msg.push_str(&format!("\n      {name} did not match: {why}"));
             }
@@ -278,16 +278,19 @@ fn run_case(pipeline: &Pipeline, file: &Path, case: &Case) -> Vec<String> {
         let route = want["route"].as_str().unwrap_or_default().to_owned();
         let index = seen_per_route.entry(route.clone()).or_insert(0);
         let at = format!("{}:{}:{}", file.display(), node.pos.line, node.pos.col);
-        let actual: Vec<(Value, Option<String>)> = routes
+        // Each request as shown (secrets masked, as a case is written), or
+        // the reason a delivery would be dead.
+        let actual: Vec<(Value, Option<String>)> = result
+            .routes
             .iter()
-            .filter(|r| r["route"] == route.as_str())
-            .flat_map(|r| r["deliveries"].as_array().cloned().unwrap_or_default())
-            .flat_map(|d| {
-                let err = d["error"].as_str().map(str::to_owned);
-                match d["requests"].as_array() {
-                    Some(reqs) => reqs.iter().map(|q| (q.clone(), None)).collect::<Vec<_>>(),
-                    None => vec![(Value::Null, err)],
-                }
+            .filter(|r| r.route == route)
+            .flat_map(|r| match &r.outcome {
+                RouteOutcome::Matched(steps) => steps.as_slice(),
+                RouteOutcome::NoMatch(_) => &[],
+            })
+            .flat_map(|d| match &d.outcome {
+                Ok(_) => d.shown().into_iter().map(|q| (q, None)).collect::<Vec<_>>(),
+                Err(e) => vec![(Value::Null, Some(e.clone()))],
             })
             .collect();
         let Some((got, err)) = actual.get(*index) else {

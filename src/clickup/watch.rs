@@ -5,9 +5,8 @@
 //! `auto_reactivate: true` sets a suspended one back to active.
 
 use super::{ClickUpApi, Webhook};
-use crate::admin::metrics::{Metrics, WebhookLabels};
-use crate::pipeline::{Pipeline, TargetKind};
-use arc_swap::ArcSwap;
+use crate::metrics::{Metrics, WebhookLabels};
+use crate::pipeline::{Live, Pipeline, TargetKind};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -137,7 +136,7 @@ impl Watch {
 /// ClickUp, so a suspended webhook is reactivated once.
 pub async fn run(
     store: crate::store::Store,
-    pipeline: Arc<ArcSwap<Pipeline>>,
+    pipeline: Arc<Live>,
     client: reqwest::Client,
     metrics: Arc<Metrics>,
     board: Arc<HealthBoard>,

@@ -8,8 +8,8 @@
 //!
 //! Data comes from the same store queries and the same functions as the
 //! admin API (`admin::api`), and the simulate form calls the same
-//! `cli::simulate::simulate` as the `simulate` command, so the console, the
-//! API and the CLI cannot disagree.
+//! `simulate::simulate` as the `simulate` command, so the console, the API
+//! and the CLI cannot disagree.
 //!
 //! Access: with `admin_token` set, `POST /console/login` (form field `token`)
 //! starts a session (see [`session`]); scripts may send
@@ -39,7 +39,8 @@ use std::future::{Ready, ready};
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
      form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// The `/console` scope, with its security headers.
+/// The `/console` scope, with its security headers. The admin App registers
+/// it beside `admin::configure`, with the [`Keys`] as app data.
 pub fn scope() -> actix_web::Scope<
     impl actix_web::dev::ServiceFactory<
         actix_web::dev::ServiceRequest,
@@ -135,7 +136,9 @@ fn viewer(req: &HttpRequest) -> Result<Viewer, ConsoleError> {
     let state = req
         .app_data::<web::Data<AdminState>>()
         .ok_or(ConsoleError::Unavailable)?;
-    let keys = &state.console;
+    let keys = req
+        .app_data::<web::Data<Keys>>()
+        .ok_or(ConsoleError::Unavailable)?;
     let secure = is_https(req);
     if let Some(token) = &state.token
         && crate::admin::bearer_matches(req, token)

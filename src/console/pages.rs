@@ -5,7 +5,7 @@ use super::views::{
     self, Section, csrf_field, datetime, deliveries_table, delivery_href, event_href, events_table,
     layout, pager, status_badge,
 };
-use super::{ConsoleError, Viewer, session_cookie};
+use super::{ConsoleError, Keys, Viewer, session_cookie};
 use crate::admin::AdminState;
 use crate::admin::api::{self, DeliveriesQuery, EventsQuery};
 use crate::ids::{DeliveryId, EventId, now_millis};
@@ -76,9 +76,9 @@ fn safe_next(next: Option<&str>) -> &str {
     }
 }
 
-async fn login_form(s: web::Data<AdminState>, q: web::Query<NextQuery>) -> HttpResponse {
+async fn login_form(keys: web::Data<Keys>, q: web::Query<NextQuery>) -> HttpResponse {
     let next = safe_next(q.next.as_deref());
-    if !s.console.login_required() {
+    if !keys.login_required() {
         return HttpResponse::SeeOther()
             .insert_header((header::LOCATION, next))
             .finish();
@@ -95,25 +95,21 @@ struct LoginForm {
     next: Option<String>,
 }
 
-async fn login(
-    req: HttpRequest,
-    s: web::Data<AdminState>,
-    f: web::Form<LoginForm>,
-) -> HttpResponse {
+async fn login(req: HttpRequest, keys: web::Data<Keys>, f: web::Form<LoginForm>) -> HttpResponse {
     let next = safe_next(f.next.as_deref());
-    if !s.console.login_required() {
+    if !keys.login_required() {
         return HttpResponse::SeeOther()
             .insert_header((header::LOCATION, next))
             .finish();
     }
-    if !s.console.token_matches(&f.token) {
+    if !keys.token_matches(&f.token) {
         tracing::warn!("console login refused: wrong admin token");
         return HttpResponse::Unauthorized()
             .content_type("text/html; charset=utf-8")
             .body(views::login(next, true).into_string());
     }
     tracing::info!("console session started");
-    let value = s.console.new_session(now_millis());
+    let value = keys.new_session(now_millis());
     HttpResponse::SeeOther()
         .cookie(session_cookie(value, super::is_https(&req)))
         .insert_header((header::LOCATION, next))
@@ -129,10 +125,10 @@ struct CsrfForm {
 async fn logout(
     v: Viewer,
     req: HttpRequest,
-    s: web::Data<AdminState>,
+    keys: web::Data<Keys>,
     f: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, ConsoleError> {
-    v.check_csrf(&s.console, &f.csrf)?;
+    v.check_csrf(&keys, &f.csrf)?;
     let mut gone = session_cookie(String::new(), super::is_https(&req));
     gone.make_removal();
     Ok(HttpResponse::SeeOther()
@@ -528,10 +524,11 @@ async fn delivery(
 async fn replay_one(
     v: Viewer,
     s: web::Data<AdminState>,
+    keys: web::Data<Keys>,
     id: web::Path<String>,
     f: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, ConsoleError> {
-    v.check_csrf(&s.console, &f.csrf)?;
+    v.check_csrf(&keys, &f.csrf)?;
     let id = DeliveryId::from_stored(id.into_inner());
     api::replay_delivery(&s, &id).await?;
     Ok(v.see_other(&format!("{}?replayed=1", delivery_href(id.as_str()))))
@@ -619,9 +616,10 @@ async fn replay_confirm(
 async fn replay_all(
     v: Viewer,
     s: web::Data<AdminState>,
+    keys: web::Data<Keys>,
     f: web::Form<ReplayForm>,
 ) -> Result<HttpResponse, ConsoleError> {
-    v.check_csrf(&s.console, &f.csrf)?;
+    v.check_csrf(&keys, &f.csrf)?;
     let (target, route) = (nonempty(&f.target), nonempty(&f.route));
     let n = api::replay_matching(
         &s,
@@ -752,7 +750,7 @@ fn route_card(v: &Viewer, r: &Route, file: &str) -> Markup {
 
 async fn routes(v: Viewer, s: web::Data<AdminState>) -> Result<HttpResponse, ConsoleError> {
     let pipeline = s.pipeline.load();
-    let file = s.routes.display().to_string();
+    let file = s.pipeline.routes_file().display().to_string();
     let body = html! {
         p {
             (pipeline.routes.len()) @if pipeline.routes.len() == 1 { " route" } @else { " routes" }
@@ -785,9 +783,10 @@ struct SimulateForm {
 async fn simulate(
     v: Viewer,
     s: web::Data<AdminState>,
+    keys: web::Data<Keys>,
     f: web::Form<SimulateForm>,
 ) -> Result<HttpResponse, ConsoleError> {
-    v.check_csrf(&s.console, &f.csrf)?;
+    v.check_csrf(&keys, &f.csrf)?;
     let pipeline = s.pipeline.load();
     let task = match f.task.trim() {
         "" => Ok(None),
@@ -796,21 +795,23 @@ async fn simulate(
             .map_err(|e| format!("the task is not JSON: {e}")),
     };
     let result = task.and_then(|task| {
-        crate::cli::simulate::simulate(
+        crate::simulate::simulate(
             &pipeline,
-            &crate::cli::simulate::Input {
+            &crate::simulate::Input {
                 source: &f.source,
                 body: f.event.as_bytes(),
                 task,
                 links: serde_json::Map::new(),
                 headers: &[],
+                stored: None,
             },
         )
+        .map_err(|e| e.to_string())
     });
     let (status, out) = match &result {
         Ok(v) => (
             StatusCode::OK,
-            Ok(serde_json::to_string_pretty(v).unwrap_or_default()),
+            Ok(serde_json::to_string_pretty(&v.to_json()).unwrap_or_default()),
         ),
         Err(e) => (StatusCode::BAD_REQUEST, Err(e.clone())),
     };
@@ -837,15 +838,15 @@ async fn simulate(
 async fn reload(
     v: Viewer,
     s: web::Data<AdminState>,
+    keys: web::Data<Keys>,
     f: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, ConsoleError> {
-    v.check_csrf(&s.console, &f.csrf)?;
-    let (status, body) = match crate::app::reload(&s.pipeline, &s.routes, &s.templates, &s.metrics)
-    {
-        Ok(()) => (
+    v.check_csrf(&keys, &f.csrf)?;
+    let (status, body) = match s.pipeline.reload() {
+        Ok(done) => (
             StatusCode::OK,
             html! {
-                p.notice role="status" { "Reloaded: " (s.pipeline.load().routes.len()) " routes in force." }
+                p.notice role="status" { "Reloaded: " (done.routes) " routes in force." }
                 p { a href="/console/routes" { "See the routes" } }
             },
         ),

@@ -12,11 +12,10 @@ pub mod limits;
 pub mod request;
 pub mod targets;
 
-use crate::admin::metrics::Metrics;
 use crate::ids::now_millis;
-use crate::pipeline::Pipeline;
+use crate::metrics::Metrics;
+use crate::pipeline::{Live, Pipeline};
 use crate::store::{AttemptOutcome, AttemptRecord, ClaimedDelivery, Link, Store};
-use arc_swap::ArcSwap;
 use classify::{Outcome, classify};
 use limits::{Limits, TargetLimits};
 use serde_json::{Value, json};
@@ -28,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 /// What every delivery task shares.
 struct Shared {
-    pipeline: Arc<ArcSwap<Pipeline>>,
+    pipeline: Arc<Live>,
     store: Store,
     client: reqwest::Client,
     wake: Arc<Notify>,
@@ -83,7 +82,7 @@ impl Deliverer {
     /// A worker over the routes in force, the store, shared target limits and
     /// a wake-up handle.
     pub fn new(
-        pipeline: Arc<ArcSwap<Pipeline>>,
+        pipeline: Arc<Live>,
         store: Store,
         client: reqwest::Client,
         limits: Arc<Limits>,

@@ -6,12 +6,11 @@
 //! `ResponseError` impl.
 
 use crate::ids::now_millis;
-use crate::pipeline::Pipeline;
+use crate::pipeline::Live;
 use crate::store::{Store, StoreError};
 use crate::verify::{self, RejectReason, VerifyError};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
-use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use std::sync::Arc;
 
@@ -21,7 +20,7 @@ pub const STORE_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_
 /// What the webhook handlers share.
 pub struct InboundState {
     /// The routes in force (swapped atomically on reload).
-    pub pipeline: Arc<ArcSwap<Pipeline>>,
+    pub pipeline: Arc<Live>,
     /// The store.
     pub store: Store,
     /// Largest accepted body in bytes.
@@ -33,7 +32,7 @@ pub struct InboundState {
     /// Wakes the router after a new event is stored.
     pub wake_router: Arc<tokio::sync::Notify>,
     /// Metrics.
-    pub metrics: Arc<crate::admin::metrics::Metrics>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Why an inbound request was refused.

@@ -3,8 +3,10 @@
 //! Parse (YAML with positions), expand `${VAR}`, compile (sources, targets,
 //! routes, templates, JSONPaths). Compiling is pure and collects every
 //! diagnostic. The daemon, `check`, `simulate`, `test` and reload all go
-//! through [`Pipeline::load`], so they can never disagree.
+//! through [`Pipeline::load`], so they can never disagree. The daemon holds
+//! the pipeline in force in one [`Live`] handle, which also reloads it.
 
+pub mod live;
 pub mod reader;
 pub mod routes;
 pub mod sources;
@@ -18,6 +20,7 @@ use reader::MapReader;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+pub use live::{Live, Reloaded};
 pub use routes::{Action, Body, BodyNode, Condition, EventPattern, Op, OrderBy, Route, SendStep};
 pub use sources::{Source, Watch};
 pub use targets::{RateLimit, RetryPolicy, Target, TargetKind};

@@ -12,9 +12,8 @@ pub mod matcher;
 use crate::deliver::classify::backoff;
 use crate::deliver::task_id_of;
 use crate::ids::{DeliveryId, EventId, now_millis};
-use crate::pipeline::{OrderBy, Pipeline, Route};
+use crate::pipeline::{Live, OrderBy, Pipeline, Route};
 use crate::store::{DeliveryOrder, EventToRoute, NewDelivery, RoutedEvent, Store, StoreError};
-use arc_swap::ArcSwap;
 use enrich::{Enricher, FetchError};
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -31,29 +30,72 @@ const LEASE_MS: i64 = 300_000;
 /// Enrichment batches in flight at most; the router waits beyond that.
 const MAX_ENRICHING: usize = 16;
 
+/// What the router makes of one route for one event before any task is
+/// fetched (pure). `simulate` asks the same question.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// The source, event or `match`/`any` conditions do not hold: the first
+    /// that fails, with what was found.
+    NoMatch(String),
+    /// The route fires with these extracted values.
+    Fires(Map<String, Value>),
+    /// The event conditions hold and these are the extracted values; the
+    /// route needs the ClickUp task (`enrich: [task]`, `task:` conditions)
+    /// before it fires, see [`with_task`].
+    NeedsTask(Map<String, Value>),
+}
+
+/// Whether `route` fires for `event`, or needs its task first.
+pub fn decide(route: &Route, event: &EventToRoute, payload: &Value) -> Decision {
+    match matcher::matches_event(route, &event.source, &event.event_type, payload) {
+        Err(m) => Decision::NoMatch(m.reason),
+        Ok(()) if route.enrich_task => Decision::NeedsTask(matcher::extract(route, payload)),
+        Ok(()) => Decision::Fires(matcher::extract(route, payload)),
+    }
+}
+
+/// The values of a route that needed the task, once it is fetched: `Err`
+/// with the first `task:` condition that does not hold (the route does not
+/// fire).
+pub fn with_task(
+    route: &Route,
+    mut context: Map<String, Value>,
+    task: Value,
+) -> Result<Map<String, Value>, String> {
+    matcher::matches_task(route, &task).map_err(|m| m.reason)?;
+    context.insert("task".into(), task);
+    Ok(context)
+}
+
 /// A route whose event conditions hold, with its extracted values.
 pub struct Candidate {
     /// Index in `pipeline.routes`.
     pub route: usize,
     /// Extracted values.
     pub context: Map<String, Value>,
+    /// Whether it fires only after its task is fetched ([`Decision::NeedsTask`]).
+    pub needs_task: bool,
 }
 
 /// The routes whose source, event and `match`/`any` conditions hold (pure).
 pub fn candidates(pipeline: &Pipeline, event: &EventToRoute, payload: &Value) -> Vec<Candidate> {
     let mut out = Vec::new();
     for (i, route) in pipeline.routes.iter().enumerate() {
-        match matcher::matches_event(route, &event.source, &event.event_type, payload) {
-            Ok(()) => out.push(Candidate {
-                route: i,
-                context: matcher::extract(route, payload),
-            }),
-            Err(m) => {
+        let (context, needs_task) = match decide(route, event, payload) {
+            Decision::Fires(c) => (c, false),
+            Decision::NeedsTask(c) => (c, true),
+            Decision::NoMatch(reason) => {
                 if route.source == event.source {
-                    tracing::debug!(event_id = %event.id, route = %route.name, reason = %m.reason, "route does not match");
+                    tracing::debug!(event_id = %event.id, route = %route.name, reason = %reason, "route does not match");
                 }
+                continue;
             }
-        }
+        };
+        out.push(Candidate {
+            route: i,
+            context,
+            needs_task,
+        });
     }
     out
 }
@@ -158,7 +200,7 @@ pub fn routed(
 /// What routers share with their enrichment tasks.
 pub struct RouterShared {
     /// The routes in force.
-    pub pipeline: Arc<ArcSwap<Pipeline>>,
+    pub pipeline: Arc<Live>,
     /// The store.
     pub store: Store,
     /// Notified when events are stored.
@@ -246,7 +288,7 @@ async fn enrich_one(shared: &RouterShared, pipeline: &Pipeline, p: Pending) -> O
     let mut failed_retryable: Vec<(usize, Map<String, Value>, String)> = Vec::new();
     for c in p.candidates {
         let route = &pipeline.routes[c.route];
-        if !route.enrich_task {
+        if !c.needs_task {
             routed.matched_routes.push(route.name.clone());
             routed.deliveries.extend(deliveries(
                 pipeline,
@@ -277,10 +319,8 @@ async fn enrich_one(shared: &RouterShared, pipeline: &Pipeline, p: Pending) -> O
             continue;
         };
         match shared.enricher.task(via, &task_id).await {
-            Ok(task) => match matcher::matches_task(route, &task) {
-                Ok(()) => {
-                    let mut ctx = c.context;
-                    ctx.insert("task".into(), task);
+            Ok(task) => match with_task(route, c.context, task) {
+                Ok(ctx) => {
                     routed.matched_routes.push(route.name.clone());
                     routed.deliveries.extend(deliveries(
                         pipeline,
@@ -291,8 +331,8 @@ async fn enrich_one(shared: &RouterShared, pipeline: &Pipeline, p: Pending) -> O
                         None,
                     ));
                 }
-                Err(m) => {
-                    tracing::debug!(event_id = %p.event.id, route = %route.name, reason = %m.reason, "task condition does not hold");
+                Err(reason) => {
+                    tracing::debug!(event_id = %p.event.id, route = %route.name, reason = %reason, "task condition does not hold");
                 }
             },
             Err(FetchError::Gone(reason)) => {
@@ -409,7 +449,7 @@ impl Router {
         for event in events {
             let payload: Value = serde_json::from_slice(&event.payload).unwrap_or(Value::Null);
             let cands = candidates(&pipeline, &event, &payload);
-            if cands.iter().any(|c| pipeline.routes[c.route].enrich_task) {
+            if cands.iter().any(|c| c.needs_task) {
                 pending.push(Pending {
                     event,
                     payload,

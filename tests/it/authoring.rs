@@ -385,3 +385,146 @@ async fn sign_output_is_accepted_by_the_daemon_for_every_verifier() {
     }
     app.stop().await;
 }
+
+/// `simulate` of a stored event is what the daemon sent for it, byte for
+/// byte: the same delivery ids (so the same `Idempotency-Key`, Jira delivery
+/// label and `meta.delivery_id`), URLs, headers and bodies.
+#[tokio::test]
+async fn simulate_of_a_stored_event_sends_the_bytes_the_daemon_sent() {
+    use clickup_bridge::ids::EventId;
+    use clickup_bridge::pipeline::{LoadOptions, Pipeline, Unset, process_env};
+    use clickup_bridge::simulate::{EventStamp, Input, RouteOutcome, simulate};
+    use clickup_bridge::store::DeliveryStatus;
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/rest/api/3/issue"))
+        .respond_with(
+            ResponseTemplate::new(201)
+                .set_body_json(serde_json::json!({"id": "10000", "key": "OPS-1"})),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/audit"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let text = format!(
+        r#"
+sources:
+  clickup: {{ verify: clickup, secret: {CLICKUP_SECRET} }}
+targets:
+  jira: {{ type: jira, base_url: "{uri}", email: ops@example.com, api_token: tok }}
+  audit: {{ type: http, url: "{uri}/audit", headers: {{ X-Api-Key: k3y }} }}
+routes:
+  - name: bug
+    source: clickup
+    extract: {{ by: "$.history_items[0].user.username" }}
+    send:
+      - target: jira
+        action: create_issue
+        project: OPS
+        issue_type: Bug
+        summary: "Bug {{{{event.task_id}}}} by {{{{by}}}}"
+        labels: [clickup]
+      - target: audit
+        body: {{ delivery: "{{{{meta.delivery_id}}}}", event: "{{{{meta.event_id}}}}", at: "{{{{meta.received_at}}}}" }}
+"#,
+        uri = server.uri()
+    );
+    let app = spawn_app(&text).await;
+    let id = app.post_clickup(&clickup_event(5)).await;
+    let rows = app.settled(&id, 20).await;
+    assert!(
+        rows.len() == 2 && rows.iter().all(|d| d.status == DeliveryStatus::Delivered),
+        "{rows:?}"
+    );
+    let stored = app
+        .store
+        .event(&EventId::from_stored(id.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    let pipeline = Pipeline::load(&LoadOptions {
+        routes: &app.dir.path().join("routes.yaml"),
+        templates: &app.dir.path().join("templates"),
+        env: &process_env,
+        unset: Unset::Refuse,
+    })
+    .unwrap();
+    let sim = simulate(
+        &pipeline,
+        &Input {
+            source: "clickup",
+            body: &stored.payload,
+            headers: &[],
+            task: None,
+            links: serde_json::Map::new(),
+            stored: Some(EventStamp {
+                id: stored.id.clone(),
+                received_at: stored.received_at,
+            }),
+        },
+    )
+    .unwrap();
+    let RouteOutcome::Matched(steps) = &sim.routes[0].outcome else {
+        panic!("{sim:?}");
+    };
+    assert_eq!(steps.len(), 2, "{sim:?}");
+    let sent = server.received_requests().await.unwrap();
+    assert_eq!(sent.len(), 2, "one request per step: {sent:?}");
+    for (step, got) in steps.iter().zip(&sent) {
+        let row = rows.iter().find(|d| d.step == step.step).unwrap();
+        assert_eq!(step.delivery_id, row.id, "the daemon's delivery id");
+        let planned = step.outcome.as_ref().unwrap();
+        assert_eq!(planned.requests.len(), 1);
+        let want = &planned.requests[0];
+        assert_eq!(got.method.as_str(), want.method.as_str());
+        // wiremock rebuilds the URL from the path; the host is in Host.
+        assert_eq!(
+            (got.url.path(), got.url.query()),
+            (want.url.path(), want.url.query())
+        );
+        let host = format!(
+            "{}:{}",
+            want.url.host_str().unwrap(),
+            want.url.port().unwrap()
+        );
+        assert_eq!(
+            got.headers.get("host").and_then(|v| v.to_str().ok()),
+            Some(host.as_str())
+        );
+        assert_eq!(idempotency_key(got), step.delivery_id.as_str());
+        for (name, value) in &want.headers {
+            assert_eq!(
+                got.headers.get(name.as_str()).and_then(|v| v.to_str().ok()),
+                Some(value.as_str()),
+                "header {name}"
+            );
+        }
+        let want_body = want
+            .body
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        assert_eq!(
+            String::from_utf8_lossy(&got.body),
+            want_body,
+            "the body of step {}",
+            step.step + 1
+        );
+    }
+    // What the bytes hold: the delivery label and meta are the daemon's.
+    let label = format!("clickup-bridge-{}", steps[0].delivery_id);
+    assert!(
+        String::from_utf8_lossy(&sent[0].body).contains(&label),
+        "{label}"
+    );
+    let audit: Value = serde_json::from_slice(&sent[1].body).unwrap();
+    assert_eq!(audit["delivery"], steps[1].delivery_id.as_str());
+    assert_eq!(audit["event"], id.as_str());
+    app.stop().await;
+}
