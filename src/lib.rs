@@ -15,8 +15,9 @@
 //!   commit.
 //! - [`route`]: the router worker; pure matching and extraction.
 //! - [`transform`]: JSONPath, Handlebars and the template helpers.
-//! - [`deliver`]: the delivery worker; requests per target, the retry
-//!   decision (`classify`).
+//! - [`targets`]: one module per target type (Slack, HTTP, Jira, ClickUp):
+//!   its keys, its send steps, its requests and the quirks of its API.
+//! - [`deliver`]: the delivery worker; the retry decision (`classify`).
 //! - [`admin`]: health and readiness.
 //! - [`clickup`]: ClickUp's webhook API and the webhook health watch.
 //! - [`retention`]: pruning of old history.
@@ -40,6 +41,7 @@ pub mod route;
 pub mod routes_file;
 pub mod settings;
 pub mod store;
+pub mod targets;
 pub mod telemetry;
 pub mod tls;
 pub mod transform;

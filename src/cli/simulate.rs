@@ -4,11 +4,11 @@
 //! `test`.
 
 use crate::deliver::render_context;
-use crate::deliver::request::{PlannedRequest, RenderedStep, plan, render_step};
 use crate::ids::{DeliveryId, EventId, now_millis};
-use crate::pipeline::{Pipeline, Target, TargetKind};
+use crate::pipeline::{Pipeline, Target};
 use crate::route::matcher;
 use crate::store::{ClaimedDelivery, EventToRoute};
+use crate::targets::{PlannedRequest, Render};
 use crate::verify::identify;
 use handlebars::Context;
 use serde_json::{Map, Value, json};
@@ -39,13 +39,7 @@ fn mask_auth(v: &str) -> String {
 /// A request as shown: secrets masked (authorization values, Slack webhook
 /// paths, headers configured on the target).
 pub fn show_request(target: &Target, r: &PlannedRequest) -> Value {
-    let secret_headers: Vec<String> = match &target.kind {
-        TargetKind::Http { headers, .. } => headers
-            .iter()
-            .map(|(k, _)| k.to_ascii_lowercase())
-            .collect(),
-        _ => Vec::new(),
-    };
+    let secret_headers = target.kind.secret_headers();
     let mut headers = Map::new();
     for (k, v) in &r.headers {
         let lower = k.to_ascii_lowercase();
@@ -58,16 +52,15 @@ pub fn show_request(target: &Target, r: &PlannedRequest) -> Value {
         };
         headers.insert(k.clone(), Value::String(shown));
     }
-    let url = match &target.kind {
-        TargetKind::SlackWebhook { .. } => {
-            let port = r.url.port().map(|p| format!(":{p}")).unwrap_or_default();
-            format!(
-                "{}://{}{port}/***",
-                r.url.scheme(),
-                r.url.host_str().unwrap_or_default()
-            )
-        }
-        _ => r.url.to_string(),
+    let url = if target.kind.secret_path() {
+        let port = r.url.port().map(|p| format!(":{p}")).unwrap_or_default();
+        format!(
+            "{}://{}{port}/***",
+            r.url.scheme(),
+            r.url.host_str().unwrap_or_default()
+        )
+    } else {
+        r.url.to_string()
     };
     json!({
         "method": r.method.as_str(),
@@ -142,21 +135,26 @@ pub fn simulate(pipeline: &Pipeline, input: &Input<'_>) -> Result<Value, String>
                 continue;
             };
             let ctx = Context::from(render_context(&d, payload.clone(), input.links.clone()));
-            let rendered = render_step(&pipeline.templates, step, &ctx).map_err(|e| e.0);
-            match rendered.and_then(|r| plan(target, &r, d.id.as_str()).map(|p| (r, p))) {
-                Ok((r, requests)) => {
-                    entry["requests"] =
-                        Value::Array(requests.iter().map(|q| show_request(target, q)).collect());
-                    if let RenderedStep::JiraTransition { to, .. } = r {
-                        entry["note"] = json!(format!(
-                            "then POST the transition whose target status is \"{to}\", chosen from the answer"
-                        ));
+            let render = Render {
+                templates: &pipeline.templates,
+                ctx: &ctx,
+            };
+            match step.action.plan(&render, d.id.as_str()) {
+                Ok(plan) => {
+                    entry["requests"] = Value::Array(
+                        plan.requests
+                            .iter()
+                            .map(|q| show_request(target, q))
+                            .collect(),
+                    );
+                    if let Some(note) = plan.note {
+                        entry["note"] = json!(note);
                     }
                     if let Some(name) = &step.remember {
                         entry["remember"] = json!(name);
                     }
                 }
-                Err(e) => entry["error"] = json!(e),
+                Err(e) => entry["error"] = json!(e.to_string()),
             }
             deliveries.push(entry);
         }

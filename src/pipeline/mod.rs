@@ -5,7 +5,7 @@
 //! diagnostic. The daemon, `check`, `simulate`, `test` and reload all go
 //! through [`Pipeline::load`], so they can never disagree.
 
-pub mod reader;
+pub use crate::routes_file::reader;
 pub mod routes;
 pub mod sources;
 pub mod targets;
@@ -20,7 +20,7 @@ use std::path::Path;
 
 pub use routes::{Action, Body, BodyNode, Condition, EventPattern, Op, OrderBy, Route, SendStep};
 pub use sources::{Source, Watch};
-pub use targets::{RateLimit, RetryPolicy, Target, TargetKind};
+pub use targets::{Endpoint, RateLimit, RetryPolicy, Target};
 
 /// A routes file that cannot be used: every problem in it.
 #[derive(Debug, thiserror::Error)]
@@ -265,6 +265,7 @@ fn compile_tree(root: &Node, templates_dir: &Path, d: &mut Diagnostics) -> Optio
     let mut templates = Templates::new();
     let mut ctx = routes::Ctx {
         declared: &declared,
+        targets: &targets,
         templates: &mut templates,
         templates_dir,
     };
