@@ -5,8 +5,8 @@ use super::reader::{self, MapReader};
 use crate::routes_file::diag::{Diagnostics, suggestion};
 use crate::routes_file::yaml::{Node, Pos};
 pub use crate::targets::jira::JiraAuth;
+use crate::targets::{Definition, TYPES};
 pub use crate::targets::{Endpoint, RateLimit};
-use crate::targets::{TYPES, Urls};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -147,7 +147,7 @@ fn compile_one(name: &str, node: &Node, d: &mut Diagnostics) -> Option<Target> {
         .unwrap_or(false);
     let kind = match (type_name.as_deref(), type_node) {
         (Some(t), _) if TYPES.contains(&t) => {
-            Endpoint::compile(t, name, &mut r, Urls { allow_http }, d)
+            Endpoint::compile(t, &mut r, Definition { name, allow_http }, d)
         }
         (Some(other), Some(n)) => {
             let hint = suggestion(other, TYPES, "types");

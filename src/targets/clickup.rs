@@ -4,13 +4,12 @@
 //! health watch) and the reading of its error answers.
 
 use super::request::{PlannedRequest, RequestError, segment};
-use super::{BodyNode, Plan, Render, StepBuilder, StepError, TargetType, Urls, id_text};
+use super::{BodyNode, Definition, Plan, Render, StepBuilder, StepError, TargetType, id_text};
 use crate::routes_file::diag::Diagnostics;
 use crate::routes_file::reader::MapReader;
 use crate::transform::render::{TemplateId, percent_encode};
 use crate::verify::Secret;
 use serde_json::{Map, Value, json};
-use std::time::Duration;
 
 /// The ClickUp target type.
 #[derive(Debug, Clone)]
@@ -227,17 +226,14 @@ pub enum Action {
 
 impl TargetType for ClickUp {
     const NAME: &'static str = "clickup";
-    const RATE_LIMIT: Option<super::RateLimit> = Some(super::RateLimit {
-        count: 100,
-        per: Duration::from_secs(60),
-    });
+    const RATE_LIMIT: Option<super::RateLimit> = Some(super::RateLimit::new(100, 60));
     type Endpoint = Api;
     type Action = Action;
 
-    fn endpoint(_: &str, r: &mut MapReader<'_>, urls: Urls, d: &mut Diagnostics) -> Option<Api> {
+    fn endpoint(r: &mut MapReader<'_>, t: Definition<'_>, d: &mut Diagnostics) -> Option<Api> {
         r.know(&["token", "base_url"]);
         let token = super::secret(r, "token", d);
-        let base_url = urls.or(r, "base_url", "https://api.clickup.com/api/v2", d);
+        let base_url = t.url_or(r, "base_url", "https://api.clickup.com/api/v2", d);
         Some(Api::new(&base_url?, token?))
     }
 
@@ -277,14 +273,9 @@ impl TargetType for ClickUp {
                     fields,
                 })
             }
-            "comment" => {
-                let task_id = b.req(r, "task_id", d);
-                let text = b.req(r, "text", d);
-                Some(Action::Comment {
-                    task_id: task_id?,
-                    text: text?,
-                })
-            }
+            "comment" => b
+                .req2(r, ["task_id", "text"], d)
+                .map(|(task_id, text)| Action::Comment { task_id, text }),
             _ => {
                 let list_id = b.req(r, "list_id", d);
                 let name = b.req(r, "name", d);

@@ -1,7 +1,7 @@
 //! `type: http`: any HTTP endpoint, under the target's `url`.
 
 use super::request::{PlannedRequest, RequestError, json_utf8};
-use super::{Body, Plan, Render, StepBuilder, StepError, TargetType, Urls};
+use super::{Body, Definition, Plan, Render, StepBuilder, StepError, TargetType};
 use crate::routes_file::diag::Diagnostics;
 use crate::routes_file::reader::{self, MapReader};
 use crate::routes_file::yaml::Node;
@@ -111,14 +111,9 @@ impl TargetType for Http {
     type Endpoint = Endpoint;
     type Action = Action;
 
-    fn endpoint(
-        _: &str,
-        r: &mut MapReader<'_>,
-        urls: Urls,
-        d: &mut Diagnostics,
-    ) -> Option<Endpoint> {
+    fn endpoint(r: &mut MapReader<'_>, t: Definition<'_>, d: &mut Diagnostics) -> Option<Endpoint> {
         r.know(&["url", "method", "headers"]);
-        let url = r.require("url", d).and_then(|n| urls.check(n, "url", d));
+        let url = r.require("url", d).and_then(|n| t.url(n, "url", d));
         let method = match r.take("method") {
             Some(n) => method(n, d),
             None => Some("POST".to_owned()),

@@ -5,8 +5,8 @@
 
 use super::request::{PlannedRequest, RequestError, segment};
 use super::{
-    Attempt, Exchange, Failure, Plan, Render, StepBuilder, StepError, TargetType, Urls, exchange,
-    id_text, in_order,
+    Attempt, Definition, Exchange, Failure, Plan, Render, StepBuilder, StepError, TargetType,
+    exchange, id_text, in_order,
 };
 use crate::routes_file::diag::Diagnostics;
 use crate::routes_file::reader::{self, MapReader};
@@ -77,24 +77,21 @@ pub enum Action {
     },
 }
 
+/// An issue to create, rendered.
+struct NewIssue {
+    project: String,
+    issue_type: String,
+    summary: String,
+    description: Option<String>,
+    labels: Vec<String>,
+    fields: Option<Value>,
+}
+
 /// A step with its templates rendered.
 enum Rendered {
-    Create {
-        project: String,
-        issue_type: String,
-        summary: String,
-        description: Option<String>,
-        labels: Vec<String>,
-        fields: Option<Value>,
-    },
-    Comment {
-        issue: String,
-        text: String,
-    },
-    Transition {
-        issue: String,
-        to: String,
-    },
+    Create(NewIssue),
+    Comment { issue: String, text: String },
+    Transition { issue: String, to: String },
 }
 
 /// No transition of the issue reaches the status asked for.
@@ -181,14 +178,14 @@ fn render(a: &Action, t: &Render<'_>) -> Result<Rendered, StepError> {
             description,
             labels,
             fields,
-        } => Rendered::Create {
+        } => Rendered::Create(NewIssue {
             project: t.text(project)?,
             issue_type: t.text(issue_type)?,
             summary: t.text(summary)?,
             description: t.opt(description.as_ref())?,
             labels: labels.iter().map(|l| t.text(l)).collect::<Result<_, _>>()?,
             fields: fields.as_ref().map(|f| t.node(f)).transpose()?,
-        },
+        }),
         Action::Comment { issue, text } => Rendered::Comment {
             issue: t.text(issue)?,
             text: t.text(text)?,
@@ -208,29 +205,23 @@ fn first_request(
     delivery_id: &str,
 ) -> Result<PlannedRequest, RequestError> {
     match r {
-        Rendered::Create {
-            project,
-            issue_type,
-            summary,
-            description,
-            labels,
-            fields,
-        } => {
+        Rendered::Create(issue) => {
             let mut f = Map::new();
-            f.insert("project".into(), json!({ "key": project }));
-            f.insert("issuetype".into(), json!({ "name": issue_type }));
-            f.insert("summary".into(), Value::String(summary.clone()));
-            if let Some(d) = description {
+            f.insert("project".into(), json!({ "key": issue.project }));
+            f.insert("issuetype".into(), json!({ "name": issue.issue_type }));
+            f.insert("summary".into(), Value::String(issue.summary.clone()));
+            if let Some(d) = &issue.description {
                 f.insert("description".into(), adf(d));
             }
-            let mut all: Vec<Value> = labels
+            let mut all: Vec<Value> = issue
+                .labels
                 .iter()
                 .filter(|l| !l.trim().is_empty())
                 .map(|l| Value::String(l.trim().replace(' ', "_")))
                 .collect();
             all.push(Value::String(delivery_label(delivery_id)));
             f.insert("labels".into(), Value::Array(all));
-            if let Some(Value::Object(extra)) = fields {
+            if let Some(Value::Object(extra)) = &issue.fields {
                 for (k, v) in extra {
                     f.insert(k.clone(), v.clone());
                 }
@@ -329,16 +320,11 @@ impl TargetType for Jira {
     type Endpoint = Endpoint;
     type Action = Action;
 
-    fn endpoint(
-        _: &str,
-        r: &mut MapReader<'_>,
-        urls: Urls,
-        d: &mut Diagnostics,
-    ) -> Option<Endpoint> {
+    fn endpoint(r: &mut MapReader<'_>, t: Definition<'_>, d: &mut Diagnostics) -> Option<Endpoint> {
         r.know(&["base_url", "email", "api_token", "token"]);
         let base_url = r
             .require("base_url", d)
-            .and_then(|n| urls.check(n, "base_url", d));
+            .and_then(|n| t.url(n, "base_url", d));
         let auth = if r.key_pos("token").is_some() {
             super::secret(r, "token", d).map(JiraAuth::Bearer)
         } else {
@@ -398,22 +384,12 @@ impl TargetType for Jira {
                     fields,
                 })
             }
-            "comment" => {
-                let issue = b.req(r, "issue", d);
-                let text = b.req(r, "text", d);
-                Some(Action::Comment {
-                    issue: issue?,
-                    text: text?,
-                })
-            }
-            _ => {
-                let issue = b.req(r, "issue", d);
-                let to = b.req(r, "to", d);
-                Some(Action::Transition {
-                    issue: issue?,
-                    to: to?,
-                })
-            }
+            "comment" => b
+                .req2(r, ["issue", "text"], d)
+                .map(|(issue, text)| Action::Comment { issue, text }),
+            _ => b
+                .req2(r, ["issue", "to"], d)
+                .map(|(issue, to)| Action::Transition { issue, to }),
         }
     }
 
@@ -443,7 +419,7 @@ impl TargetType for Jira {
         let first = first_request(e, &rendered, at.key).map_err(StepError::from)?;
         match &rendered {
             // After an uncertain failure the issue may exist already.
-            Rendered::Create { .. } if at.attempts > 0 => {
+            Rendered::Create(_) if at.attempts > 0 => {
                 let search = search_by_label(e, at.key).map_err(StepError::from)?;
                 let x = exchange::<Jira>(e, at.send(&search).await?);
                 if x.failed() {

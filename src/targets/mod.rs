@@ -39,6 +39,16 @@ pub struct RateLimit {
     pub per: Duration,
 }
 
+impl RateLimit {
+    /// `count` requests per `secs` seconds.
+    pub const fn new(count: u32, secs: u64) -> Self {
+        RateLimit {
+            count,
+            per: Duration::from_secs(secs),
+        }
+    }
+}
+
 /// Why a step cannot be sent: the delivery is dead with this reason.
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
@@ -134,17 +144,19 @@ impl Attempt<'_> {
     }
 }
 
-/// Checks that a target's URL key holds an absolute http(s) URL.
+/// What a target type's compiler knows of the definition besides its keys.
 #[derive(Debug, Clone, Copy)]
-pub struct Urls {
+pub struct Definition<'a> {
+    /// The target's name, for messages.
+    pub name: &'a str,
     /// `allow_http: true` on the target.
     pub allow_http: bool,
 }
 
-impl Urls {
+impl Definition<'_> {
     /// [`url`], and `https://` unless the host is loopback or the target
     /// sets `allow_http: true` (event data leaves encrypted or not at all).
-    pub fn check(&self, node: &Node, what: &str, d: &mut Diagnostics) -> Option<String> {
+    pub fn url(&self, node: &Node, what: &str, d: &mut Diagnostics) -> Option<String> {
         let s = url(node, what, d)?;
         let parsed = reqwest::Url::parse(&s).ok()?;
         if parsed.scheme() == "http" && !self.allow_http && !is_loopback_url(&parsed) {
@@ -164,7 +176,7 @@ impl Urls {
     }
 
     /// An optional URL key with a default.
-    pub fn or(
+    pub fn url_or(
         &self,
         r: &mut MapReader<'_>,
         key: &'static str,
@@ -172,7 +184,7 @@ impl Urls {
         d: &mut Diagnostics,
     ) -> Option<String> {
         match r.take(key) {
-            Some(n) => self.check(n, key, d),
+            Some(n) => self.url(n, key, d),
             None => Some(default.to_owned()),
         }
     }
@@ -236,11 +248,10 @@ pub trait TargetType: Sized {
 
     /// Compiles the target's own keys (the common ones, `timeout`,
     /// `rate_limit`, `concurrency`, `retry`, `allow_http`, are read by the
-    /// caller). `name` is the target's name, for messages.
+    /// caller).
     fn endpoint(
-        name: &str,
         r: &mut MapReader<'_>,
-        urls: Urls,
+        t: Definition<'_>,
         d: &mut Diagnostics,
     ) -> Option<Self::Endpoint>;
 
@@ -401,14 +412,13 @@ macro_rules! target_types {
             /// Compiles a target of type `type_name` (one of [`TYPES`]).
             pub fn compile(
                 type_name: &str,
-                name: &str,
                 r: &mut MapReader<'_>,
-                urls: Urls,
+                t: Definition<'_>,
                 d: &mut Diagnostics,
             ) -> Option<Endpoint> {
                 $(
                     if type_name == <$module::$ty as TargetType>::NAME {
-                        return <$module::$ty as TargetType>::endpoint(name, r, urls, d)
+                        return <$module::$ty as TargetType>::endpoint(r, t, d)
                             .map(|e| Endpoint::$variant(Arc::new(e)));
                     }
                 )+

@@ -1,13 +1,12 @@
 //! `type: slack`: an incoming webhook, or the Web API's chat.postMessage.
 
 use super::request::{PlannedRequest, Reply, bearer, json_utf8};
-use super::{Plan, Render, StepBuilder, StepError, TargetType, Urls};
+use super::{Definition, Plan, Render, StepBuilder, StepError, TargetType};
 use crate::routes_file::diag::Diagnostics;
 use crate::routes_file::reader::{self, MapReader};
 use crate::transform::render::TemplateId;
 use crate::verify::Secret;
 use serde_json::{Map, Value, json};
-use std::time::Duration;
 
 /// The Slack target type.
 #[derive(Debug, Clone)]
@@ -51,24 +50,16 @@ fn payload(a: &Action, t: &Render<'_>) -> Result<Value, StepError> {
 
 impl TargetType for Slack {
     const NAME: &'static str = "slack";
-    const RATE_LIMIT: Option<super::RateLimit> = Some(super::RateLimit {
-        count: 1,
-        per: Duration::from_secs(1),
-    });
+    const RATE_LIMIT: Option<super::RateLimit> = Some(super::RateLimit::new(1, 1));
     type Endpoint = Endpoint;
     type Action = Action;
 
-    fn endpoint(
-        name: &str,
-        r: &mut MapReader<'_>,
-        urls: Urls,
-        d: &mut Diagnostics,
-    ) -> Option<Endpoint> {
+    fn endpoint(r: &mut MapReader<'_>, t: Definition<'_>, d: &mut Diagnostics) -> Option<Endpoint> {
         r.know(&["webhook_url", "token", "channel", "base_url"]);
         if r.key_pos("webhook_url").is_some() {
             let u = r
                 .take("webhook_url")
-                .and_then(|n| urls.check(n, "webhook_url", d))?;
+                .and_then(|n| t.url(n, "webhook_url", d))?;
             Some(Endpoint::Webhook {
                 webhook_url: Secret::new(u),
             })
@@ -77,7 +68,7 @@ impl TargetType for Slack {
             let channel = r
                 .require("channel", d)
                 .and_then(|n| reader::string(n, "channel", d));
-            let base_url = urls.or(r, "base_url", "https://slack.com/api", d);
+            let base_url = t.url_or(r, "base_url", "https://slack.com/api", d);
             Some(Endpoint::Api {
                 token: token?,
                 channel: channel?,
@@ -87,7 +78,10 @@ impl TargetType for Slack {
             if !r.misspelled("webhook_url") && !r.misspelled("token") {
                 d.error(
                     r.pos(),
-                    format!("slack target \"{name}\" needs webhook_url, or token and channel"),
+                    format!(
+                        "slack target \"{}\" needs webhook_url, or token and channel",
+                        t.name
+                    ),
                 );
             }
             None

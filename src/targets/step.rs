@@ -138,6 +138,18 @@ impl<'a> StepBuilder<'a> {
         self.tpl(n, key, d)
     }
 
+    /// Two required template keys (both are read, so both are reported).
+    pub fn req2(
+        &mut self,
+        r: &mut MapReader<'_>,
+        keys: [&'static str; 2],
+        d: &mut Diagnostics,
+    ) -> Option<(TemplateId, TemplateId)> {
+        let first = self.req(r, keys[0], d);
+        let second = self.req(r, keys[1], d);
+        Some((first?, second?))
+    }
+
     /// A structured value whose string leaves are typed templates.
     pub fn body_node(&mut self, node: &Node, key: &str, d: &mut Diagnostics) -> Option<BodyNode> {
         Some(match &node.value {
