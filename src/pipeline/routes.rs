@@ -196,11 +196,48 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
     r.set_what(what.clone());
     let source_node = r.require("source", d);
     let source = source_node.and_then(|n| reader::string(n, "source", d).map(|s| (s, n.pos)));
-    let source_kind = match &source {
-        Some((s, pos)) => match ctx.declared.sources.get(s) {
+    let source_kind = source_kind(source.as_ref(), ctx.declared, d);
+    let When {
+        events,
+        matches,
+        any,
+        task,
+    } = when(&mut r, &what, source_kind.as_deref(), d);
+    let (enrich_task, enrich_via) = enrichment(&mut r, &what, !task.is_empty(), ctx.declared, d);
+    let extract = extract(&mut r, d);
+    let order_by = order_by(&mut r, &label, &what, ctx, d);
+    let send = send_steps(&mut r, &label, &what, ctx, d);
+    r.finish(d);
+    if source_kind.as_deref() == Some("clickup") {
+        warn_clickup_loop(&what, &send, ctx.declared, d);
+    }
+    Some(Route {
+        name: name?,
+        source: source?.0,
+        events,
+        matches,
+        any,
+        task,
+        enrich_task,
+        enrich_via,
+        extract,
+        send,
+        order_by,
+        pos: node.pos,
+    })
+}
+
+/// The `verify:` kind of the route's source, or an error naming it.
+fn source_kind(
+    source: Option<&(String, Pos)>,
+    declared: &Declared,
+    d: &mut Diagnostics,
+) -> Option<String> {
+    match source {
+        Some((s, pos)) => match declared.sources.get(s) {
             Some(kind) => Some(kind.clone()),
             None => {
-                let known: Vec<&str> = ctx.declared.sources.keys().map(String::as_str).collect();
+                let known: Vec<&str> = declared.sources.keys().map(String::as_str).collect();
                 d.error(
                     *pos,
                     format!("unknown source \"{s}\"{}", suggestion(s, &known, "sources")),
@@ -209,8 +246,18 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
             }
         },
         None => None,
-    };
+    }
+}
 
+/// A route's `when`.
+struct When {
+    events: Vec<EventPattern>,
+    matches: Vec<Condition>,
+    any: Vec<Vec<Condition>>,
+    task: Vec<Condition>,
+}
+
+fn when(r: &mut MapReader<'_>, what: &str, source_kind: Option<&str>, d: &mut Diagnostics) -> When {
     let mut events = Vec::new();
     let mut matches = Vec::new();
     let mut any = Vec::new();
@@ -221,7 +268,7 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
         if let Some(e) = w.take("event") {
             for (pat, pos) in reader::string_or_list(e, "event", d) {
                 let pattern = event_pattern(&pat, pos, d);
-                if source_kind.as_deref() == Some("clickup")
+                if source_kind == Some("clickup")
                     && let Some(p) = &pattern
                 {
                     warn_unknown_clickup_event(p, pos, d);
@@ -252,9 +299,24 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
         }
         w.finish(d);
     }
-    let events: Vec<EventPattern> = events.into_iter().flatten().collect();
+    When {
+        events: events.into_iter().flatten().collect(),
+        matches,
+        any,
+        task,
+    }
+}
 
-    let mut enrich_task = !task.is_empty();
+/// `enrich` and `enrich_via`: whether the task is fetched, and through which
+/// clickup target.
+fn enrichment(
+    r: &mut MapReader<'_>,
+    what: &str,
+    task_conditions: bool,
+    declared: &Declared,
+    d: &mut Diagnostics,
+) -> (bool, Option<String>) {
+    let mut enrich_task = task_conditions;
     if let Some(e) = r.take("enrich") {
         for (what_enrich, pos) in reader::string_or_list(e, "enrich", d) {
             if what_enrich == "task" {
@@ -272,14 +334,14 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
     if let Some(n) = enrich_via_node
         && let Some(t) = reader::string(n, "enrich_via", d)
     {
-        match ctx.declared.targets.get(&t).map(String::as_str) {
+        match declared.targets.get(&t).map(String::as_str) {
             Some("clickup") => enrich_via = Some(t),
             Some(other) => d.error(
                 n.pos,
                 format!("enrich_via \"{t}\" is a {other} target; it must name a clickup target"),
             ),
             None => {
-                let known = clickup_targets(ctx.declared);
+                let known = clickup_targets(declared);
                 d.error(
                     n.pos,
                     format!(
@@ -291,7 +353,7 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
         }
     }
     if enrich_task && enrich_via.is_none() && enrich_via_node.is_none() {
-        let clickups = clickup_targets(ctx.declared);
+        let clickups = clickup_targets(declared);
         match clickups.as_slice() {
             [one] => enrich_via = Some((*one).to_owned()),
             [] => d.error(r.pos(), format!("{what} enriches the task but no clickup target is defined to fetch it")),
@@ -301,7 +363,10 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
             ),
         }
     }
+    (enrich_task, enrich_via)
+}
 
+fn extract(r: &mut MapReader<'_>, d: &mut Diagnostics) -> Vec<(String, JsonPath)> {
     let mut extract = Vec::new();
     if let Some(x) = r.take("extract") {
         for (k, key, v) in reader::entries(x, "extract", d) {
@@ -324,8 +389,17 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
             }
         }
     }
+    extract
+}
 
-    let order_by = match r.take("order_by") {
+fn order_by(
+    r: &mut MapReader<'_>,
+    label: &str,
+    what: &str,
+    ctx: &mut Ctx<'_>,
+    d: &mut Diagnostics,
+) -> OrderBy {
+    match r.take("order_by") {
         None => OrderBy::Task,
         Some(n) => match reader::string(n, "order_by", d) {
             None => OrderBy::Task,
@@ -341,14 +415,22 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
                 }
             }
         },
-    };
+    }
+}
 
+fn send_steps(
+    r: &mut MapReader<'_>,
+    label: &str,
+    what: &str,
+    ctx: &mut Ctx<'_>,
+    d: &mut Diagnostics,
+) -> Vec<SendStep> {
     let mut send = Vec::new();
     if let Some(s) = r.require("send", d) {
         match &s.value {
             Value::Seq(steps) if !steps.is_empty() => {
                 for (i, step) in steps.iter().enumerate() {
-                    if let Some(st) = compile_step(&label, i, step, ctx, d) {
+                    if let Some(st) = compile_step(label, i, step, ctx, d) {
                         send.push(st);
                     }
                 }
@@ -359,36 +441,22 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
             ),
         }
     }
-    r.finish(d);
+    send
+}
 
-    if source_kind.as_deref() == Some("clickup") {
-        for step in &send {
-            if ctx.declared.targets.get(&step.target).map(String::as_str) == Some("clickup") {
-                d.warning(
-                    step.pos,
-                    format!(
-                        "{what} sends from a clickup source to clickup target \"{}\": the change comes back as a webhook and can loop; narrow `when` so the echo does not match",
-                        step.target
-                    ),
-                );
-            }
+/// A clickup source that sends to a clickup target can hear its own change.
+fn warn_clickup_loop(what: &str, send: &[SendStep], declared: &Declared, d: &mut Diagnostics) {
+    for step in send {
+        if declared.targets.get(&step.target).map(String::as_str) == Some("clickup") {
+            d.warning(
+                step.pos,
+                format!(
+                    "{what} sends from a clickup source to clickup target \"{}\": the change comes back as a webhook and can loop; narrow `when` so the echo does not match",
+                    step.target
+                ),
+            );
         }
     }
-
-    Some(Route {
-        name: name?,
-        source: source?.0,
-        events,
-        matches,
-        any,
-        task,
-        enrich_task,
-        enrich_via,
-        extract,
-        send,
-        order_by,
-        pos: node.pos,
-    })
 }
 
 fn clickup_targets(declared: &Declared) -> Vec<&str> {
