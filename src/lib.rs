@@ -16,8 +16,9 @@
 //!   commit.
 //! - [`route`]: the router worker; pure matching and extraction.
 //! - [`transform`]: JSONPath, Handlebars and the template helpers.
-//! - [`deliver`]: the delivery worker; requests per target, the retry
-//!   decision (`classify`).
+//! - [`targets`]: one module per target type (Slack, HTTP, Jira, ClickUp):
+//!   its keys, its send steps, its requests and the quirks of its API.
+//! - [`deliver`]: the delivery worker; the retry decision (`classify`).
 //! - [`admin`]: health, readiness and the admin API; [`console`]: the web
 //!   console beside it; [`metrics`]: the one registry everything counts on.
 //! - [`simulate`]: what routes.yaml does with one event, offline, through
@@ -46,6 +47,7 @@ pub mod routes_file;
 pub mod settings;
 pub mod simulate;
 pub mod store;
+pub mod targets;
 pub mod telemetry;
 pub mod tls;
 pub mod transform;

@@ -11,11 +11,11 @@
 //! result is typed ([`Simulation`]); its JSON form masks secrets.
 
 use crate::deliver::render_context;
-use crate::deliver::request::{PlannedRequest, RenderedStep, plan, render_step};
 use crate::ids::{DeliveryId, EventId, now_millis};
-use crate::pipeline::{Pipeline, Target, TargetKind};
+use crate::pipeline::{Pipeline, Target};
 use crate::route::{self, Decision};
 use crate::store::{ClaimedDelivery, EventToRoute, NewDelivery};
+use crate::targets::{Plan, PlannedRequest, Render};
 use crate::verify::identify;
 use handlebars::Context;
 use serde_json::{Map, Value, json};
@@ -118,14 +118,9 @@ pub struct StepResult {
 }
 
 /// The requests of one delivery, unmasked, exactly as the worker sends them
-/// (plus the `Idempotency-Key` header it adds to each).
-#[derive(Debug, Clone)]
-pub struct Planned {
-    /// In order.
-    pub requests: Vec<PlannedRequest>,
-    /// What happens after them that depends on an answer (a Jira transition).
-    pub note: Option<String>,
-}
+/// (plus the `Idempotency-Key` header it adds to each), and what happens
+/// after them that depends on an answer (a Jira transition).
+pub type Planned = Plan;
 
 /// What the shown form of a target's requests hides.
 #[derive(Debug, Clone, Default)]
@@ -138,19 +133,9 @@ struct Mask {
 
 impl Mask {
     fn of(target: &Target) -> Mask {
-        match &target.kind {
-            TargetKind::Http { headers, .. } => Mask {
-                secret_headers: headers
-                    .iter()
-                    .map(|(k, _)| k.to_ascii_lowercase())
-                    .collect(),
-                hide_path: false,
-            },
-            TargetKind::SlackWebhook { .. } => Mask {
-                secret_headers: Vec::new(),
-                hide_path: true,
-            },
-            _ => Mask::default(),
+        Mask {
+            secret_headers: target.kind.secret_headers(),
+            hide_path: target.kind.secret_path(),
         }
     }
 }
@@ -294,20 +279,15 @@ fn step_result(
         received_at: event.received_at,
     };
     let outcome = match (step, target) {
-        (Some(step), Some(target)) => {
+        (Some(step), Some(_)) => {
             let ctx = Context::from(render_context(&claimed, payload.clone(), links.clone()));
-            render_step(&pipeline.templates, step, &ctx)
-                .map_err(|e| e.0)
-                .and_then(|r| {
-                    let requests = plan(target, &r, claimed.id.as_str())?;
-                    let note = match r {
-                        RenderedStep::JiraTransition { to, .. } => Some(format!(
-                            "then POST the transition whose target status is \"{to}\", chosen from the answer"
-                        )),
-                        _ => None,
-                    };
-                    Ok(Planned { requests, note })
-                })
+            let render = Render {
+                templates: &pipeline.templates,
+                ctx: &ctx,
+            };
+            step.action
+                .plan(&render, claimed.id.as_str())
+                .map_err(|e| e.to_string())
         }
         (_, None) => Err(format!("unknown target {}", claimed.target)),
         (None, _) => Err(format!(

@@ -2,7 +2,7 @@
 
 use super::outln;
 use crate::clickup::{ClickUpApi, NewWebhook};
-use crate::pipeline::{Pipeline, TargetKind};
+use crate::pipeline::{Endpoint, Pipeline};
 use crate::verify::Secret;
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
@@ -84,7 +84,7 @@ fn api(creds: &Credentials, pipeline: Option<&Pipeline>) -> anyhow::Result<Click
         let clickups: Vec<_> = p
             .targets
             .values()
-            .filter(|t| matches!(t.kind, TargetKind::ClickUp { .. }))
+            .filter(|t| matches!(t.kind, Endpoint::ClickUp(_)))
             .collect();
         let chosen = match &creds.target {
             Some(name) => clickups.into_iter().find(|t| &t.name == name),
@@ -92,9 +92,7 @@ fn api(creds: &Credentials, pipeline: Option<&Pipeline>) -> anyhow::Result<Click
             None => None,
         };
         match chosen.map(|t| &t.kind) {
-            Some(TargetKind::ClickUp { token, base_url }) => {
-                Some((token.clone(), base_url.clone()))
-            }
+            Some(Endpoint::ClickUp(api)) => Some((api.token.clone(), api.base_url.clone())),
             _ => None,
         }
     });

@@ -1,9 +1,12 @@
 //! ClickUp's webhook API: list, create, delete, reactivate. Used by the
-//! `clickup webhooks` commands and the health watch.
+//! `clickup webhooks` commands and the health watch. The requests are those
+//! of the one ClickUp client, [`crate::targets::clickup::Api`].
 
 pub mod watch;
 
-use crate::deliver::targets::clickup::authorization;
+use crate::targets::PlannedRequest;
+use crate::targets::clickup::{Api, api_error};
+use crate::targets::request::{self, RequestError, SendError};
 use crate::verify::Secret;
 use serde_json::{Value, json};
 
@@ -98,16 +101,21 @@ pub enum ClickUpError {
     /// No answer.
     #[error("cannot reach ClickUp: {0}")]
     Transport(String),
+    /// The request cannot be built.
+    #[error("cannot call ClickUp: {0}; check --base-url or the target's base_url")]
+    Request(#[from] RequestError),
     /// An answer of an unexpected shape.
     #[error("unexpected answer from ClickUp: {0}")]
     BadAnswer(String),
 }
 
-/// A client of ClickUp's API for one token.
+/// The most of an answer read (a team's list of webhooks can be long).
+const READ_BYTES: usize = 4 * 1024 * 1024;
+
+/// ClickUp's webhook calls for one token, sent and read.
 pub struct ClickUpApi {
     client: reqwest::Client,
-    base_url: String,
-    token: Secret,
+    api: Api,
 }
 
 impl ClickUpApi {
@@ -115,68 +123,47 @@ impl ClickUpApi {
     pub fn new(client: reqwest::Client, base_url: &str, token: Secret) -> Self {
         ClickUpApi {
             client,
-            base_url: base_url.trim_end_matches('/').to_owned(),
-            token,
+            api: Api::new(base_url, token),
         }
     }
 
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, ClickUpError> {
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.base_url))
-            .header("Authorization", authorization(&self.token))
-            .timeout(std::time::Duration::from_secs(30));
-        if let Some(b) = body {
-            req = req.json(&b);
+    async fn call(&self, req: Result<PlannedRequest, RequestError>) -> Result<Value, ClickUpError> {
+        let timeout = std::time::Duration::from_secs(30);
+        let reply = request::send(&self.client, &req?, None, timeout, READ_BYTES)
+            .await
+            .map_err(|e| {
+                let cause = match &e {
+                    SendError::Transport { error, .. } => crate::errors::root_cause(error),
+                    SendError::Build(_) => e.to_string(),
+                };
+                ClickUpError::Transport(format!(
+                    "{cause} at {}; check the network, or the target's base_url",
+                    self.api.base_url
+                ))
+            })?;
+        if reply.ok() {
+            return Ok(reply.json());
         }
-        let resp = req.send().await.map_err(|e| {
-            ClickUpError::Transport(format!(
-                "{} at {}; check the network, or the target's base_url",
-                crate::errors::root_cause(&e),
-                self.base_url
-            ))
-        })?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await.map_err(|e| {
-            ClickUpError::Transport(format!(
-                "{} at {}; check the network, or the target's base_url",
-                crate::errors::root_cause(&e),
-                self.base_url
-            ))
-        })?;
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        if (200..300).contains(&status) {
-            return Ok(v);
-        }
-        let ecode = v.get("ECODE").and_then(Value::as_str).unwrap_or_default();
-        if ecode == "OAUTH_171" {
+        let error = api_error(&reply.body);
+        if error.as_ref().and_then(|e| e.ecode.as_deref()) == Some("OAUTH_171") {
             return Err(ClickUpError::AlreadyExists);
         }
-        let message = match v.get("err").and_then(Value::as_str) {
-            Some(err) if !ecode.is_empty() => format!("{err} ({ecode})"),
-            Some(err) => err.to_owned(),
-            None => crate::transform::helpers::truncate_chars(&text, 300),
+        let message = match error {
+            Some(e) => e.to_string(),
+            None => crate::transform::helpers::truncate_chars(
+                &String::from_utf8_lossy(&reply.body),
+                300,
+            ),
         };
-        Err(ClickUpError::Http { status, message })
+        Err(ClickUpError::Http {
+            status: reply.status,
+            message,
+        })
     }
 
     /// GET /team/{team_id}/webhook.
     pub async fn list_webhooks(&self, team_id: &str) -> Result<Vec<Webhook>, ClickUpError> {
-        let v = self
-            .call(
-                reqwest::Method::GET,
-                &format!(
-                    "/team/{}/webhook",
-                    crate::transform::render::percent_encode(team_id)
-                ),
-                None,
-            )
-            .await?;
+        let v = self.call(self.api.list_webhooks(team_id)).await?;
         let list = v
             .get("webhooks")
             .and_then(Value::as_array)
@@ -208,16 +195,7 @@ impl ClickUpApi {
                 };
             }
         }
-        let v = self
-            .call(
-                reqwest::Method::POST,
-                &format!(
-                    "/team/{}/webhook",
-                    crate::transform::render::percent_encode(team_id)
-                ),
-                Some(body),
-            )
-            .await?;
+        let v = self.call(self.api.create_webhook(team_id, body)).await?;
         v.get("webhook")
             .and_then(Webhook::from_json)
             .ok_or_else(|| ClickUpError::BadAnswer("no \"webhook\" in the answer".into()))
@@ -225,13 +203,7 @@ impl ClickUpApi {
 
     /// DELETE /webhook/{id}.
     pub async fn delete_webhook(&self, id: &str) -> Result<(), ClickUpError> {
-        self.call(
-            reqwest::Method::DELETE,
-            &format!("/webhook/{}", crate::transform::render::percent_encode(id)),
-            None,
-        )
-        .await
-        .map(|_| ())
+        self.call(self.api.delete_webhook(id)).await.map(|_| ())
     }
 
     /// PUT /webhook/{id} with status active (keeping its endpoint and events).
@@ -242,16 +214,7 @@ impl ClickUpApi {
             json!(hook.events)
         };
         let body = json!({ "endpoint": hook.endpoint, "events": events, "status": "active" });
-        let v = self
-            .call(
-                reqwest::Method::PUT,
-                &format!(
-                    "/webhook/{}",
-                    crate::transform::render::percent_encode(&hook.id)
-                ),
-                Some(body),
-            )
-            .await?;
+        let v = self.call(self.api.update_webhook(&hook.id, body)).await?;
         v.get("webhook")
             .and_then(Webhook::from_json)
             .ok_or_else(|| ClickUpError::BadAnswer("no \"webhook\" in the answer".into()))

@@ -6,7 +6,7 @@
 
 use super::{ClickUpApi, Webhook};
 use crate::metrics::{Metrics, WebhookLabels};
-use crate::pipeline::{Live, Pipeline, TargetKind};
+use crate::pipeline::{Endpoint, Live, Pipeline};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,12 +60,10 @@ impl Watch {
     pub async fn poll(&mut self, pipeline: &Pipeline, client: &reqwest::Client, metrics: &Metrics) {
         for source in pipeline.sources.values() {
             let Some(w) = &source.watch else { continue };
-            let Some(TargetKind::ClickUp { token, base_url }) =
-                pipeline.targets.get(&w.via).map(|t| &t.kind)
-            else {
+            let Some(Endpoint::ClickUp(api)) = pipeline.targets.get(&w.via).map(|t| &t.kind) else {
                 continue;
             };
-            let api = ClickUpApi::new(client.clone(), base_url, token.clone());
+            let api = ClickUpApi::new(client.clone(), &api.base_url, api.token.clone());
             let hooks = match api.list_webhooks(&w.team_id).await {
                 Ok(h) => h,
                 Err(e) => {

@@ -25,6 +25,12 @@ pub enum Answer {
         /// What happened.
         message: String,
     },
+    /// Nothing was sent because something of ours failed for a while (the
+    /// store could not be read): retried, whatever the budget, never dead.
+    Unavailable {
+        /// What failed.
+        message: String,
+    },
     /// The request could not be built (render error, bad header, ...).
     Invalid {
         /// Why.
@@ -81,21 +87,37 @@ fn retryable_status(status: u16) -> bool {
     matches!(status, 408 | 425 | 429) || (500..=599).contains(&status)
 }
 
-/// Decides what to do after attempt `n` (from 1) got `answer`.
-pub fn classify(
-    answer: &Answer,
-    n: u32,
-    policy: &RetryPolicy,
-    now: std::time::SystemTime,
-    jitter: f64,
-) -> Outcome {
-    let (reason, asked) = match answer {
-        Answer::Invalid { message } => {
-            return Outcome::Dead {
-                reason: message.clone(),
-            };
+/// What an answer says by itself, before the retry budget.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Done.
+    Delivered,
+    /// Worth trying again, after the wait the target asked for if it did.
+    Retryable {
+        /// Why this attempt failed.
+        reason: String,
+        /// `Retry-After` / `X-RateLimit-Reset`, capped at [`MAX_TARGET_WAIT`].
+        asked: Option<Duration>,
+    },
+    /// Never worth trying again.
+    Dead {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The status table: which answers are delivered, retryable or dead, and
+/// the wait a retryable one asks for. Enrichment's task fetch uses it too
+/// (the router applies the retry budget there).
+pub fn judge(answer: &Answer, now: std::time::SystemTime) -> Verdict {
+    let retryable = |reason: String, asked| Verdict::Retryable { reason, asked };
+    match answer {
+        Answer::Invalid { message } => Verdict::Dead {
+            reason: message.clone(),
+        },
+        Answer::Transport { message } | Answer::Unavailable { message } => {
+            retryable(message.clone(), None)
         }
-        Answer::Transport { message } => (message.clone(), None),
         Answer::Response {
             status,
             retry_after,
@@ -111,24 +133,37 @@ pub fn classify(
             };
             if (200..300).contains(status) {
                 match slack_error.as_deref() {
-                    None => return Outcome::Delivered,
-                    Some("ratelimited") => ("slack error: ratelimited".to_owned(), asked()),
-                    Some(e) => {
-                        return Outcome::Dead {
-                            reason: format!("slack error: {e}"),
-                        };
-                    }
+                    None => Verdict::Delivered,
+                    Some("ratelimited") => retryable("slack error: ratelimited".into(), asked()),
+                    Some(e) => Verdict::Dead {
+                        reason: format!("slack error: {e}"),
+                    },
                 }
             } else if retryable_status(*status) {
-                (format!("HTTP {status}"), asked())
+                retryable(format!("HTTP {status}"), asked())
             } else {
-                return Outcome::Dead {
+                Verdict::Dead {
                     reason: format!("HTTP {status}"),
-                };
+                }
             }
         }
+    }
+}
+
+/// Decides what to do after attempt `n` (from 1) got `answer`.
+pub fn classify(
+    answer: &Answer,
+    n: u32,
+    policy: &RetryPolicy,
+    now: std::time::SystemTime,
+    jitter: f64,
+) -> Outcome {
+    let (reason, asked) = match judge(answer, now) {
+        Verdict::Delivered => return Outcome::Delivered,
+        Verdict::Dead { reason } => return Outcome::Dead { reason },
+        Verdict::Retryable { reason, asked } => (reason, asked),
     };
-    if n >= policy.attempts {
+    if n >= policy.attempts && !matches!(answer, Answer::Unavailable { .. }) {
         return Outcome::Dead {
             reason: format!("{reason}; gave up after {n} attempts"),
         };
@@ -199,6 +234,23 @@ mod tests {
                 },
                 1,
                 dead("render error"),
+            ),
+            (
+                Answer::Unavailable {
+                    message: "store down".into(),
+                },
+                1,
+                retry("store down"),
+            ),
+            (
+                Answer::Unavailable {
+                    message: "store down".into(),
+                },
+                5,
+                Outcome::Retry {
+                    after: Duration::from_secs(32),
+                    reason: "store down".into(),
+                },
             ),
             (
                 Answer::Response {

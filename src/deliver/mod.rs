@@ -9,8 +9,6 @@
 pub mod classify;
 pub mod execute;
 pub mod limits;
-pub mod request;
-pub mod targets;
 
 use crate::ids::now_millis;
 use crate::metrics::Metrics;
@@ -342,20 +340,27 @@ async fn attempt_one(shared: &Shared, d: ClaimedDelivery, limits: Arc<TargetLimi
         .find(|r| r.name == d.route)
         .and_then(|r| r.send.get(d.step as usize));
     // Read the task's links only for a step whose templates mention them.
+    // A store that cannot be read is a reason to try again, never "no
+    // links" (the render would fail and the delivery be dead).
     let links = match (&task_id, step.is_some_and(|s| s.uses_links)) {
-        (Some(t), true) => shared.store.links(t).await.unwrap_or_default(),
-        _ => serde_json::Map::new(),
+        (Some(t), true) => shared.store.links(t).await,
+        _ => Ok(serde_json::Map::new()),
     };
-    limits.ready().await;
-    let started = Instant::now();
-    let result = execute::attempt(
-        &shared.client,
-        &pipeline,
-        &d,
-        render_context(&d, event, links),
-    )
-    .await;
-    let duration = started.elapsed();
+    let (result, duration) = match links {
+        Ok(links) => {
+            limits.ready().await;
+            let started = Instant::now();
+            let ctx = render_context(&d, event, links);
+            let result = execute::attempt(&shared.client, &pipeline, &d, ctx).await;
+            (result, started.elapsed())
+        }
+        Err(e) => (
+            execute::AttemptResult::unavailable(format!(
+                "cannot read the task's links from the store: {e}"
+            )),
+            Duration::ZERO,
+        ),
+    };
     let policy = pipeline
         .targets
         .get(&d.target)

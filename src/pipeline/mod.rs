@@ -7,7 +7,7 @@
 //! the pipeline in force in one [`Live`] handle, which also reloads it.
 
 pub mod live;
-pub mod reader;
+pub use crate::routes_file::reader;
 pub mod routes;
 pub mod sources;
 pub mod targets;
@@ -23,7 +23,7 @@ use std::path::Path;
 pub use live::{Live, Reloaded};
 pub use routes::{Action, Body, BodyNode, Condition, EventPattern, Op, OrderBy, Route, SendStep};
 pub use sources::{Source, Watch};
-pub use targets::{RateLimit, RetryPolicy, Target, TargetKind};
+pub use targets::{Endpoint, RateLimit, RetryPolicy, Target};
 
 /// A routes file that cannot be used: every problem in it.
 #[derive(Debug, thiserror::Error)]
@@ -268,6 +268,7 @@ fn compile_tree(root: &Node, templates_dir: &Path, d: &mut Diagnostics) -> Optio
     let mut templates = Templates::new();
     let mut ctx = routes::Ctx {
         declared: &declared,
+        targets: &targets,
         templates: &mut templates,
         templates_dir,
     };

@@ -2,8 +2,11 @@
 
 use super::reader::{self, MapReader};
 use super::sources::path;
+use super::targets::Target;
 use crate::routes_file::diag::{Diagnostics, suggestion};
 use crate::routes_file::yaml::{Node, Pos, Value};
+pub use crate::targets::{Action, Body, BodyNode, link_names};
+use crate::targets::{Endpoint, StepBuilder};
 use crate::transform::jsonpath::JsonPath;
 use crate::transform::render::{Kind, TemplateId, Templates};
 use std::collections::BTreeMap;
@@ -73,119 +76,12 @@ pub struct Condition {
     pub pos: Pos,
 }
 
-/// A request body.
-#[derive(Debug, Clone)]
-pub enum Body {
-    /// A YAML structure whose string leaves are templates.
-    Json(BodyNode),
-    /// A whole-body template file from `templates/`.
-    File(TemplateId),
-}
-
-/// A node of a structured body.
-#[derive(Debug, Clone)]
-pub enum BodyNode {
-    /// A string leaf, rendered.
-    Template(TemplateId),
-    /// A non-string leaf, copied as is.
-    Literal(serde_json::Value),
-    /// A list.
-    Array(Vec<BodyNode>),
-    /// A mapping, in file order.
-    Object(Vec<(String, BodyNode)>),
-}
-
-/// What a send step does, per target type.
-#[derive(Debug, Clone)]
-pub enum Action {
-    /// Slack: a text message, or a full payload.
-    Slack {
-        /// `text`.
-        text: Option<TemplateId>,
-        /// `body` or `template`.
-        body: Option<Body>,
-    },
-    /// Generic HTTP.
-    Http {
-        /// Overrides the target's method.
-        method: Option<String>,
-        /// Appended to the target URL (rendered values are percent-encoded).
-        path: Option<TemplateId>,
-        /// Extra headers.
-        headers: Vec<(String, TemplateId)>,
-        /// Query parameters.
-        query: Vec<(String, TemplateId)>,
-        /// `body` or `template`.
-        body: Option<Body>,
-    },
-    /// Jira: create an issue.
-    JiraCreateIssue {
-        /// Project key.
-        project: TemplateId,
-        /// Issue type name.
-        issue_type: TemplateId,
-        /// Summary.
-        summary: TemplateId,
-        /// Description text, sent as ADF.
-        description: Option<TemplateId>,
-        /// Labels.
-        labels: Vec<TemplateId>,
-        /// Extra fields.
-        fields: Option<BodyNode>,
-    },
-    /// Jira: comment on an issue.
-    JiraComment {
-        /// Issue key.
-        issue: TemplateId,
-        /// Text, sent as ADF.
-        text: TemplateId,
-    },
-    /// Jira: move an issue to a status.
-    JiraTransition {
-        /// Issue key.
-        issue: TemplateId,
-        /// Name of the status to reach.
-        to: TemplateId,
-    },
-    /// ClickUp: update a task.
-    ClickUpUpdateTask {
-        /// Task id.
-        task_id: TemplateId,
-        /// New status.
-        status: Option<TemplateId>,
-        /// New name.
-        name: Option<TemplateId>,
-        /// New priority.
-        priority: Option<BodyNode>,
-        /// Custom field id -> value.
-        fields: Vec<(String, BodyNode)>,
-    },
-    /// ClickUp: comment on a task.
-    ClickUpComment {
-        /// Task id.
-        task_id: TemplateId,
-        /// Comment text.
-        text: TemplateId,
-    },
-    /// ClickUp: create a task in a list.
-    ClickUpCreateTask {
-        /// List id.
-        list_id: TemplateId,
-        /// Task name.
-        name: TemplateId,
-        /// Description.
-        description: Option<TemplateId>,
-        /// Status.
-        status: Option<TemplateId>,
-    },
-}
-
 /// One `send` step.
 #[derive(Debug, Clone)]
 pub struct SendStep {
     /// Target name.
     pub target: String,
-    /// What to do.
+    /// What to do, bound to its target.
     pub action: Action,
     /// Store what the target created under this link name.
     pub remember: Option<String>,
@@ -239,40 +135,12 @@ pub enum OrderBy {
     Off,
 }
 
-/// The `links.NAME` names a template source reads; `*` when it mentions
-/// `links` other than as `links.NAME` (e.g. `{{#each links}}`).
-pub fn link_names(src: &str) -> std::collections::BTreeSet<String> {
-    let mut out = std::collections::BTreeSet::new();
-    let mut rest = src;
-    while let Some(i) = rest.find("links") {
-        let before = rest[..i].chars().next_back();
-        let after = &rest[i + "links".len()..];
-        rest = after;
-        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
-            continue; // part of another name (e.g. `mylinks`, `event.links`)
-        }
-        if after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
-            continue;
-        }
-        let name: String = after
-            .strip_prefix('.')
-            .unwrap_or("")
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        out.insert(if name.is_empty() {
-            "*".to_owned()
-        } else {
-            name
-        });
-    }
-    out
-}
-
 /// Everything a route compiler needs besides the node.
 pub struct Ctx<'a> {
     /// Declared names.
     pub declared: &'a Declared,
+    /// The targets that compiled (a step is bound to its target's endpoint).
+    pub targets: &'a BTreeMap<String, Target>,
     /// Template registry being filled.
     pub templates: &'a mut Templates,
     /// The templates folder.
@@ -328,11 +196,48 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
     r.set_what(what.clone());
     let source_node = r.require("source", d);
     let source = source_node.and_then(|n| reader::string(n, "source", d).map(|s| (s, n.pos)));
-    let source_kind = match &source {
-        Some((s, pos)) => match ctx.declared.sources.get(s) {
+    let source_kind = source_kind(source.as_ref(), ctx.declared, d);
+    let When {
+        events,
+        matches,
+        any,
+        task,
+    } = when(&mut r, &what, source_kind.as_deref(), d);
+    let (enrich_task, enrich_via) = enrichment(&mut r, &what, !task.is_empty(), ctx.declared, d);
+    let extract = extract(&mut r, d);
+    let order_by = order_by(&mut r, &label, &what, ctx, d);
+    let send = send_steps(&mut r, &label, &what, ctx, d);
+    r.finish(d);
+    if source_kind.as_deref() == Some("clickup") {
+        warn_clickup_loop(&what, &send, ctx.declared, d);
+    }
+    Some(Route {
+        name: name?,
+        source: source?.0,
+        events,
+        matches,
+        any,
+        task,
+        enrich_task,
+        enrich_via,
+        extract,
+        send,
+        order_by,
+        pos: node.pos,
+    })
+}
+
+/// The `verify:` kind of the route's source, or an error naming it.
+fn source_kind(
+    source: Option<&(String, Pos)>,
+    declared: &Declared,
+    d: &mut Diagnostics,
+) -> Option<String> {
+    match source {
+        Some((s, pos)) => match declared.sources.get(s) {
             Some(kind) => Some(kind.clone()),
             None => {
-                let known: Vec<&str> = ctx.declared.sources.keys().map(String::as_str).collect();
+                let known: Vec<&str> = declared.sources.keys().map(String::as_str).collect();
                 d.error(
                     *pos,
                     format!("unknown source \"{s}\"{}", suggestion(s, &known, "sources")),
@@ -341,8 +246,18 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
             }
         },
         None => None,
-    };
+    }
+}
 
+/// A route's `when`.
+struct When {
+    events: Vec<EventPattern>,
+    matches: Vec<Condition>,
+    any: Vec<Vec<Condition>>,
+    task: Vec<Condition>,
+}
+
+fn when(r: &mut MapReader<'_>, what: &str, source_kind: Option<&str>, d: &mut Diagnostics) -> When {
     let mut events = Vec::new();
     let mut matches = Vec::new();
     let mut any = Vec::new();
@@ -353,7 +268,7 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
         if let Some(e) = w.take("event") {
             for (pat, pos) in reader::string_or_list(e, "event", d) {
                 let pattern = event_pattern(&pat, pos, d);
-                if source_kind.as_deref() == Some("clickup")
+                if source_kind == Some("clickup")
                     && let Some(p) = &pattern
                 {
                     warn_unknown_clickup_event(p, pos, d);
@@ -384,9 +299,24 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
         }
         w.finish(d);
     }
-    let events: Vec<EventPattern> = events.into_iter().flatten().collect();
+    When {
+        events: events.into_iter().flatten().collect(),
+        matches,
+        any,
+        task,
+    }
+}
 
-    let mut enrich_task = !task.is_empty();
+/// `enrich` and `enrich_via`: whether the task is fetched, and through which
+/// clickup target.
+fn enrichment(
+    r: &mut MapReader<'_>,
+    what: &str,
+    task_conditions: bool,
+    declared: &Declared,
+    d: &mut Diagnostics,
+) -> (bool, Option<String>) {
+    let mut enrich_task = task_conditions;
     if let Some(e) = r.take("enrich") {
         for (what_enrich, pos) in reader::string_or_list(e, "enrich", d) {
             if what_enrich == "task" {
@@ -404,14 +334,14 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
     if let Some(n) = enrich_via_node
         && let Some(t) = reader::string(n, "enrich_via", d)
     {
-        match ctx.declared.targets.get(&t).map(String::as_str) {
+        match declared.targets.get(&t).map(String::as_str) {
             Some("clickup") => enrich_via = Some(t),
             Some(other) => d.error(
                 n.pos,
                 format!("enrich_via \"{t}\" is a {other} target; it must name a clickup target"),
             ),
             None => {
-                let known = clickup_targets(ctx.declared);
+                let known = clickup_targets(declared);
                 d.error(
                     n.pos,
                     format!(
@@ -423,7 +353,7 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
         }
     }
     if enrich_task && enrich_via.is_none() && enrich_via_node.is_none() {
-        let clickups = clickup_targets(ctx.declared);
+        let clickups = clickup_targets(declared);
         match clickups.as_slice() {
             [one] => enrich_via = Some((*one).to_owned()),
             [] => d.error(r.pos(), format!("{what} enriches the task but no clickup target is defined to fetch it")),
@@ -433,7 +363,10 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
             ),
         }
     }
+    (enrich_task, enrich_via)
+}
 
+fn extract(r: &mut MapReader<'_>, d: &mut Diagnostics) -> Vec<(String, JsonPath)> {
     let mut extract = Vec::new();
     if let Some(x) = r.take("extract") {
         for (k, key, v) in reader::entries(x, "extract", d) {
@@ -456,8 +389,17 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
             }
         }
     }
+    extract
+}
 
-    let order_by = match r.take("order_by") {
+fn order_by(
+    r: &mut MapReader<'_>,
+    label: &str,
+    what: &str,
+    ctx: &mut Ctx<'_>,
+    d: &mut Diagnostics,
+) -> OrderBy {
+    match r.take("order_by") {
         None => OrderBy::Task,
         Some(n) => match reader::string(n, "order_by", d) {
             None => OrderBy::Task,
@@ -473,14 +415,22 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
                 }
             }
         },
-    };
+    }
+}
 
+fn send_steps(
+    r: &mut MapReader<'_>,
+    label: &str,
+    what: &str,
+    ctx: &mut Ctx<'_>,
+    d: &mut Diagnostics,
+) -> Vec<SendStep> {
     let mut send = Vec::new();
     if let Some(s) = r.require("send", d) {
         match &s.value {
             Value::Seq(steps) if !steps.is_empty() => {
                 for (i, step) in steps.iter().enumerate() {
-                    if let Some(st) = compile_step(&label, i, step, ctx, d) {
+                    if let Some(st) = compile_step(label, i, step, ctx, d) {
                         send.push(st);
                     }
                 }
@@ -491,36 +441,22 @@ fn compile_one(index: usize, node: &Node, ctx: &mut Ctx<'_>, d: &mut Diagnostics
             ),
         }
     }
-    r.finish(d);
+    send
+}
 
-    if source_kind.as_deref() == Some("clickup") {
-        for step in &send {
-            if ctx.declared.targets.get(&step.target).map(String::as_str) == Some("clickup") {
-                d.warning(
-                    step.pos,
-                    format!(
-                        "{what} sends from a clickup source to clickup target \"{}\": the change comes back as a webhook and can loop; narrow `when` so the echo does not match",
-                        step.target
-                    ),
-                );
-            }
+/// A clickup source that sends to a clickup target can hear its own change.
+fn warn_clickup_loop(what: &str, send: &[SendStep], declared: &Declared, d: &mut Diagnostics) {
+    for step in send {
+        if declared.targets.get(&step.target).map(String::as_str) == Some("clickup") {
+            d.warning(
+                step.pos,
+                format!(
+                    "{what} sends from a clickup source to clickup target \"{}\": the change comes back as a webhook and can loop; narrow `when` so the echo does not match",
+                    step.target
+                ),
+            );
         }
     }
-
-    Some(Route {
-        name: name?,
-        source: source?.0,
-        events,
-        matches,
-        any,
-        task,
-        enrich_task,
-        enrich_via,
-        extract,
-        send,
-        order_by,
-        pos: node.pos,
-    })
 }
 
 fn clickup_targets(declared: &Declared) -> Vec<&str> {
@@ -713,168 +649,6 @@ fn operator(key: &Node, val: &Node, d: &mut Diagnostics) -> Option<Op> {
     })
 }
 
-/// Compiles template strings and bodies of one step.
-struct StepBuilder<'c, 'a> {
-    ctx: &'c mut Ctx<'a>,
-    prefix: String,
-    uses_links: bool,
-    links: std::collections::BTreeSet<String>,
-}
-
-impl StepBuilder<'_, '_> {
-    fn tpl(&mut self, node: &Node, key: &str, d: &mut Diagnostics) -> Option<TemplateId> {
-        self.tpl_kind(node, key, Kind::Plain, d)
-    }
-
-    fn tpl_kind(
-        &mut self,
-        node: &Node,
-        key: &str,
-        kind: Kind,
-        d: &mut Diagnostics,
-    ) -> Option<TemplateId> {
-        let src = reader::string(node, key, d)?;
-        self.uses_links |= src.contains("links");
-        self.links.extend(link_names(&src));
-        let name = format!("{}.{key}@{}:{}", self.prefix, node.pos.line, node.pos.col);
-        match self.ctx.templates.add(&name, &src, kind) {
-            Ok(id) => Some(id),
-            Err(e) => {
-                d.error(node.pos, e);
-                None
-            }
-        }
-    }
-
-    fn opt(
-        &mut self,
-        r: &mut MapReader<'_>,
-        key: &'static str,
-        d: &mut Diagnostics,
-    ) -> Option<TemplateId> {
-        let n = r.take(key)?;
-        self.tpl(n, key, d)
-    }
-
-    fn req(
-        &mut self,
-        r: &mut MapReader<'_>,
-        key: &'static str,
-        d: &mut Diagnostics,
-    ) -> Option<TemplateId> {
-        let n = r.require(key, d)?;
-        self.tpl(n, key, d)
-    }
-
-    fn body_node(&mut self, node: &Node, key: &str, d: &mut Diagnostics) -> Option<BodyNode> {
-        Some(match &node.value {
-            Value::Str(_) => BodyNode::Template(self.tpl_kind(node, key, Kind::Typed, d)?),
-            Value::Seq(items) => {
-                let mut out = Vec::new();
-                for (i, it) in items.iter().enumerate() {
-                    out.push(self.body_node(it, &format!("{key}[{i}]"), d)?);
-                }
-                BodyNode::Array(out)
-            }
-            Value::Map(entries) => {
-                let mut out = Vec::new();
-                for (k, v) in entries {
-                    let Some(ks) = k.scalar_text() else {
-                        d.error(k.pos, "body keys must be strings");
-                        continue;
-                    };
-                    out.push((ks.clone(), self.body_node(v, &format!("{key}.{ks}"), d)?));
-                }
-                BodyNode::Object(out)
-            }
-            _ => BodyNode::Literal(node.to_json()),
-        })
-    }
-
-    fn file(&mut self, node: &Node, d: &mut Diagnostics) -> Option<TemplateId> {
-        let name = reader::string(node, "template", d)?;
-        if name.contains("..") || Path::new(&name).is_absolute() {
-            d.error(
-                node.pos,
-                format!("template \"{name}\" must be a file name inside the templates folder"),
-            );
-            return None;
-        }
-        let full = self.ctx.templates_dir.join(&name);
-        let src = match std::fs::read_to_string(&full) {
-            Ok(s) => s,
-            Err(e) => {
-                d.error(
-                    node.pos,
-                    format!("template file {} cannot be read: {e}", full.display()),
-                );
-                return None;
-            }
-        };
-        self.uses_links |= src.contains("links");
-        self.links.extend(link_names(&src));
-        let id = format!("file:{name}");
-        if self.ctx.templates.has(&id, Kind::JsonFile) {
-            return Some(TemplateId {
-                name: id,
-                kind: Kind::JsonFile,
-            });
-        }
-        match self.ctx.templates.add(&id, &src, Kind::JsonFile) {
-            Ok(id) => Some(id),
-            Err(e) => {
-                d.error(node.pos, format!("{}: {e}", full.display()));
-                None
-            }
-        }
-    }
-
-    /// `body:` or `template:`, at most one.
-    fn body(&mut self, r: &mut MapReader<'_>, d: &mut Diagnostics) -> Option<Body> {
-        let body = r.take("body");
-        let file = r.take("template");
-        match (body, file) {
-            (Some(b), Some(_)) => {
-                d.error(b.pos, "give either body or template, not both");
-                None
-            }
-            (Some(b), None) => self.body_node(b, "body", d).map(Body::Json),
-            (None, Some(f)) => self.file(f, d).map(Body::File),
-            (None, None) => None,
-        }
-    }
-
-    fn string_map(
-        &mut self,
-        node: &Node,
-        what: &str,
-        d: &mut Diagnostics,
-    ) -> Vec<(String, TemplateId)> {
-        reader::entries(node, what, d)
-            .into_iter()
-            .filter_map(|(k, _, v)| {
-                self.tpl(v, &format!("{what}.{k}"), d)
-                    .map(|t| (k.to_owned(), t))
-            })
-            .collect()
-    }
-}
-
-fn action_name(r: &mut MapReader<'_>, allowed: &[&str], d: &mut Diagnostics) -> Option<String> {
-    let n = r.require("action", d)?;
-    let a = reader::string(n, "action", d)?;
-    if allowed.contains(&a.as_str()) {
-        Some(a)
-    } else {
-        let hint = suggestion(&a, allowed, "actions");
-        d.error(
-            n.pos,
-            format!("unknown action \"{a}\"{hint} ({})", allowed.join(", ")),
-        );
-        None
-    }
-}
-
 fn compile_step(
     route: &str,
     index: usize,
@@ -901,195 +675,25 @@ fn compile_step(
             None
         }
     });
-    let kind = match (&target, target_node) {
-        (Some(t), Some(tn)) => match ctx.declared.targets.get(t) {
-            Some(k) => Some(k.clone()),
-            None => {
-                let known: Vec<&str> = ctx.declared.targets.keys().map(String::as_str).collect();
-                d.error(
-                    tn.pos,
-                    format!("unknown target \"{t}\"{}", suggestion(t, &known, "targets")),
-                );
-                None
-            }
-        },
-        _ => None,
+    let (Some(target), Some(tn)) = (target, target_node) else {
+        return None;
     };
-    let Some(kind) = kind else {
+    let Some(kind) = ctx.declared.targets.get(&target) else {
+        let known: Vec<&str> = ctx.declared.targets.keys().map(String::as_str).collect();
+        let hint = suggestion(&target, &known, "targets");
+        d.error(tn.pos, format!("unknown target \"{target}\"{hint}"));
         // Without a known target type the other keys cannot be judged, so
         // they are not reported (r.finish is skipped on purpose).
         return None;
     };
-    let mut b = StepBuilder {
-        ctx,
-        prefix: format!("{route}#{}", index + 1),
-        uses_links: false,
-        links: Default::default(),
-    };
-    let action = match kind.as_str() {
-        "slack" => {
-            let text = b.opt(&mut r, "text", d);
-            let text_given = r.key_pos("text").is_some();
-            let body = b.body(&mut r, d);
-            let body_given = r.key_pos("body").is_some() || r.key_pos("template").is_some();
-            match (text_given, body_given) {
-                (false, false) => {
-                    d.error(r.pos(), "a slack step needs text, body or template");
-                    None
-                }
-                (true, true) => {
-                    d.error(
-                        r.pos(),
-                        "a slack step takes text, or body/template, not both",
-                    );
-                    None
-                }
-                _ => Some(Action::Slack { text, body }),
-            }
-        }
-        "http" => {
-            let method = r.take("method").and_then(|n| super::targets::method(n, d));
-            let path = r
-                .take("path")
-                .and_then(|n| b.tpl_kind(n, "path", Kind::UrlPath, d));
-            let headers = r
-                .take("headers")
-                .map(|n| b.string_map(n, "headers", d))
-                .unwrap_or_default();
-            let query = r
-                .take("query")
-                .map(|n| b.string_map(n, "query", d))
-                .unwrap_or_default();
-            let body = b.body(&mut r, d);
-            Some(Action::Http {
-                method,
-                path,
-                headers,
-                query,
-                body,
-            })
-        }
-        "jira" => {
-            match action_name(&mut r, &["create_issue", "comment", "transition"], d).as_deref() {
-                Some("create_issue") => {
-                    let project = b.req(&mut r, "project", d);
-                    let issue_type = b.req(&mut r, "issue_type", d);
-                    let summary = b.req(&mut r, "summary", d);
-                    let description = b.opt(&mut r, "description", d);
-                    let labels = r
-                        .take("labels")
-                        .map(|n| {
-                            reader::string_or_list(n, "label", d)
-                                .into_iter()
-                                .filter_map(|(s, pos)| {
-                                    let node = Node {
-                                        pos,
-                                        value: Value::Str(s),
-                                    };
-                                    b.tpl(&node, "labels", d)
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    let fields = r.take("fields").and_then(|n| b.body_node(n, "fields", d));
-                    match (project, issue_type, summary) {
-                        (Some(project), Some(issue_type), Some(summary)) => {
-                            Some(Action::JiraCreateIssue {
-                                project,
-                                issue_type,
-                                summary,
-                                description,
-                                labels,
-                                fields,
-                            })
-                        }
-                        _ => None,
-                    }
-                }
-                Some("comment") => {
-                    let issue = b.req(&mut r, "issue", d);
-                    let text = b.req(&mut r, "text", d);
-                    Some(Action::JiraComment {
-                        issue: issue?,
-                        text: text?,
-                    })
-                }
-                Some("transition") => {
-                    let issue = b.req(&mut r, "issue", d);
-                    let to = b.req(&mut r, "to", d);
-                    Some(Action::JiraTransition {
-                        issue: issue?,
-                        to: to?,
-                    })
-                }
-                _ => None,
-            }
-        }
-        "clickup" => match action_name(&mut r, &["update_task", "comment", "create_task"], d)
-            .as_deref()
-        {
-            Some("update_task") => {
-                let task_id = b.req(&mut r, "task_id", d);
-                let status = b.opt(&mut r, "status", d);
-                let name = b.opt(&mut r, "name", d);
-                let priority = r
-                    .take("priority")
-                    .and_then(|n| b.body_node(n, "priority", d));
-                let fields = r
-                    .take("fields")
-                    .map(|n| {
-                        reader::entries(n, "fields", d)
-                            .into_iter()
-                            .filter_map(|(k, _, v)| {
-                                b.body_node(v, &format!("fields.{k}"), d)
-                                    .map(|t| (k.to_owned(), t))
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                    .unwrap_or_default();
-                if status.is_none() && name.is_none() && priority.is_none() && fields.is_empty() {
-                    d.error(
-                        r.pos(),
-                        "update_task needs at least one of status, name, priority or fields",
-                    );
-                }
-                Some(Action::ClickUpUpdateTask {
-                    task_id: task_id?,
-                    status,
-                    name,
-                    priority,
-                    fields,
-                })
-            }
-            Some("comment") => {
-                let task_id = b.req(&mut r, "task_id", d);
-                let text = b.req(&mut r, "text", d);
-                Some(Action::ClickUpComment {
-                    task_id: task_id?,
-                    text: text?,
-                })
-            }
-            Some("create_task") => {
-                let list_id = b.req(&mut r, "list_id", d);
-                let name = b.req(&mut r, "name", d);
-                let description = b.opt(&mut r, "description", d);
-                let status = b.opt(&mut r, "status", d);
-                Some(Action::ClickUpCreateTask {
-                    list_id: list_id?,
-                    name: name?,
-                    description,
-                    status,
-                })
-            }
-            _ => None,
-        },
-        _ => None,
-    };
+    let endpoint = ctx.targets.get(&target).map(|t| &t.kind);
+    let prefix = format!("{route}#{}", index + 1);
+    let mut b = StepBuilder::new(ctx.templates, ctx.templates_dir, prefix);
+    let action = Endpoint::compile_step(kind, endpoint, &mut r, &mut b, d);
     r.finish(d);
-    let uses_links = b.uses_links;
-    let reads_links = b.links.into_iter().collect();
+    let (uses_links, reads_links) = b.links();
     Some(SendStep {
-        target: target?,
+        target,
         action: action?,
         remember,
         uses_links,

@@ -1,20 +1,14 @@
-//! `targets:`: where deliveries go, with their limits and retry policy.
+//! `targets:`: where deliveries go, with their limits and retry policy. The
+//! keys of each type are compiled by its module in `crate::targets`.
 
 use super::reader::{self, MapReader};
 use crate::routes_file::diag::{Diagnostics, suggestion};
 use crate::routes_file::yaml::{Node, Pos};
-use crate::verify::Secret;
+pub use crate::targets::jira::JiraAuth;
+use crate::targets::{Definition, TYPES};
+pub use crate::targets::{Endpoint, RateLimit};
 use std::collections::BTreeMap;
 use std::time::Duration;
-
-/// Requests allowed per period.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RateLimit {
-    /// How many requests.
-    pub count: u32,
-    /// Per this period.
-    pub per: Duration,
-}
 
 /// When and how often a failed delivery is tried again.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,108 +28,6 @@ impl Default for RetryPolicy {
             initial: Duration::from_secs(5),
             max: Duration::from_secs(3600),
         }
-    }
-}
-
-/// Jira credentials.
-#[derive(Debug, Clone)]
-pub enum JiraAuth {
-    /// `email` + `api_token`: HTTP Basic.
-    Basic {
-        /// Account e-mail.
-        email: String,
-        /// API token.
-        api_token: Secret,
-    },
-    /// `token`: Bearer (personal access token).
-    Bearer(Secret),
-}
-
-/// What kind of endpoint a target is.
-#[derive(Debug, Clone)]
-pub enum TargetKind {
-    /// A Slack incoming webhook URL.
-    SlackWebhook {
-        /// The hooks.slack.com URL (a secret).
-        webhook_url: Secret,
-    },
-    /// Slack's Web API chat.postMessage.
-    SlackApi {
-        /// Bot token.
-        token: Secret,
-        /// Channel id.
-        channel: String,
-        /// API base, `https://slack.com/api` by default.
-        base_url: String,
-    },
-    /// A Jira Cloud site.
-    Jira {
-        /// `https://acme.atlassian.net`.
-        base_url: String,
-        /// Credentials.
-        auth: JiraAuth,
-    },
-    /// The ClickUp API.
-    ClickUp {
-        /// Personal (`pk_...`) or OAuth token.
-        token: Secret,
-        /// API base including `/api/v2`.
-        base_url: String,
-    },
-    /// Any HTTP endpoint.
-    Http {
-        /// The URL.
-        url: String,
-        /// Default method.
-        method: String,
-        /// Headers sent with every request (values may hold secrets).
-        headers: Vec<(String, Secret)>,
-    },
-}
-
-impl TargetKind {
-    /// The `type:` as written.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            TargetKind::SlackWebhook { .. } | TargetKind::SlackApi { .. } => "slack",
-            TargetKind::Jira { .. } => "jira",
-            TargetKind::ClickUp { .. } => "clickup",
-            TargetKind::Http { .. } => "http",
-        }
-    }
-
-    /// The URL every request of this target starts with. A Slack webhook
-    /// URL is a secret: use it for its host only, never print it.
-    fn base(&self) -> &str {
-        match self {
-            TargetKind::SlackWebhook { webhook_url } => webhook_url.expose(),
-            TargetKind::SlackApi { base_url, .. }
-            | TargetKind::Jira { base_url, .. }
-            | TargetKind::ClickUp { base_url, .. } => base_url,
-            TargetKind::Http { url, .. } => url,
-        }
-    }
-
-    /// Whether requests go to this machine (127.0.0.0/8, ::1, localhost).
-    pub fn is_loopback(&self) -> bool {
-        let Ok(u) = reqwest::Url::parse(self.base()) else {
-            return false;
-        };
-        let host = u.host_str().unwrap_or_default();
-        host.eq_ignore_ascii_case("localhost")
-            || host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-    }
-
-    /// Scheme, host and port, for messages (never the path: a Slack webhook
-    /// URL's path is its secret).
-    pub fn origin(&self) -> String {
-        reqwest::Url::parse(self.base())
-            .map(|u| u.origin().ascii_serialization())
-            .unwrap_or_default()
     }
 }
 
@@ -163,8 +55,8 @@ pub fn warn_loopback(targets: &BTreeMap<String, Target>, d: &mut Diagnostics) {
 pub struct Target {
     /// Its name.
     pub name: String,
-    /// Kind and connection details.
-    pub kind: TargetKind,
+    /// Its type and connection details.
+    pub kind: Endpoint,
     /// Per-request timeout.
     pub timeout: Duration,
     /// Requests per period (per daemon instance).
@@ -176,8 +68,6 @@ pub struct Target {
     /// Where it is defined.
     pub pos: Pos,
 }
-
-const TYPES: &[&str] = &["slack", "jira", "clickup", "http"];
 
 /// Compiles the `targets:` mapping.
 pub fn compile(node: Option<&Node>, d: &mut Diagnostics) -> BTreeMap<String, Target> {
@@ -194,71 +84,6 @@ pub fn compile(node: Option<&Node>, d: &mut Diagnostics) -> BTreeMap<String, Tar
         }
     }
     out
-}
-
-/// Checks that `s` is an absolute http(s) URL and returns it without a trailing `/`.
-pub fn url(node: &Node, what: &str, d: &mut Diagnostics) -> Option<String> {
-    let s = reader::string(node, what, d)?;
-    match reqwest::Url::parse(&s) {
-        Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => {
-            Some(s.trim_end_matches('/').to_owned())
-        }
-        // The value may be a secret (Slack webhook URLs are): never echo it.
-        _ => {
-            d.error(
-                node.pos,
-                format!("{what} must be an absolute http:// or https:// URL"),
-            );
-            None
-        }
-    }
-}
-
-/// Whether a URL's host is this machine (`localhost`, 127.0.0.0/8, `::1`),
-/// where plain http never crosses a network.
-pub fn is_loopback_url(u: &reqwest::Url) -> bool {
-    let Some(host) = u.host_str() else {
-        return false;
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.is_loopback(),
-        Err(_) => {
-            let h = host.to_ascii_lowercase();
-            h == "localhost" || h.ends_with(".localhost")
-        }
-    }
-}
-
-/// A target URL: [`url`], and `https://` unless the host is loopback or the
-/// target sets `allow_http: true` (event data leaves encrypted or not at all).
-fn target_url(node: &Node, what: &str, allow_http: bool, d: &mut Diagnostics) -> Option<String> {
-    let s = url(node, what, d)?;
-    let parsed = reqwest::Url::parse(&s).ok()?;
-    if parsed.scheme() == "http" && !allow_http && !is_loopback_url(&parsed) {
-        // The host is named, never the path (a Slack webhook URL's path is
-        // its secret).
-        d.error(
-            node.pos,
-            format!(
-                "{what} is http:// to {}, so event data would cross the network unencrypted; \
-                 use https://, or set allow_http: true on this target if that network is trusted",
-                parsed.host_str().unwrap_or_default()
-            ),
-        );
-        return None;
-    }
-    Some(s)
-}
-
-fn secret(r: &mut MapReader<'_>, key: &'static str, d: &mut Diagnostics) -> Option<Secret> {
-    let n = r.require(key, d)?;
-    let s = reader::string(n, key, d)?;
-    if s.is_empty() {
-        d.error(n.pos, format!("{key} is empty"));
-        return None;
-    }
-    Some(Secret::new(s))
 }
 
 fn rate_limit(node: &Node, d: &mut Diagnostics) -> Option<RateLimit> {
@@ -320,113 +145,19 @@ fn compile_one(name: &str, node: &Node, d: &mut Diagnostics) -> Option<Target> {
         .take("allow_http")
         .and_then(|n| reader::boolean(n, "allow_http", d))
         .unwrap_or(false);
-    let url = |n: &Node, what: &str, d: &mut Diagnostics| target_url(n, what, allow_http, d);
-    let kind = match type_name.as_deref() {
-        Some("slack") => {
-            r.know(&["webhook_url", "token", "channel", "base_url"]);
-            if r.key_pos("webhook_url").is_some() {
-                let u = r.take("webhook_url").and_then(|n| url(n, "webhook_url", d));
-                u.map(|u| TargetKind::SlackWebhook {
-                    webhook_url: Secret::new(u),
-                })
-            } else if r.key_pos("token").is_some() {
-                let token = secret(&mut r, "token", d);
-                let channel = r
-                    .require("channel", d)
-                    .and_then(|n| reader::string(n, "channel", d));
-                let base_url = match r.take("base_url") {
-                    Some(n) => url(n, "base_url", d),
-                    None => Some("https://slack.com/api".to_owned()),
-                };
-                match (token, channel, base_url) {
-                    (Some(token), Some(channel), Some(base_url)) => Some(TargetKind::SlackApi {
-                        token,
-                        channel,
-                        base_url,
-                    }),
-                    _ => None,
-                }
-            } else {
-                if !r.misspelled("webhook_url") && !r.misspelled("token") {
-                    d.error(
-                        r.pos(),
-                        format!("slack target \"{name}\" needs webhook_url, or token and channel"),
-                    );
-                }
-                None
-            }
+    let kind = match (type_name.as_deref(), type_node) {
+        (Some(t), _) if TYPES.contains(&t) => {
+            Endpoint::compile(t, &mut r, Definition { name, allow_http }, d)
         }
-        Some("jira") => {
-            r.know(&["base_url", "email", "api_token", "token"]);
-            let base_url = r.require("base_url", d).and_then(|n| url(n, "base_url", d));
-            let auth = if r.key_pos("token").is_some() {
-                secret(&mut r, "token", d).map(JiraAuth::Bearer)
-            } else {
-                let email = r
-                    .require("email", d)
-                    .and_then(|n| reader::string(n, "email", d));
-                let api_token = secret(&mut r, "api_token", d);
-                match (email, api_token) {
-                    (Some(email), Some(api_token)) => Some(JiraAuth::Basic { email, api_token }),
-                    _ => None,
-                }
-            };
-            match (base_url, auth) {
-                (Some(base_url), Some(auth)) => Some(TargetKind::Jira { base_url, auth }),
-                _ => None,
-            }
-        }
-        Some("clickup") => {
-            r.know(&["token", "base_url"]);
-            let token = secret(&mut r, "token", d);
-            let base_url = match r.take("base_url") {
-                Some(n) => url(n, "base_url", d),
-                None => Some("https://api.clickup.com/api/v2".to_owned()),
-            };
-            match (token, base_url) {
-                (Some(token), Some(base_url)) => Some(TargetKind::ClickUp { token, base_url }),
-                _ => None,
-            }
-        }
-        Some("http") => {
-            r.know(&["url", "method", "headers"]);
-            let u = r.require("url", d).and_then(|n| url(n, "url", d));
-            let method = match r.take("method") {
-                Some(n) => method(n, d),
-                None => Some("POST".to_owned()),
-            };
-            let headers = r
-                .take("headers")
-                .map(|n| {
-                    reader::entries(n, "headers", d)
-                        .into_iter()
-                        .filter_map(|(k, _, v)| {
-                            reader::string(v, "a header value", d)
-                                .map(|v| (k.to_owned(), Secret::new(v)))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            match (u, method) {
-                (Some(url), Some(method)) => Some(TargetKind::Http {
-                    url,
-                    method,
-                    headers,
-                }),
-                _ => None,
-            }
-        }
-        Some(other) => {
-            if let Some(n) = type_node {
-                let hint = suggestion(other, TYPES, "types");
-                d.error(
-                    n.pos,
-                    format!("unknown target type \"{other}\"{hint} (slack, jira, clickup or http)"),
-                );
-            }
+        (Some(other), Some(n)) => {
+            let hint = suggestion(other, TYPES, "types");
+            d.error(
+                n.pos,
+                format!("unknown target type \"{other}\"{hint} (slack, jira, clickup or http)"),
+            );
             None
         }
-        None => None,
+        _ => None,
     };
     let timeout = r
         .take("timeout")
@@ -442,42 +173,13 @@ fn compile_one(name: &str, node: &Node, d: &mut Diagnostics) -> Option<Target> {
     let retry = r.take("retry").map(|n| retry(n, d)).unwrap_or_default();
     r.finish(d);
     let kind = kind?;
-    let rate_limit = match explicit_rate {
-        Some(limit) => limit,
-        None => match kind.type_name() {
-            "slack" => Some(RateLimit {
-                count: 1,
-                per: Duration::from_secs(1),
-            }),
-            "clickup" => Some(RateLimit {
-                count: 100,
-                per: Duration::from_secs(60),
-            }),
-            _ => None,
-        },
-    };
     Some(Target {
         name: name.to_owned(),
+        rate_limit: explicit_rate.unwrap_or_else(|| kind.default_rate_limit()),
         kind,
         timeout,
-        rate_limit,
         concurrency,
         retry,
         pos: node.pos,
     })
-}
-
-/// An HTTP method name.
-pub fn method(node: &Node, d: &mut Diagnostics) -> Option<String> {
-    let m = reader::string(node, "method", d)?.to_ascii_uppercase();
-    const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE"];
-    if METHODS.contains(&m.as_str()) {
-        Some(m)
-    } else {
-        d.error(
-            node.pos,
-            format!("unknown method \"{m}\"; use GET, POST, PUT, PATCH or DELETE"),
-        );
-        None
-    }
 }

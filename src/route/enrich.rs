@@ -5,10 +5,11 @@
 //! about one task costs one GET. Each fetch waits for the ClickUp target's
 //! rate limit like a delivery does.
 
-use crate::deliver::classify::{MAX_TARGET_WAIT, parse_retry_after};
-use crate::deliver::execute::fetch_task;
+use crate::deliver::classify::{Answer, Verdict, judge};
 use crate::deliver::limits::Limits;
-use crate::pipeline::Target;
+use crate::pipeline::{Endpoint, Target};
+use crate::targets::clickup::api_error;
+use crate::targets::request::{self, READ_BYTES, SendError};
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -48,59 +49,56 @@ pub struct Enricher {
     cache: Mutex<HashMap<(String, String), Entry>>,
 }
 
-fn reset_wait(v: &str) -> Option<Duration> {
-    let secs: u64 = v.trim().parse().ok()?;
-    let at = std::time::UNIX_EPOCH + Duration::from_secs(secs);
-    Some(
-        at.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
-}
-
 async fn fetch(
     client: reqwest::Client,
     limits: Arc<Limits>,
     target: Target,
     task_id: String,
 ) -> Result<Value, FetchError> {
+    let Endpoint::ClickUp(api) = &target.kind else {
+        return Err(FetchError::Gone(format!(
+            "task {task_id}: target \"{}\" is not a clickup target",
+            target.name
+        )));
+    };
+    let req = api
+        .get_task(&task_id)
+        .map_err(|e| FetchError::Gone(format!("task {task_id}: {e}")))?;
     limits.of(&target).ready().await;
-    let reply = match fetch_task(&client, &target, &task_id).await {
+    let reply = match request::send(&client, &req, None, target.timeout, READ_BYTES).await {
         Ok(r) => r,
-        Err(failed) => {
-            return Err(match failed.answer {
-                crate::deliver::classify::Answer::Transport { message } => FetchError::Retry {
-                    reason: format!("task {task_id}: {message}"),
-                    after: None,
-                },
-                other => FetchError::Gone(format!("task {task_id}: {other:?}")),
+        Err(e @ SendError::Transport { .. }) => {
+            return Err(FetchError::Retry {
+                reason: format!("task {task_id}: {e}"),
+                after: None,
             });
         }
+        Err(e) => return Err(FetchError::Gone(format!("task {task_id}: {e}"))),
     };
     let status = reply.status;
-    let clickup_err = serde_json::from_slice::<Value>(&reply.body)
-        .ok()
-        .and_then(|v| v.get("err").and_then(Value::as_str).map(str::to_owned))
-        .map(|e| format!(": {e}"))
+    let answer = Answer::Response {
+        status,
+        retry_after: reply.retry_after.clone(),
+        ratelimit_reset: reply.ratelimit_reset.clone(),
+        slack_error: None,
+    };
+    let clickup_err = api_error(&reply.body)
+        .map(|e| format!(": {}", e.err))
         .unwrap_or_default();
-    match status {
-        200..=299 => serde_json::from_slice(&reply.body).map_err(|e| {
+    match judge(&answer, SystemTime::now()) {
+        Verdict::Delivered => serde_json::from_slice(&reply.body).map_err(|e| {
             FetchError::Gone(format!(
                 "task {task_id}: ClickUp answered with invalid JSON: {e}"
             ))
         }),
-        404 => Err(FetchError::Gone(format!(
+        Verdict::Retryable { asked, .. } => Err(FetchError::Retry {
+            reason: format!("task {task_id}: ClickUp answered {status}{clickup_err}"),
+            after: asked,
+        }),
+        Verdict::Dead { .. } if status == 404 => Err(FetchError::Gone(format!(
             "task {task_id} not found: ClickUp answered 404{clickup_err}"
         ))),
-        408 | 425 | 429 | 500..=599 => Err(FetchError::Retry {
-            reason: format!("task {task_id}: ClickUp answered {status}{clickup_err}"),
-            after: reply
-                .retry_after
-                .as_deref()
-                .and_then(|v| parse_retry_after(v, SystemTime::now()))
-                .or_else(|| reply.ratelimit_reset.as_deref().and_then(reset_wait))
-                .map(|d| d.min(MAX_TARGET_WAIT)),
-        }),
-        _ => Err(FetchError::Gone(format!(
+        Verdict::Dead { .. } => Err(FetchError::Gone(format!(
             "task {task_id}: ClickUp answered {status}{clickup_err}"
         ))),
     }

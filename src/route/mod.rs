@@ -121,7 +121,7 @@ pub fn order_key(
                 Ok(key) if !key.is_empty() => Some(key),
                 Ok(_) => None,
                 Err(e) => {
-                    tracing::warn!(route = %route.name, error = %e.0, "order_by cannot be rendered; the delivery is not ordered");
+                    tracing::warn!(route = %route.name, error = %e, "order_by cannot be rendered; the delivery is not ordered");
                     None
                 }
             }

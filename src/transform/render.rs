@@ -94,9 +94,108 @@ pub struct TemplateId {
 
 /// A render failure: the delivery is dead with this message (never retried
 /// blindly).
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{0}")]
-pub struct RenderError(pub String);
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum RenderError {
+    /// Stopped at [`MAX_RENDER_BYTES`] or [`MAX_RENDER_TIME`].
+    #[error(
+        "render of {template} stopped because {why}; make the template write less (a nested \
+         each over a large list?)"
+    )]
+    Limit {
+        /// The template.
+        template: String,
+        /// Which limit.
+        why: String,
+    },
+    /// Handlebars failed in a template (a missing value, a helper's error).
+    #[error("render error in {template}: {reason}")]
+    In {
+        /// The template.
+        template: String,
+        /// Handlebars' reason.
+        reason: String,
+    },
+    /// Handlebars failed outside a named template.
+    #[error("render error: {0}")]
+    Other(String),
+    /// The output is not UTF-8.
+    #[error("render of {0} is not UTF-8")]
+    NotUtf8(String),
+    /// A typed body leaf did not render to JSON.
+    #[error("{template}: value is not JSON: {error}")]
+    NotJson {
+        /// The template.
+        template: String,
+        /// serde_json's reason.
+        error: String,
+    },
+    /// A whole-body template file did not render to JSON.
+    #[error(
+        "template {template} did not produce valid JSON ({error}); use {{{{json value}}}} for whole values"
+    )]
+    FileNotJson {
+        /// The template file.
+        template: String,
+        /// serde_json's reason.
+        error: String,
+    },
+}
+
+/// A template that cannot be compiled: the message names what is wrong.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum TemplateError {
+    /// A syntax error at a position in the template.
+    #[error("template error at template line {line}, column {col}: {reason}")]
+    SyntaxAt {
+        /// Line in the template.
+        line: usize,
+        /// Column.
+        col: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A syntax error without a position.
+    #[error("template error: {0}")]
+    Syntax(String),
+    /// A helper that does not exist.
+    #[error("template error: helper \"{name}\" not found{hint}")]
+    UnknownHelper {
+        /// Its name.
+        name: String,
+        /// "did you mean", or empty.
+        hint: String,
+    },
+    /// A partial the template does not define.
+    #[error(
+        "template error: partial \"{0}\" is not defined in this template; only \
+         inline partials defined in the same template ({{{{#*inline \"{0}\"}}}}...\
+         {{{{/inline}}}}) can be used"
+    )]
+    UndefinedPartial(String),
+    /// Partials that call themselves.
+    #[error(
+        "template error: partial \"{name}\" calls itself ({cycle}); recursive partials are \
+         refused because they can recurse without end; write the repetition with \
+         {{{{#each}}}}"
+    )]
+    RecursivePartial {
+        /// The first partial of the cycle.
+        name: String,
+        /// The cycle, `a -> b -> a`.
+        cycle: String,
+    },
+    /// `{{#*inline}}` without a quoted name.
+    #[error(
+        "template error: an inline partial needs a quoted name, as in {{{{#*inline \"name\"}}}}"
+    )]
+    UnnamedInline,
+    /// A partial called by a computed name.
+    #[error(
+        "template error: a partial's name must be written out, not computed, so that \
+         recursion can be ruled out"
+    )]
+    ComputedPartial,
+}
 
 /// The set of templates of one pipeline.
 #[derive(Debug)]
@@ -137,27 +236,6 @@ pub fn percent_encode(s: &str) -> String {
 pub fn is_dot_segment(segment: &str) -> bool {
     let s = segment.to_ascii_lowercase().replace("%2e", ".");
     s == "." || s == ".."
-}
-
-/// A rendered value used as one whole path segment (a task id, an issue
-/// key): trimmed, never empty, never `.` or `..` (which would move the
-/// request to another API path), percent-encoded. `kind` names the field in
-/// the error, which becomes the dead delivery's reason.
-pub fn path_segment(kind: &str, value: &str) -> Result<String, String> {
-    let v = value.trim();
-    if v.is_empty() {
-        return Err(format!("{kind} rendered empty"));
-    }
-    // Checked on the encoded form, which is what URL parsing sees: `%2e`
-    // in the value is sent as `%252e`, one ordinary segment.
-    let encoded = percent_encode(v);
-    if is_dot_segment(&encoded) {
-        return Err(format!(
-            "{kind} rendered as \"{v}\", which would change the request path; \
-             check the value the template reads"
-        ));
-    }
-    Ok(encoded)
 }
 
 fn registry(escape: fn(&str) -> String) -> Handlebars<'static> {
@@ -202,7 +280,12 @@ impl Templates {
     /// Compiles `source` as a `kind` template named `name`. The error names
     /// what is wrong (syntax with its position in the template, or an unknown
     /// helper).
-    pub fn add(&mut self, name: &str, source: &str, kind: Kind) -> Result<TemplateId, String> {
+    pub fn add(
+        &mut self,
+        name: &str,
+        source: &str,
+        kind: Kind,
+    ) -> Result<TemplateId, TemplateError> {
         check(source)?;
         let (kind, source) = match (kind, single_expression(source)) {
             (Kind::Typed, Some(expr)) => {
@@ -224,7 +307,7 @@ impl Templates {
             Kind::UrlPath => &mut self.url,
         };
         r.register_template_string(name, &source)
-            .map_err(|e| format!("template error: {}", e.reason()))?;
+            .map_err(|e| TemplateError::Syntax(e.reason().to_string()))?;
         Ok(TemplateId {
             name: name.to_owned(),
             kind,
@@ -249,15 +332,13 @@ impl Templates {
             .registry_of(id.kind)
             .render_with_context_to_write(&id.name, ctx, &mut out);
         if let Some(why) = out.tripped {
-            return Err(RenderError(format!(
-                "render of {} stopped because {why}; make the template write less (a nested \
-                 each over a large list?)",
-                id.name.trim_start_matches("file:")
-            )));
+            return Err(RenderError::Limit {
+                template: id.name.trim_start_matches("file:").to_owned(),
+                why,
+            });
         }
-        rendered.map_err(|e| RenderError(describe(&e)))?;
-        String::from_utf8(out.buf)
-            .map_err(|_| RenderError(format!("render of {} is not UTF-8", id.name)))
+        rendered.map_err(|e| describe(&e))?;
+        String::from_utf8(out.buf).map_err(|_| RenderError::NotUtf8(id.name.clone()))
     }
 
     /// Renders a template to a JSON value: a string for plain and path
@@ -267,32 +348,32 @@ impl Templates {
         let text = self.render_text(id, ctx)?;
         match id.kind {
             Kind::Plain | Kind::UrlPath => Ok(Value::String(text)),
-            Kind::Typed => serde_json::from_str(&text)
-                .map_err(|e| RenderError(format!("{}: value is not JSON: {e}", id.name))),
-            Kind::JsonFile => serde_json::from_str(&text).map_err(|e| {
-                RenderError(format!(
-                    "template {} did not produce valid JSON ({e}); use {{{{json value}}}} for whole values",
-                    id.name.trim_start_matches("file:")
-                ))
+            Kind::Typed => serde_json::from_str(&text).map_err(|e| RenderError::NotJson {
+                template: id.name.clone(),
+                error: e.to_string(),
+            }),
+            Kind::JsonFile => serde_json::from_str(&text).map_err(|e| RenderError::FileNotJson {
+                template: id.name.trim_start_matches("file:").to_owned(),
+                error: e.to_string(),
             }),
         }
     }
 }
 
 /// A render error as one line that names the template and the missing value.
-fn describe(e: &handlebars::RenderError) -> String {
+fn describe(e: &handlebars::RenderError) -> RenderError {
     let reason = e.reason().to_string();
     match &e.template_name {
-        Some(t) => format!(
-            "render error in {}: {reason}",
-            t.trim_start_matches("file:")
-        ),
-        None => format!("render error: {reason}"),
+        Some(t) => RenderError::In {
+            template: t.trim_start_matches("file:").to_owned(),
+            reason,
+        },
+        None => RenderError::Other(reason),
     }
 }
 
 /// Syntax check plus unknown-helper detection.
-fn check(source: &str) -> Result<(), String> {
+fn check(source: &str) -> Result<(), TemplateError> {
     let template = Template::compile(source).map_err(|e| {
         let mut reason = e.reason().to_string();
         // The grammar's list of expected rules helps nobody writing a route.
@@ -301,8 +382,8 @@ fn check(source: &str) -> Result<(), String> {
             reason.push_str(" (an unclosed or malformed {{...}} or block)");
         }
         match e.pos() {
-            Some((l, c)) => format!("template error at template line {l}, column {c}: {reason}"),
-            None => format!("template error: {reason}"),
+            Some((line, col)) => TemplateError::SyntaxAt { line, col, reason },
+            None => TemplateError::Syntax(reason),
         }
     })?;
     check_partials(&template)?;
@@ -315,7 +396,10 @@ fn check(source: &str) -> Result<(), String> {
             .copied()
             .collect();
         let hint = crate::routes_file::diag::suggestion(h, &known, "helpers");
-        return Err(format!("template error: helper \"{h}\" not found{hint}"));
+        return Err(TemplateError::UnknownHelper {
+            name: h.clone(),
+            hint,
+        });
     }
     Ok(())
 }
@@ -326,17 +410,13 @@ fn check(source: &str) -> Result<(), String> {
 /// inline partials it defines itself (`{{#*inline "p"}}...{{/inline}}`), by a
 /// name written out, and those calls may not form a cycle. Without a cycle
 /// the nesting of a render is bounded by the template's own text.
-fn check_partials(t: &Template) -> Result<(), String> {
+fn check_partials(t: &Template) -> Result<(), TemplateError> {
     let mut defs: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut calls: Vec<(Option<String>, String)> = Vec::new();
     walk_partials(t, None, &mut defs, &mut calls)?;
     for (owner, name) in calls {
         if !defs.contains_key(&name) {
-            return Err(format!(
-                "template error: partial \"{name}\" is not defined in this template; only \
-                 inline partials defined in the same template ({{{{#*inline \"{name}\"}}}}...\
-                 {{{{/inline}}}}) can be used"
-            ));
+            return Err(TemplateError::UndefinedPartial(name));
         }
         if let Some(owner) = owner {
             defs.entry(owner).or_default().insert(name);
@@ -370,13 +450,10 @@ fn check_partials(t: &Template) -> Result<(), String> {
     let mut done = BTreeSet::new();
     for name in defs.keys() {
         if let Some(cycle) = visit(name, &defs, &mut Vec::new(), &mut done) {
-            return Err(format!(
-                "template error: partial \"{}\" calls itself ({}); recursive partials are \
-                 refused because they can recurse without end; write the repetition with \
-                 {{{{#each}}}}",
-                cycle[0],
-                cycle.join(" -> ")
-            ));
+            return Err(TemplateError::RecursivePartial {
+                name: cycle[0].clone(),
+                cycle: cycle.join(" -> "),
+            });
         }
     }
     Ok(())
@@ -387,7 +464,7 @@ fn walk_partials(
     owner: Option<&str>,
     defs: &mut BTreeMap<String, BTreeSet<String>>,
     calls: &mut Vec<(Option<String>, String)>,
-) -> Result<(), String> {
+) -> Result<(), TemplateError> {
     for el in &t.elements {
         match el {
             TemplateElement::DecoratorBlock(d) | TemplateElement::DecoratorExpression(d) => {
@@ -396,9 +473,7 @@ fn walk_partials(
                     (false, _) => None,
                     (true, Some(Parameter::Literal(Value::String(n)))) => Some(n.clone()),
                     (true, _) => {
-                        return Err("template error: an inline partial needs a quoted name, \
-                                    as in {{#*inline \"name\"}}"
-                            .to_owned());
+                        return Err(TemplateError::UnnamedInline);
                     }
                 };
                 if let Some(n) = &name {
@@ -413,9 +488,7 @@ fn walk_partials(
                     (Parameter::Literal(Value::String(n)), _) => n.clone(),
                     (Parameter::Name(_) | Parameter::Path(_), Some(n)) => n.to_owned(),
                     _ => {
-                        return Err("template error: a partial's name must be written out, not \
-                                    computed, so that recursion can be ruled out"
-                            .to_owned());
+                        return Err(TemplateError::ComputedPartial);
                     }
                 };
                 calls.push((owner.map(str::to_owned), name));
@@ -509,7 +582,7 @@ mod tests {
             (r#"{{> (lookup this "p")}}"#, "written out"),
             (r#"{{#*inline "p"}}{{#> p}}x{{/p}}{{/inline}}"#, "p -> p"),
         ] {
-            let e = t.add("r", src, Kind::Plain).unwrap_err();
+            let e = t.add("r", src, Kind::Plain).unwrap_err().to_string();
             assert!(e.contains(want), "{src}: {e}");
         }
         let id = t
@@ -537,7 +610,7 @@ mod tests {
         let ctx = Context::wraps(json!({"xs": xs, "pad": "x".repeat(100)})).unwrap();
         let started = Instant::now();
         let e = t.render_text(&id, &ctx).unwrap_err();
-        assert!(e.0.contains("over 1048576 bytes"), "{e}");
+        assert!(e.to_string().contains("over 1048576 bytes"), "{e}");
         assert!(started.elapsed() < MAX_RENDER_TIME * 2);
     }
 
@@ -549,15 +622,6 @@ mod tests {
         for s in ["...", "a.", ".a", "%252e", "", "%2e%2e%2e", "v1.2"] {
             assert!(!is_dot_segment(s), "{s}");
         }
-        assert!(
-            path_segment("task_id", " .. ")
-                .unwrap_err()
-                .contains("\"..\"")
-        );
-        assert!(path_segment("task_id", ".").is_err());
-        assert_eq!(path_segment("task_id", "%2e%2e").unwrap(), "%252e%252e");
-        assert_eq!(path_segment("task_id", "a/b").unwrap(), "a%2Fb");
-        assert_eq!(path_segment("task_id", "...").unwrap(), "...");
     }
 
     #[test]
@@ -570,20 +634,26 @@ mod tests {
         );
         let e = t
             .add("c", "{{moneyy amount currency}}", Kind::Plain)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             e,
             "template error: helper \"moneyy\" not found; did you mean \"money\"?"
         );
-        let e = t.add("d", "{{#if x}}open", Kind::Plain).unwrap_err();
+        let e = t
+            .add("d", "{{#if x}}open", Kind::Plain)
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("template error"), "{e}");
         let e = t
             .add("e", "{{#eachh items}}{{/eachh}}", Kind::Plain)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("\"eachh\""), "{e}");
         assert!(
             t.add("f", "{{upper (lowerr x)}}", Kind::Plain)
                 .unwrap_err()
+                .to_string()
                 .contains("lowerr")
         );
     }
@@ -642,7 +712,8 @@ mod tests {
             .unwrap();
         let e = t.render_value(&id, &ctx(json!({"s": "x"}))).unwrap_err();
         assert!(
-            e.0.starts_with("template bad.hbs did not produce valid JSON"),
+            e.to_string()
+                .starts_with("template bad.hbs did not produce valid JSON"),
             "{e}"
         );
     }
@@ -677,6 +748,6 @@ mod tests {
             .add("r#1.text@1:1", "hi {{task.name}}", Kind::Plain)
             .unwrap();
         let e = t.render_text(&id, &ctx(json!({"task": {}}))).unwrap_err();
-        assert!(e.0.contains("task.name"), "{e}");
+        assert!(e.to_string().contains("task.name"), "{e}");
     }
 }

@@ -15,6 +15,7 @@ mod https;
 mod inbound;
 mod instances;
 mod lifecycle;
+mod links;
 mod openapi;
 mod ordering;
 mod pg;

@@ -1,3 +1,0 @@
-//! Request shapes of the ClickUp and Jira APIs.
-pub mod clickup;
-pub mod jira;
