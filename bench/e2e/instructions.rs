@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 #[derive(clap::Args, Clone, Debug)]
 pub struct InstructionsOpts {
     /// Events the figure is measured over.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 2_000)]
     pub events: u64,
     /// Events of the small run whose count is subtracted (start-up, shutdown).
-    #[arg(long, default_value_t = 2_000)]
+    #[arg(long, default_value_t = 500)]
     pub warm_events: u64,
     /// Concurrent clients.
     #[arg(long, default_value_t = 8)]
