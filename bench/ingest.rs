@@ -14,10 +14,10 @@ mod common;
 use actix_web::{HttpRequest, HttpResponse, web};
 use clap::{Parser, ValueEnum};
 use common::{
-    BoxError, Daemon, Launch, LoadOut, LoadSpec, Meter, Prebuilt, Res, Server, Stop, available_cores,
-    baseline_answer, body_len, fmt_opt, loadgen_runtime, open_db, percentile_ms, prebuild_pool,
-    print_checks, ratio, rss_mb, signature_refusal, start_daemon, start_server, unix_time,
-    write_report,
+    BoxError, Daemon, Launch, LoadOut, LoadSpec, Meter, Prebuilt, Res, Server, Stop,
+    available_cores, baseline_answer, body_len, fmt_opt, loadgen_runtime, open_db, percentile_ms,
+    prebuild_pool, print_checks, ratio, rss_mb, signature_refusal, start_daemon, start_server,
+    unix_time, write_report,
 };
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};

@@ -297,7 +297,9 @@ pub fn pin_self(cpus: &str) -> Res<()> {
         .args(["-a", "-p", "-c", cpus, &pid])
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run taskset (util-linux) to pin the bench to CPU {cpus}: {e}"))?;
+        .map_err(|e| {
+            format!("cannot run taskset (util-linux) to pin the bench to CPU {cpus}: {e}")
+        })?;
     if !out.status.success() {
         return Err(format!(
             "taskset -p -c {cpus} failed ({}): {}; give --no-pin to run unpinned",

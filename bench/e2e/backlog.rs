@@ -3,13 +3,13 @@
 //! is sampled every second; then the sink recovers and the backlog drains.
 
 use crate::Ctx;
+use crate::bridge::DbCounts;
 use crate::bridge::{db_backlog, db_counts, start_bridge};
 use crate::common::{
     CpuUse, Daemon, GIVE_UP_AFTER, LoadSpec, Res, Stop, fmt_opt, open_db, percentile_ms, rss_mb,
     run_load,
 };
 use crate::sink::{Sink, SinkCounts, compare, secs_between, wait_all_arrived};
-use crate::bridge::DbCounts;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -334,7 +334,6 @@ async fn backlog_steps(
     }
     Ok(())
 }
-
 
 /// The backlog block of the output.
 pub fn print(b: &BacklogResult) {

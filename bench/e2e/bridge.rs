@@ -35,7 +35,6 @@ routes:
         text: "{{by}} moved task {{event.task_id}} (#{{n}})"
 "#;
 
-
 /// The daemon, routing every taskStatusUpdated to the sink; `store` as
 /// `start_daemon` takes it.
 pub async fn start_bridge(launch: &Launch, sink_url: &str, store: Option<&str>) -> Res<Daemon> {
@@ -139,4 +138,3 @@ pub async fn db_counts(db: &Path) -> Res<DbCounts> {
     sqlx::Connection::close(conn).await?;
     Ok(c)
 }
-

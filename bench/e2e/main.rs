@@ -345,8 +345,7 @@ impl Under {
                 };
                 let mut daemons: Vec<Daemon> = Vec::with_capacity(config.instances);
                 for _ in 0..config.instances {
-                    match bridge::start_bridge(&ctx.launch, &ctx.sink_url, store.as_deref()).await
-                    {
+                    match bridge::start_bridge(&ctx.launch, &ctx.sink_url, store.as_deref()).await {
                         Ok(d) => daemons.push(d),
                         Err(e) => {
                             daemons.iter_mut().for_each(Daemon::kill_now);
@@ -658,7 +657,11 @@ fn main() -> Result<(), BoxError> {
     println!(
         "e2e {mode_name}: daemon {}, bench on CPU {} (allowed {}), system under test on {}, {} load threads, {} cores",
         launch.bin.display(),
-        if shared.no_pin { "any" } else { &shared.client_cpu },
+        if shared.no_pin {
+            "any"
+        } else {
+            &shared.client_cpu
+        },
         allowed_cpus(),
         launch.cpus.as_deref().unwrap_or("any"),
         shared.client_threads,
@@ -679,11 +682,7 @@ fn main() -> Result<(), BoxError> {
     // appear when it starts.
     let sink = Arc::new(Sink::default());
     let tids_before = own_tids();
-    let sink_server = start_server(
-        "sink",
-        shared.sink_workers,
-        sink::sink_config(sink.clone()),
-    )?;
+    let sink_server = start_server("sink", shared.sink_workers, sink::sink_config(sink.clone()))?;
     std::thread::sleep(Duration::from_millis(300));
     let sink_tids: HashSet<u32> = own_tids().difference(&tids_before).copied().collect();
     let mut meter = Meter::new(sink_tids);
@@ -691,7 +690,11 @@ fn main() -> Result<(), BoxError> {
     let systems = match &mode {
         Mode::Compare(o) => {
             let mut s = vec![System::Handler, System::Naive];
-            s.extend(configs(&o.store, &o.instances)?.into_iter().map(System::Bridge));
+            s.extend(
+                configs(&o.store, &o.instances)?
+                    .into_iter()
+                    .map(System::Bridge),
+            );
             if o.rounds == 0 || o.connections.is_empty() || o.connections.contains(&0) {
                 return Err("--rounds and --connections need counts of at least 1".into());
             }

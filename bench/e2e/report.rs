@@ -67,31 +67,23 @@ impl Ratio {
 fn ratios(runs: &[Run], systems: &[System], opts: &CompareOpts) -> Vec<Ratio> {
     type Fig = fn(&Run) -> Option<f64>;
     let pairs: [(&str, System, Fig); 5] = [
-        (
-            "accepted/s / handler's",
-            System::Handler,
-            |r| Some(r.accepted_rps),
-        ),
-        (
-            "accepted/s / forwarder's",
-            System::Naive,
-            |r| Some(r.accepted_rps),
-        ),
+        ("accepted/s / handler's", System::Handler, |r| {
+            Some(r.accepted_rps)
+        }),
+        ("accepted/s / forwarder's", System::Naive, |r| {
+            Some(r.accepted_rps)
+        }),
         (
             "delivered/s (load + drain) / forwarder's",
             System::Naive,
             |r| r.delivered_rps,
         ),
-        (
-            "CPU per event / forwarder's",
-            System::Naive,
-            |r| Some(r.cpu_us_per_event),
-        ),
-        (
-            "CPU per event / handler's",
-            System::Handler,
-            |r| Some(r.cpu_us_per_event),
-        ),
+        ("CPU per event / forwarder's", System::Naive, |r| {
+            Some(r.cpu_us_per_event)
+        }),
+        ("CPU per event / handler's", System::Handler, |r| {
+            Some(r.cpu_us_per_event)
+        }),
     ];
     let mut out = Vec::new();
     for bridge in systems.iter().filter(|s| matches!(s, System::Bridge(_))) {
@@ -257,10 +249,7 @@ pub fn compare(
     println!();
     println!("{:<58} {:>10}  met", "goal (issue 11)", "measured");
     for (goal, v, met) in &goals {
-        println!(
-            "{goal:<58} {v:>10}  {}",
-            if *met { "yes" } else { "no" }
-        );
+        println!("{goal:<58} {v:>10}  {}", if *met { "yes" } else { "no" });
     }
     let mut problems = Vec::new();
     let mut notes = Vec::new();

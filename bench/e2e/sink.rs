@@ -177,7 +177,6 @@ pub fn sink_config(sink: Arc<Sink>) -> Configure {
     })
 }
 
-
 // ---------------------------------------------------------------- what arrived
 
 pub fn percentile_signed_ms(sorted_us: &[i64], p: f64) -> f64 {
@@ -286,4 +285,3 @@ pub fn secs_between(a: Option<Instant>, b: Option<Instant>) -> Option<f64> {
         _ => None,
     }
 }
-
