@@ -737,7 +737,7 @@ fn main() -> Result<(), BoxError> {
         "body_bytes": body_len,
     });
 
-    let result = rt.block_on(async {
+    rt.block_on(async {
         let r = match &mode {
             Mode::Compare(o) => {
                 let runs = compare_mode(&ctx, o, &systems).await?;
@@ -756,6 +756,5 @@ fn main() -> Result<(), BoxError> {
         };
         sink_server.stop().await?;
         r
-    });
-    result
+    })
 }

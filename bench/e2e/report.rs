@@ -23,7 +23,9 @@ pub fn median(mut v: Vec<f64>) -> Option<f64> {
 
 /// The figures of a table row, by name, as the JSON report and the table
 /// show them.
-const FIGURES: [(&str, fn(&Run) -> Option<f64>); 10] = [
+type Figure = fn(&Run) -> Option<f64>;
+
+const FIGURES: [(&str, Figure); 10] = [
     ("accepted_per_sec", |r| Some(r.accepted_rps)),
     ("accept_p50_ms", |r| Some(r.p50_ms)),
     ("accept_p99_ms", |r| Some(r.p99_ms)),
