@@ -170,6 +170,18 @@ pub async fn run(ctx: &mut Ctx, opts: &InstructionsOpts, header: Value, out: &Pa
         .tolerance
         .or_else(|| baseline.as_ref().and_then(|b| b["tolerance"].as_f64()))
         .unwrap_or(0.03);
+    let same_batch = baseline.as_ref().is_some_and(|b| {
+        b["events"].as_u64() == Some(opts.events)
+            && b["warm_events"].as_u64() == Some(opts.warm_events)
+            && b["connections"].as_u64() == Some(opts.connections as u64)
+    });
+    if opts.check && base.is_some() && !same_batch {
+        problems.push(format!(
+            "the baseline in {} was measured over another batch (events, warm events, clients): \
+             measure with the same --events, --warm-events and --connections, the count per event depends on them",
+            opts.baseline.display()
+        ));
+    }
     match base {
         Some(base) => {
             let change = per_event / base - 1.0;
