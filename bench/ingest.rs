@@ -8,15 +8,16 @@
 //!
 //! Run with `cargo bench --bench ingest` (see bench/README.md for the options).
 
-#[path = "common.rs"]
+#[path = "common/mod.rs"]
 mod common;
 
 use actix_web::{HttpRequest, HttpResponse, web};
+use clap::{Parser, ValueEnum};
 use common::{
-    Args, BoxError, Daemon, LoadOut, LoadSpec, Meter, Prebuilt, Res, Server, Stop, available_cores,
-    baseline_answer, body_len, fmt_opt, loadgen_runtime, open_db, percentile_ms, prebuild_pool,
-    print_checks, ratio, rss_mb, signature_refusal, start_daemon, start_server, unix_time,
-    write_report,
+    BoxError, Daemon, Launch, LoadOut, LoadSpec, Meter, Prebuilt, Res, Server, Stop,
+    available_cores, baseline_answer, body_len, fmt_opt, loadgen_runtime, open_db, percentile_ms,
+    prebuild_pool, print_checks, ratio, rss_mb, signature_refusal, start_daemon, start_server,
+    unix_time, write_report,
 };
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
@@ -30,96 +31,98 @@ const ROUTES_YAML: &str =
 
 // ---------------------------------------------------------------- options
 
-#[derive(Debug, Clone)]
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "ingest",
+    about = "Durable ingest of signed ClickUp webhooks against a bare and a verifying actix-web server"
+)]
 struct Options {
-    duration: Duration,
-    warmup: Duration,
+    /// Measured seconds per phase.
+    #[arg(long = "duration", default_value_t = 10.0)]
+    duration_s: f64,
+    /// Unmeasured warm-up seconds per phase.
+    #[arg(long = "warmup", default_value_t = 1.0)]
+    warmup_s: f64,
+    /// Concurrent keep-alive clients.
+    #[arg(long, default_value_t = 16)]
     connections: usize,
+    /// Repeat A, B, C this many times; report medians.
+    #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// Distinct signed requests built up front.
+    #[arg(long, default_value_t = 400_000)]
     requests: usize,
+    /// Load generator threads.
+    #[arg(long, default_value_t = 2)]
     client_threads: usize,
+    /// actix workers of the A and B servers (the daemon uses one per core).
+    #[arg(long, default_value_t = 2)]
     server_workers: usize,
-    /// Phase C's store: PostgreSQL (a throwaway cluster) instead of SQLite.
-    postgres: bool,
-    /// Phase C: daemons sharing the PostgreSQL database.
+    /// Phase C's store: sqlite, or postgres (a throwaway cluster).
+    #[arg(long, value_enum, default_value = "sqlite")]
+    store: Store,
+    /// Phase C on PostgreSQL: daemons sharing one database.
+    #[arg(long, default_value_t = 1)]
     instances: usize,
+    /// The clickup-bridge binary (default: the one cargo built for this bench).
+    #[arg(long = "bin", env = "CLICKUP_BRIDGE_BENCH_BIN")]
+    bin: Option<PathBuf>,
+    /// The daemon's RUST_LOG.
+    #[arg(long, default_value = "warn")]
+    log: String,
+    /// JSON report.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/results/ingest-latest.json"))]
     out: PathBuf,
+    /// `cargo bench` passes --bench to harness=false targets.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Store {
+    Sqlite,
+    Postgres,
 }
 
 impl Options {
     fn store_label(&self) -> String {
-        if self.postgres {
+        if self.postgres() {
             format!("PostgreSQL x{}", self.instances)
         } else {
             "SQLite, FULL".into()
         }
     }
+
+    fn postgres(&self) -> bool {
+        self.store == Store::Postgres
+    }
+
+    fn warmup(&self) -> Duration {
+        Duration::from_secs_f64(self.warmup_s)
+    }
+
+    fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.duration_s)
+    }
 }
 
-const USAGE: &str = "\
-usage: cargo bench --bench ingest -- [options]
-  --duration SECS       measured time per phase (default 10)
-  --warmup SECS         unmeasured warm-up per phase (default 1)
-  --connections N       concurrent keep-alive clients (default 16)
-  --rounds N            repeat A,B,C N times, report medians (default 1)
-  --requests N          distinct signed requests built up front (default 400000)
-  --client-threads N    load generator runtime threads (default 2)
-  --server-workers N    actix workers of the baselines (default 2, as the daemon on 2 cores)
-  --store sqlite|postgres  phase C's store (default sqlite); postgres starts a throwaway cluster
-  --instances N         phase C on PostgreSQL: daemons sharing one database (default 1)
-  --out FILE            JSON report (default bench/results/ingest-latest.json)";
-
 fn parse_options() -> Res<Options> {
-    let mut o = Options {
-        duration: Duration::from_secs(10),
-        warmup: Duration::from_secs(1),
-        connections: 16,
-        rounds: 1,
-        requests: 400_000,
-        client_threads: 2,
-        server_workers: 2,
-        postgres: false,
-        instances: 1,
-        out: Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results/ingest-latest.json"),
-    };
-    let mut args = Args::new(USAGE);
-    while let Some(arg) = args.next_option() {
-        match arg.as_str() {
-            "--duration" => o.duration = args.secs("--duration")?,
-            "--warmup" => o.warmup = args.secs("--warmup")?,
-            "--connections" => o.connections = args.parse("--connections")?,
-            "--rounds" => o.rounds = args.parse("--rounds")?,
-            "--requests" => o.requests = args.parse("--requests")?,
-            "--client-threads" => o.client_threads = args.parse("--client-threads")?,
-            "--server-workers" => o.server_workers = args.parse("--server-workers")?,
-            "--store" => {
-                o.postgres = match args.value("--store")?.as_str() {
-                    "sqlite" => false,
-                    "postgres" => true,
-                    other => {
-                        return Err(
-                            format!("--store {other:?}: use sqlite or postgres\n{USAGE}").into(),
-                        );
-                    }
-                }
-            }
-            "--instances" => o.instances = args.parse("--instances")?,
-            "--out" => o.out = PathBuf::from(args.value("--out")?),
-            other => return Err(args.unknown(other)),
-        }
+    let o = Options::parse();
+    let counts = [
+        o.connections,
+        o.rounds,
+        o.requests,
+        o.client_threads,
+        o.server_workers,
+        o.instances,
+    ];
+    if counts.contains(&0) {
+        return Err("counts must be at least 1 (see --help)".into());
     }
-    args.check(
-        &[
-            o.connections,
-            o.rounds,
-            o.requests,
-            o.client_threads,
-            o.server_workers,
-            o.instances,
-        ],
-        o.duration,
-    )?;
-    if o.instances > 1 && !o.postgres {
+    if o.duration_s <= 0.0 || o.warmup_s < 0.0 {
+        return Err("--duration must be positive and --warmup not negative".into());
+    }
+    if o.instances > 1 && !o.postgres() {
         return Err("several instances share one PostgreSQL database: add --store postgres".into());
     }
     Ok(o)
@@ -216,8 +219,8 @@ async fn run_load(
         urls,
         connections: opts.connections,
         stop: Stop::Timed {
-            warmup: opts.warmup,
-            duration: opts.duration,
+            warmup: opts.warmup(),
+            duration: opts.duration(),
         },
         wrap,
         server_pids,
@@ -313,6 +316,7 @@ async fn run_bridge(
     opts: &Options,
     meter: &Meter,
     cluster: Option<&common::pg::Cluster>,
+    launch: &Launch,
 ) -> Res<PhaseResult> {
     let store = match cluster {
         Some(c) => Some(c.new_database()?),
@@ -321,6 +325,7 @@ async fn run_bridge(
     let mut daemons: Vec<Daemon> = Vec::with_capacity(opts.instances);
     for _ in 0..opts.instances {
         let started = start_daemon(
+            launch,
             "clickup-bridge-bench-",
             ROUTES_YAML,
             store.as_deref(),
@@ -401,7 +406,7 @@ async fn run_bridge(
     }
 
     // After a clean exit, every acknowledged id must be in the store.
-    let store_name = if opts.postgres {
+    let store_name = if opts.postgres() {
         "PostgreSQL"
     } else {
         "SQLite"
@@ -519,8 +524,9 @@ fn phase_json(r: &PhaseResult) -> Value {
 
 fn main() -> Result<(), BoxError> {
     let opts = parse_options()?;
+    let launch = Launch::new(opts.bin.clone(), None, &opts.log)?;
     let mut meter = Meter::new(HashSet::new());
-    let cluster = if opts.postgres {
+    let cluster = if opts.postgres() {
         let cluster = common::pg::Cluster::start()
             .map_err(|e| format!("starting the PostgreSQL cluster: {e}"))?;
         println!(
@@ -539,8 +545,8 @@ fn main() -> Result<(), BoxError> {
         opts.connections,
         opts.client_threads,
         opts.server_workers,
-        opts.warmup.as_secs_f64(),
-        opts.duration.as_secs_f64(),
+        opts.warmup_s,
+        opts.duration_s,
         opts.rounds,
         cores
     );
@@ -555,7 +561,7 @@ fn main() -> Result<(), BoxError> {
             for phase in Phase::ALL {
                 let r = match phase {
                     Phase::Bridge => {
-                        run_bridge(pool.clone(), &opts, &meter, cluster.as_ref()).await
+                        run_bridge(pool.clone(), &opts, &meter, cluster.as_ref(), &launch).await
                     }
                     _ => run_baseline(phase, pool.clone(), &opts, &meter).await,
                 }
@@ -664,7 +670,7 @@ fn main() -> Result<(), BoxError> {
         opts.store_label(),
         if opts.instances > 1 { "s" } else { "" },
         fmt_opt(Some(ratio(c.server_cores * 1e6, c.rps)), 0),
-        if opts.postgres {
+        if opts.postgres() {
             fmt_opt(Some(ratio(c.db_cores * 1e6, c.rps)), 0)
         } else {
             "-".into()
@@ -725,14 +731,14 @@ fn main() -> Result<(), BoxError> {
         "unix_time": unix_time(),
         "machine": {"cores": cores},
         "options": {
-            "duration_s": opts.duration.as_secs_f64(),
-            "warmup_s": opts.warmup.as_secs_f64(),
+            "duration_s": opts.duration_s,
+            "warmup_s": opts.warmup_s,
             "connections": opts.connections,
             "rounds": opts.rounds,
             "requests_prebuilt": opts.requests,
             "client_threads": opts.client_threads,
             "server_workers": opts.server_workers,
-            "store": if opts.postgres { "postgres" } else { "sqlite" },
+            "store": if opts.postgres() { "postgres" } else { "sqlite" },
             "instances": opts.instances,
             "body_bytes": body_len,
         },

@@ -1,22 +1,25 @@
-//! What the load runs `ingest.rs` and `e2e.rs` share: option parsing, the
-//! pool of pre-built signed requests, the signature check of the in-process
-//! receivers, in-process actix-web servers, the daemon as a child process,
+//! What the load runs `ingest.rs` and `e2e/` share: the pool of pre-built
+//! signed requests, the signature check of the receivers, actix-web servers,
+//! the daemon as a child process (which binary, pinned to which CPUs),
 //! SQLite access, a throwaway PostgreSQL cluster (`pg.rs`), CPU and RSS from
-//! /proc, the load loop (one or several target URLs, round-robin) with its
-//! bookkeeping, percentiles and the report's last steps.
+//! /proc, the load generator (`load.rs`), percentiles and the report's last
+//! steps.
 //!
-//! Each bench includes it with `#[path = "common.rs"] mod common;`.
+//! Each bench includes it with `#[path = "common/mod.rs"] mod common;`.
 
 // Each bench uses only part of this module; to it the rest is dead code.
 #![allow(dead_code)]
 
-#[path = "pg.rs"]
+pub mod load;
 pub mod pg;
+
+#[allow(unused_imports)] // each bench uses part of it
+pub use load::{GIVE_UP_AFTER, LoadOut, LoadSpec, Stop, loadgen_runtime, run_load};
 
 use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use hmac::{KeyInit, Mac};
-use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use reqwest::header::HeaderValue;
 use serde_json::{Value, json};
 use sha2::Sha256;
 use std::collections::{BTreeMap, HashSet};
@@ -24,9 +27,7 @@ use std::error::Error;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 type HmacSha256 = hmac::Hmac<Sha256>;
@@ -34,83 +35,12 @@ pub type BoxError = Box<dyn Error + Send + Sync>;
 pub type Res<T> = Result<T, BoxError>;
 
 const SECRET: &str = "bench-secret";
-const SIGNATURE: HeaderName = HeaderName::from_static("x-signature");
 /// What the in-process receivers answer: the daemon's answer's shape and size.
 const BASELINE_ANSWER: &str =
     r#"{"event_id":"evt_0196a3b2c4d57e8f9a0b1c2d3e4f5a6b","duplicate":false}"#;
 /// `history_items[0].id` of pool entry `i` is `ID_BASE + i`; the e2e message
 /// carries it as `#N`, so the sink knows which event a message is.
 pub const ID_BASE: u64 = 2_800_787_326_392_370_170;
-
-// ---------------------------------------------------------------- options
-
-/// The command line after the program name, read option by option.
-pub struct Args {
-    args: std::iter::Skip<std::env::Args>,
-    usage: &'static str,
-}
-
-impl Args {
-    pub fn new(usage: &'static str) -> Self {
-        Self {
-            args: std::env::args().skip(1),
-            usage,
-        }
-    }
-
-    /// The next option. Skips what `cargo bench` adds; answers `-h`/`--help`
-    /// with the usage and exits 0.
-    pub fn next_option(&mut self) -> Option<String> {
-        loop {
-            let arg = self.args.next()?;
-            match arg.as_str() {
-                // `cargo bench` passes --bench to harness=false targets.
-                "--bench" => {}
-                "-h" | "--help" => {
-                    println!("{}", self.usage);
-                    std::process::exit(0);
-                }
-                _ => return Some(arg),
-            }
-        }
-    }
-
-    /// The value of option `name` (the next argument).
-    pub fn value(&mut self, name: &str) -> Res<String> {
-        Ok(self
-            .args
-            .next()
-            .ok_or_else(|| format!("{name} needs a value\n{}", self.usage))?)
-    }
-
-    pub fn parse<T>(&mut self, name: &str) -> Res<T>
-    where
-        T: FromStr,
-        T::Err: Error + Send + Sync + 'static,
-    {
-        Ok(self.value(name)?.parse()?)
-    }
-
-    /// Seconds, fractions allowed.
-    pub fn secs(&mut self, name: &str) -> Res<Duration> {
-        Ok(Duration::from_secs_f64(self.parse(name)?))
-    }
-
-    pub fn unknown(&self, arg: &str) -> BoxError {
-        format!("unknown argument {arg:?}\n{}", self.usage).into()
-    }
-
-    /// Every count must be at least 1 and the measured time positive.
-    pub fn check(&self, counts: &[usize], duration: Duration) -> Res<()> {
-        if counts.contains(&0) {
-            return Err(format!("counts must be at least 1\n{}", self.usage).into());
-        }
-        if duration.is_zero() {
-            return Err("--duration must be positive".into());
-        }
-        Ok(())
-    }
-}
 
 // ---------------------------------------------------------------- requests
 
@@ -121,7 +51,7 @@ pub struct Prebuilt {
 }
 
 /// Builds `n` distinct compact bodies shaped like ClickUp's taskStatusUpdated
-/// (entry `i` has `history_items[0].id` = `ID_BASE + i`, so each has its own
+/// with a status change and a description edit, about 1.5 KB each (entry `i` has `history_items[0].id` = `ID_BASE + i`, so each has its own
 /// dedupe key and its own `#N` in the e2e message) and signs each. All bodies
 /// live in one leaked buffer so that sending one is zero-copy.
 pub fn prebuild(n: usize) -> Res<Vec<Prebuilt>> {
@@ -146,6 +76,24 @@ pub fn prebuild(n: usize) -> Res<Vec<Prebuilt>> {
             },
             "before": {"status": "to do", "color": "#f9d900", "orderindex": 0, "type": "open"},
             "after": {"status": "in progress", "color": "#7C4DFF", "orderindex": 1, "type": "custom"}
+        }, {
+            "id": "2800787326392370171",
+            "type": 1,
+            "date": "1642736073330",
+            "field": "content",
+            "parent_id": "162641062",
+            "data": {},
+            "source": null,
+            "user": {
+                "id": 183,
+                "username": "John",
+                "email": "john@company.com",
+                "color": "#7b68ee",
+                "initials": "J",
+                "profilePicture": null
+            },
+            "before": "Ship the quarterly report to finance. Collect the numbers from the regional leads, reconcile them with the ledger and flag anything that moved by more than five per cent since the last quarter. Ping the regional leads again on Wednesday if their numbers are not in.",
+            "after": "Ship the quarterly report to finance. Collect the numbers from the regional leads, reconcile them with the ledger, flag anything that moved by more than five per cent since the last quarter and attach the reconciliation sheet to this task before the review on Friday. Ping the regional leads again on Wednesday if their numbers are not in, and copy the controller on anything above the threshold."
         }],
         "task_id": "1vj38vv",
         "webhook_id": "7fa3ec74-69a8-4530-a251-8a13730bd204"
@@ -282,19 +230,105 @@ pub struct Daemon {
     pub child: Child,
     pub addr: SocketAddr,
     dir: tempfile::TempDir,
+    stop_within: Duration,
 }
 
 fn free_port() -> Res<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
+/// How a process under test is started: which daemon binary, pinned to
+/// which CPUs, at which log level, under which wrapper (valgrind).
+#[derive(Clone, Debug)]
+pub struct Launch {
+    /// The clickup-bridge binary (`--bin`; default: the one cargo built).
+    pub bin: PathBuf,
+    /// `taskset -c CPUS` for the process under test; `None`: not pinned.
+    pub cpus: Option<String>,
+    /// The daemon's `RUST_LOG`.
+    pub log: String,
+    /// A command the daemon runs under (`valgrind --tool=callgrind ...`).
+    pub wrapper: Vec<String>,
+    /// How long the daemon may take to answer /healthz.
+    pub ready_within: Duration,
+    /// How long it may take to exit after SIGTERM.
+    pub stop_within: Duration,
+}
+
+impl Launch {
+    pub fn new(bin: Option<PathBuf>, cpus: Option<String>, log: &str) -> Res<Launch> {
+        let bin = bin.unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_clickup-bridge")));
+        if !bin.is_file() {
+            return Err(format!(
+                "daemon binary {} not found: build it (cargo build --release) or give --bin PATH",
+                bin.display()
+            )
+            .into());
+        }
+        Ok(Launch {
+            bin,
+            cpus,
+            log: log.to_owned(),
+            wrapper: Vec::new(),
+            ready_within: Duration::from_secs(30),
+            stop_within: Duration::from_secs(45),
+        })
+    }
+
+    /// `program` under `taskset -c CPUS` (when pinned) and the wrapper.
+    pub fn command(&self, program: &Path) -> Command {
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(cpus) = &self.cpus {
+            argv.extend(["taskset".into(), "-c".into(), cpus.into()]);
+        }
+        argv.extend(self.wrapper.iter().map(Into::into));
+        argv.push(program.into());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
+        cmd
+    }
+}
+
+/// Pins this process (every thread it has and will have) to `cpus` with
+/// `taskset -a -p -c`; call it before any thread is started.
+pub fn pin_self(cpus: &str) -> Res<()> {
+    let pid = std::process::id().to_string();
+    let out = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            format!("cannot run taskset (util-linux) to pin the bench to CPU {cpus}: {e}")
+        })?;
+    if !out.status.success() {
+        return Err(format!(
+            "taskset -p -c {cpus} failed ({}): {}; give --no-pin to run unpinned",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The CPUs this process may run on (`Cpus_allowed_list` of /proc/self/status).
+pub fn allowed_cpus() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_default()
+}
+
 /// Starts the daemon in a fresh temp dir named `tmp_prefix...` with this
-/// routes.yaml, `store` (a `postgres://` URL; `None` is a SQLite file in the
-/// temp dir) and `RUST_LOG=warn`, without the caller's
-/// environment variables for which `drop_env(name)` is true. Waits until it
-/// is healthy (killing it if it does not get there), then gives it 300 ms to
-/// settle before idle RSS is read.
+/// routes.yaml and `store` (a `postgres://` URL; `None` is a SQLite file in
+/// the temp dir), as `launch` says, without the caller's environment
+/// variables for which `drop_env(name)` is true. Waits until it is healthy
+/// (killing it if it does not get there), then gives it 300 ms to settle
+/// before idle RSS is read.
 pub async fn start_daemon(
+    launch: &Launch,
     tmp_prefix: &str,
     routes_yaml: &str,
     store: Option<&str>,
@@ -318,12 +352,12 @@ pub async fn start_daemon(
         ),
     )?;
     let log = std::fs::File::create(dir.path().join("daemon.log"))?;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clickup-bridge"));
+    let mut cmd = launch.command(&launch.bin);
     cmd.arg("serve")
         .arg("-c")
         .arg(&settings)
         .current_dir(dir.path())
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", &launch.log)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -334,9 +368,14 @@ pub async fn start_daemon(
     }
     let child = cmd
         .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", env!("CARGO_BIN_EXE_clickup-bridge")))?;
-    let mut daemon = Daemon { child, addr, dir };
-    if let Err(e) = daemon.wait_healthy().await {
+        .map_err(|e| format!("cannot start {}: {e}", launch.bin.display()))?;
+    let mut daemon = Daemon {
+        child,
+        addr,
+        dir,
+        stop_within: launch.stop_within,
+    };
+    if let Err(e) = daemon.wait_healthy(launch.ready_within).await {
         daemon.kill_now();
         return Err(e);
     }
@@ -355,30 +394,44 @@ impl Daemon {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
-    pub fn log_lines(&self) -> usize {
+    /// The log's lines at warn or above (the log is JSON).
+    fn warnings(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.path().join("daemon.log"))
-            .map(|t| t.lines().count())
-            .unwrap_or(0)
+            .map(|t| {
+                t.lines()
+                    .filter(|l| {
+                        !l.contains(r#""level":"INFO""#)
+                            && !l.contains(r#""level":"DEBUG""#)
+                            && !l.contains(r#""level":"TRACE""#)
+                            // The bench's sink is on loopback on purpose.
+                            && !l.contains("sends to this machine")
+                    })
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
-    /// A note quoting the log when the daemon logged anything (it runs at warn).
+    /// A note quoting the last of them when the daemon logged a warning or
+    /// an error.
     pub fn log_note(&self) -> Option<String> {
-        let warnings = self.log_lines();
-        (warnings > 0).then(|| {
+        let lines = self.warnings();
+        (!lines.is_empty()).then(|| {
             format!(
-                "daemon logged {warnings} line(s) at warn or above; last:\n{}",
-                self.log_tail()
+                "daemon logged {} line(s) at warn or above; last:\n{}",
+                lines.len(),
+                lines[lines.len().saturating_sub(10)..].join("\n")
             )
         })
     }
 
-    async fn wait_healthy(&mut self) -> Res<()> {
+    async fn wait_healthy(&mut self, within: Duration) -> Res<()> {
         let client = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(2))
             .build()?;
         let url = format!("http://{}/healthz", self.addr);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait()? {
                 return Err(format!(
@@ -393,7 +446,12 @@ impl Daemon {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!("daemon not healthy after 30 s:\n{}", self.log_tail()).into());
+                return Err(format!(
+                    "daemon not healthy after {} s:\n{}",
+                    within.as_secs(),
+                    self.log_tail()
+                )
+                .into());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -406,7 +464,7 @@ impl Daemon {
         if !kill.success() {
             return Err(format!("kill -TERM {pid} failed: {kill}").into());
         }
-        let deadline = Instant::now() + Duration::from_secs(45);
+        let deadline = Instant::now() + self.stop_within;
         loop {
             if let Some(status) = self.child.try_wait()? {
                 return Ok(status);
@@ -414,7 +472,8 @@ impl Daemon {
             if Instant::now() > deadline {
                 self.kill_now();
                 return Err(format!(
-                    "daemon did not exit within 45 s of SIGTERM:\n{}",
+                    "daemon did not exit within {} s of SIGTERM:\n{}",
+                    self.stop_within.as_secs(),
                     self.log_tail()
                 )
                 .into());
@@ -783,340 +842,6 @@ impl Meter {
         u.other = (machine_busy * self.cpus as f64 - u.client - u.server - u.sink - u.db).max(0.0);
         u
     }
-}
-
-// ---------------------------------------------------------------- load
-
-/// The load generator's runtime: its threads are named `loadgen`, which is
-/// how the CPU accounting finds them.
-pub fn loadgen_runtime(threads: usize) -> Res<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name("loadgen")
-        // Threads that come and go would make the CPU accounting jump.
-        .thread_keep_alive(Duration::from_secs(3600))
-        .enable_all()
-        .build()?)
-}
-
-/// A keep-alive HTTP/1.1 client without proxy or Nagle, as the load
-/// generator and the naive forwarder use.
-pub fn http_client(max_idle_per_host: usize) -> Res<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .no_proxy()
-        .http1_only()
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(max_idle_per_host)
-        .timeout(Duration::from_secs(10))
-        .build()?)
-}
-
-/// POSTs one pre-built request. `Ok` is the body of a 200; `Err` says what
-/// went wrong ("http 503", "send: connect", ...).
-pub async fn send_signed(
-    client: &reqwest::Client,
-    url: &reqwest::Url,
-    req: &Prebuilt,
-) -> Result<web::Bytes, String> {
-    let sent = client
-        .post(url.clone())
-        .header(CONTENT_TYPE, "application/json")
-        .header(SIGNATURE, req.signature.clone())
-        .body(req.body)
-        .send()
-        .await;
-    match sent {
-        Ok(resp) => {
-            let status = resp.status();
-            match resp.bytes().await {
-                Ok(b) if status == reqwest::StatusCode::OK => Ok(b),
-                Ok(_) => Err(format!("http {}", status.as_u16())),
-                Err(e) => Err(format!("read: {}", kind_of(&e))),
-            }
-        }
-        Err(e) => Err(format!("send: {}", kind_of(&e))),
-    }
-}
-
-fn kind_of(e: &reqwest::Error) -> &'static str {
-    if e.is_timeout() {
-        "timeout"
-    } else if e.is_connect() {
-        "connect"
-    } else if e.is_body() || e.is_decode() {
-        "body"
-    } else if e.is_request() {
-        "request"
-    } else {
-        "other"
-    }
-}
-
-/// What one load generator client (and then all of them) counted.
-#[derive(Default)]
-pub struct Tally {
-    /// Latencies (µs) of 200s sent and answered inside the measured window.
-    pub latencies: Vec<u32>,
-    /// Non-200 answers and transport failures inside the measured window.
-    pub errors: u64,
-    /// Non-200 answers and failures over the whole phase, by kind.
-    pub error_kinds: BTreeMap<String, u64>,
-}
-
-impl Tally {
-    /// A 200 for the request sent at `t0` and answered at `t1`.
-    pub fn answered(&mut self, t0: Instant, t1: Instant, in_window: bool) {
-        if in_window {
-            let us = t1.duration_since(t0).as_micros();
-            self.latencies.push(u32::try_from(us).unwrap_or(u32::MAX));
-        }
-    }
-
-    /// Anything but a 200, `kind` as `send_signed` says it.
-    pub fn failed(&mut self, kind: String, in_window: bool) {
-        if in_window {
-            self.errors += 1;
-        }
-        *self.error_kinds.entry(kind).or_default() += 1;
-    }
-
-    /// Adds one client's tally.
-    pub fn absorb(&mut self, other: Tally) {
-        self.latencies.extend(other.latencies);
-        self.errors += other.errors;
-        for (k, v) in other.error_kinds {
-            *self.error_kinds.entry(k).or_default() += v;
-        }
-    }
-
-    /// A client task that did not come back.
-    pub fn lost_worker(&mut self, e: &tokio::task::JoinError) {
-        self.errors += 1;
-        *self.error_kinds.entry(format!("worker: {e}")).or_default() += 1;
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-pub enum Stop {
-    /// Warm-up, then a measured window.
-    Timed {
-        warmup: Duration,
-        duration: Duration,
-    },
-    /// Until this many events were answered 200 (each failure is replaced by
-    /// a fresh event); everything is measured.
-    Accepted(u64),
-}
-
-pub struct LoadSpec {
-    /// Where the requests go: request `i` to `urls[i % urls.len()]`, as a
-    /// round-robin load balancer would spread them over several instances.
-    pub urls: Vec<String>,
-    pub connections: usize,
-    pub stop: Stop,
-    /// Cycle through the pool (only where events need not be distinct).
-    pub wrap: bool,
-    /// The daemons whose CPU counts as "server" (empty: this process).
-    pub server_pids: Vec<u32>,
-    /// Keep the body of every 200 (the ingest bench checks them).
-    pub keep_answers: bool,
-    /// Incremented on every 200, for progress reports.
-    pub progress: Arc<AtomicU64>,
-}
-
-#[derive(Default)]
-pub struct WorkerOut {
-    tally: Tally,
-    /// (pool index, when its 200 was read) of every 200 of the phase.
-    accepted: Vec<(u32, Instant)>,
-    /// The bodies of those 200s, with `keep_answers`.
-    answers: Vec<web::Bytes>,
-    gave_up: bool,
-}
-
-pub struct LoadOut {
-    /// When the measured window began.
-    pub window_start: Instant,
-    /// When it ended.
-    pub window_end: Instant,
-    pub tally: Tally,
-    /// (pool index, when its 200 was read) of every 200, in that order.
-    pub accepted: Vec<(u32, Instant)>,
-    /// The bodies of every 200 (warm-up included), with `keep_answers`.
-    pub answers: Vec<web::Bytes>,
-    pub pool_exhausted: bool,
-    pub gave_up: bool,
-    pub cpu: CpuUse,
-}
-
-impl LoadOut {
-    pub fn window(&self) -> Duration {
-        self.window_end.duration_since(self.window_start)
-    }
-
-    /// 200s sent and answered in the window, per second.
-    pub fn rps(&self) -> f64 {
-        self.tally.latencies.len() as f64 / self.window().as_secs_f64()
-    }
-}
-
-/// Consecutive failures after which a client gives up in `Stop::Accepted`.
-pub const GIVE_UP_AFTER: u32 = 1000;
-
-pub async fn run_load(spec: LoadSpec, pool: Arc<Vec<Prebuilt>>, meter: &Meter) -> Res<LoadOut> {
-    let client = http_client(spec.connections)?;
-    let urls = Arc::new(
-        spec.urls
-            .iter()
-            .map(|u| reqwest::Url::parse(u))
-            .collect::<Result<Vec<_>, _>>()?,
-    );
-    if urls.is_empty() {
-        return Err("the load needs at least one URL".into());
-    }
-    let start = Instant::now();
-    let (warm_end, end) = match spec.stop {
-        Stop::Timed { warmup, duration } => (start + warmup, Some(start + warmup + duration)),
-        Stop::Accepted(_) => (start, None),
-    };
-    let next = Arc::new(AtomicUsize::new(0));
-    let claimed = Arc::new(AtomicU64::new(0));
-    let exhausted = Arc::new(AtomicBool::new(false));
-    let before = if end.is_some() {
-        None
-    } else {
-        Some(meter.snap_many(&spec.server_pids))
-    };
-    let mut tasks = Vec::with_capacity(spec.connections);
-    for _ in 0..spec.connections {
-        let (client, urls, pool, next, claimed, exhausted, progress) = (
-            client.clone(),
-            urls.clone(),
-            pool.clone(),
-            next.clone(),
-            claimed.clone(),
-            exhausted.clone(),
-            spec.progress.clone(),
-        );
-        let (stop, wrap, keep_answers) = (spec.stop, spec.wrap, spec.keep_answers);
-        tasks.push(tokio::spawn(async move {
-            let mut out = WorkerOut::default();
-            'events: loop {
-                match (stop, end) {
-                    (Stop::Timed { .. }, Some(end)) if Instant::now() >= end => break,
-                    (Stop::Accepted(target), _)
-                        if claimed.fetch_add(1, Ordering::Relaxed) >= target =>
-                    {
-                        break;
-                    }
-                    _ => {}
-                }
-                // Send fresh events until one is accepted (timed: just one).
-                let mut failures = 0u32;
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let idx = if wrap { i % pool.len() } else { i };
-                    let Some(req) = pool.get(idx) else {
-                        exhausted.store(true, Ordering::Relaxed);
-                        break 'events;
-                    };
-                    let url = &urls[i % urls.len()];
-                    let t0 = Instant::now();
-                    let result = send_signed(&client, url, req).await;
-                    let t1 = Instant::now();
-                    let in_window = t0 >= warm_end && end.is_none_or(|end| t1 <= end);
-                    match result {
-                        Ok(body) => {
-                            out.tally.answered(t0, t1, in_window);
-                            if keep_answers {
-                                out.answers.push(body);
-                            }
-                            out.accepted
-                                .push((u32::try_from(idx).unwrap_or(u32::MAX), t1));
-                            progress.fetch_add(1, Ordering::Relaxed);
-                            break;
-                        }
-                        Err(kind) => {
-                            out.tally.failed(kind, in_window);
-                            failures += 1;
-                            if end.is_some() {
-                                break;
-                            }
-                            if failures >= GIVE_UP_AFTER {
-                                out.gave_up = true;
-                                break 'events;
-                            }
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        }
-                    }
-                }
-            }
-            out
-        }));
-    }
-    let (before, after) = match (before, end) {
-        (Some(before), _) => {
-            // Measured as a whole: wait for the clients.
-            let mut outs = Vec::with_capacity(tasks.len());
-            for t in tasks.drain(..) {
-                outs.push(t.await);
-            }
-            let after = meter.snap_many(&spec.server_pids);
-            return Ok(collect(
-                outs, start, after.at, &exhausted, meter, &before, &after,
-            ));
-        }
-        (None, Some(end)) => {
-            tokio::time::sleep_until(warm_end.into()).await;
-            let before = meter.snap_many(&spec.server_pids);
-            tokio::time::sleep_until(end.into()).await;
-            (before, meter.snap_many(&spec.server_pids))
-        }
-        (None, None) => return Err("no way to end the load".into()),
-    };
-    let mut outs = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        outs.push(t.await);
-    }
-    let window_end = end.unwrap_or(after.at);
-    Ok(collect(
-        outs, warm_end, window_end, &exhausted, meter, &before, &after,
-    ))
-}
-
-pub fn collect(
-    outs: Vec<Result<WorkerOut, tokio::task::JoinError>>,
-    window_start: Instant,
-    window_end: Instant,
-    exhausted: &AtomicBool,
-    meter: &Meter,
-    before: &CpuSnap,
-    after: &CpuSnap,
-) -> LoadOut {
-    let mut out = LoadOut {
-        window_start,
-        window_end,
-        tally: Tally::default(),
-        accepted: Vec::new(),
-        answers: Vec::new(),
-        pool_exhausted: exhausted.load(Ordering::Relaxed),
-        gave_up: false,
-        cpu: meter.between(before, after),
-    };
-    for w in outs {
-        match w {
-            Ok(w) => {
-                out.tally.absorb(w.tally);
-                out.accepted.extend(w.accepted);
-                out.answers.extend(w.answers);
-                out.gave_up |= w.gave_up;
-            }
-            Err(e) => out.tally.lost_worker(&e),
-        }
-    }
-    out.tally.latencies.sort_unstable();
-    out.accepted.sort_unstable_by_key(|(_, t)| *t);
-    out
 }
 
 // ---------------------------------------------------------------- figures
