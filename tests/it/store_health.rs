@@ -231,8 +231,12 @@ async fn a_full_disk_is_reported_and_recovered_from_on_a_tmpfs() {
         while f.write_all(&block).is_ok() {}
         let _ = f.sync_all();
     }
+    // SQLite may still reuse WAL space it holds (after a checkpoint), so a
+    // few more commits can succeed; once that is used up, webhooks are
+    // refused and readiness says so.
     let mut refused = 0;
-    for n in 100..160 {
+    let full = Instant::now();
+    for n in 100.. {
         let t = Instant::now();
         match post_n(&app, n).await {
             200 => acked.push(n),
@@ -244,9 +248,14 @@ async fn a_full_disk_is_reported_and_recovered_from_on_a_tmpfs() {
             "event {n} took {:?}",
             t.elapsed()
         );
+        if refused > 0 && readyz(&app).await == 503 {
+            break;
+        }
+        assert!(
+            full.elapsed() < Duration::from_secs(30),
+            "a full disk was not reported within 30 s ({refused} events refused)"
+        );
     }
-    assert!(refused > 0, "a full disk refused nothing");
-    assert_eq!(readyz(&app).await, 503);
 
     std::fs::remove_file(&filler).unwrap();
     wait_for(20, "ready again", || async {
