@@ -429,24 +429,34 @@ async fn attempt_one(shared: &Shared, d: ClaimedDelivery, limits: Arc<TargetLimi
     shared.wake.notify_one();
 }
 
-/// Records an attempt, trying again for a while when the store fails (a
-/// full disk freed, a lock released): the request was made, and forgetting
-/// that would send it again once the lease expires. If the store stays down,
-/// that is what happens (with the same Idempotency-Key: at least once).
+/// Records an attempt, trying again until the store takes it (a full disk
+/// freed, a lock released): the request was made, and until it is recorded
+/// the delivery stays claimed, holding its ordering key. Given up, the
+/// claim would hold the key until its lease expired (minutes), and the
+/// delivery would be sent again. A stop cuts the retries: the claim is then
+/// released with the others cut at shutdown (`Unfinished`), and the
+/// delivery is sent again with the same Idempotency-Key (at least once).
 async fn record_attempt(store: &crate::store::Store, record: AttemptRecord) {
     let mut wait = Duration::from_millis(100);
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut failing_since: Option<Instant> = None;
+    let mut told = Instant::now();
     loop {
         match store.record_attempt(record.clone()).await {
-            Ok(()) => return,
-            Err(e) if Instant::now() + wait < deadline => {
-                tracing::warn!(delivery_id = %record.delivery_id, error = %e, retry_in_ms = wait.as_millis() as u64, "cannot record the attempt; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(2));
+            Ok(()) => {
+                if let Some(since) = failing_since {
+                    tracing::info!(delivery_id = %record.delivery_id, after_ms = since.elapsed().as_millis() as u64, "attempt recorded after the store came back");
+                }
+                return;
             }
             Err(e) => {
-                tracing::error!(delivery_id = %record.delivery_id, error = %e, "cannot record the attempt; it is made again when its lease expires");
-                return;
+                // Said when it starts, then every half minute.
+                if failing_since.is_none() || told.elapsed() >= Duration::from_secs(30) {
+                    tracing::warn!(delivery_id = %record.delivery_id, error = %e, "cannot record the attempt; retrying until the store takes it");
+                    told = Instant::now();
+                }
+                failing_since.get_or_insert_with(Instant::now);
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
             }
         }
     }

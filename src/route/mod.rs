@@ -230,7 +230,9 @@ fn log_routed(r: &RoutedEvent) {
     if r.matched_routes.is_empty() {
         tracing::info!(event_id = %r.event_id, "event matched no route");
     } else {
-        tracing::info!(event_id = %r.event_id, routes = %crate::telemetry::list(&r.matched_routes), deliveries = r.deliveries.len(), "event routed");
+        // Debug: the happy path logs one line per event (accepted) and one
+        // per delivery attempt, as the SPEC asks; routing is between them.
+        tracing::debug!(event_id = %r.event_id, routes = %crate::telemetry::list(&r.matched_routes), deliveries = r.deliveries.len(), "event routed");
     }
 }
 

@@ -5,6 +5,7 @@
 //! backend is added as another variant of [`Backend`] without touching callers.
 
 mod copy;
+mod migrate;
 mod ops;
 mod postgres;
 mod sql;
@@ -522,16 +523,11 @@ enum Backend {
     Postgres(postgres::PgStore),
 }
 
-/// Runs the copy inside one transaction of the target.
-async fn copy_in_tx<A, DB>(
+/// Runs the copy inside one transaction of a PostgreSQL target.
+async fn copy_into_pg<A: sql::Conn>(
     from: &mut A,
-    to: &mut sqlx::pool::PoolConnection<DB>,
-) -> Result<Copied, StoreError>
-where
-    A: sql::Conn,
-    DB: sqlx::Database,
-    DB::Connection: sql::Conn,
-{
+    to: &mut sqlx::pool::PoolConnection<sqlx::Postgres>,
+) -> Result<Copied, StoreError> {
     use sqlx::Connection;
     let mut tx = (**to).begin().await?;
     let copied = copy::copy(from, &mut *tx).await?;
@@ -540,13 +536,21 @@ where
 }
 
 /// Runs a shared read (`ops::...`) on a reading connection of the backend.
+/// SQLite reads run on a reader thread, so what the read borrows is named
+/// in `[...]` and copied (`to_owned`) into it.
 macro_rules! read {
     ($self:ident, |$c:ident| $body:expr) => {
+        read!($self, [], |$c| $body)
+    };
+    ($self:ident, [$($v:ident),*], |$c:ident| $body:expr) => {
         match $self.backend.as_ref() {
             Backend::Sqlite(s) => {
-                let mut conn = s.reader().await?;
-                let $c = &mut *conn;
-                $body.await
+                $(let $v = $v.to_owned();)*
+                s.read(move |$c| {
+                    $(let $v = &$v;)*
+                    futures_executor::block_on($body)
+                })
+                .await
             }
             Backend::Postgres(p) => {
                 let mut conn = p.reader().await?;
@@ -715,12 +719,12 @@ impl Store {
 
     /// Events matching `filter`, newest first.
     pub async fn events(&self, filter: &EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
-        read!(self, |c| ops::events(c, filter))
+        read!(self, [filter], |c| ops::events(c, filter))
     }
 
     /// How many deliveries match `filter` (its `limit` and `before` aside).
     pub async fn count_deliveries(&self, filter: &DeliveryFilter) -> Result<u64, StoreError> {
-        read!(self, |c| ops::count_deliveries(c, filter))
+        read!(self, [filter], |c| ops::count_deliveries(c, filter))
     }
 
     /// Events accepted and deliveries created since `since` (Unix ms), per
@@ -785,7 +789,7 @@ impl Store {
     /// The database's plan for claiming `target`'s deliveries at `now`, one
     /// line per step (to check that claiming stays an index walk).
     pub async fn claim_plan(&self, target: &str, now: i64) -> Result<Vec<String>, StoreError> {
-        read!(self, |c| ops::claim_plan(c, target, now))
+        read!(self, [target], |c| ops::claim_plan(c, target, now))
     }
 
     /// Leaves an event unrouted until `retry_at` (its enrichment failed),
@@ -817,7 +821,7 @@ impl Store {
         &self,
         task_id: &str,
     ) -> Result<serde_json::Map<String, serde_json::Value>, StoreError> {
-        read!(self, |c| ops::links(c, task_id))
+        read!(self, [task_id], |c| ops::links(c, task_id))
     }
 
     /// Records an attempt and applies its outcome to the delivery.
@@ -835,17 +839,17 @@ impl Store {
         &self,
         filter: &DeliveryFilter,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
-        read!(self, |c| ops::deliveries(c, filter))
+        read!(self, [filter], |c| ops::deliveries(c, filter))
     }
 
     /// The attempts of one delivery, in order.
     pub async fn attempts(&self, delivery: &DeliveryId) -> Result<Vec<AttemptRow>, StoreError> {
-        read!(self, |c| ops::attempts(c, delivery))
+        read!(self, [delivery], |c| ops::attempts(c, delivery))
     }
 
     /// Routes matched by an event (`None` while unrouted).
     pub async fn matched_routes(&self, event: &EventId) -> Result<Option<Vec<String>>, StoreError> {
-        read!(self, |c| ops::matched_routes(c, event))
+        read!(self, [event], |c| ops::matched_routes(c, event))
     }
 
     /// Events, newest first, at most `limit`, older than `before` (a cursor).
@@ -866,12 +870,12 @@ impl Store {
 
     /// One event.
     pub async fn event(&self, id: &EventId) -> Result<Option<StoredEvent>, StoreError> {
-        read!(self, |c| ops::event(c, id))
+        read!(self, [id], |c| ops::event(c, id))
     }
 
     /// One delivery.
     pub async fn delivery(&self, id: &DeliveryId) -> Result<Option<DeliveryRow>, StoreError> {
-        read!(self, |c| ops::delivery(c, id))
+        read!(self, [id], |c| ops::delivery(c, id))
     }
 
     /// Targets that have pending deliveries.
@@ -894,7 +898,13 @@ impl Store {
         target: Option<&str>,
         route: Option<&str>,
     ) -> Result<u64, StoreError> {
-        read!(self, |c| ops::count_replayable(c, status, target, route))
+        let (target, route) = (target.map(str::to_owned), route.map(str::to_owned));
+        read!(self, [target, route], |c| ops::count_replayable(
+            c,
+            status,
+            target.as_deref(),
+            route.as_deref()
+        ))
     }
 
     /// Counts for metrics.
@@ -923,20 +933,20 @@ impl Store {
         let dst = Store::open(to).await?;
         let copied = match (src.backend.as_ref(), dst.backend.as_ref()) {
             (Backend::Sqlite(a), Backend::Sqlite(b)) => {
-                let (mut r, mut w) = (a.reader().await?, b.reader().await?);
-                copy_in_tx(&mut *r, &mut w).await
+                let mut r = a.connection()?;
+                sqlite::copy_into(&mut sqlite::Lite(&mut r), b.connection()?).await
             }
             (Backend::Sqlite(a), Backend::Postgres(b)) => {
-                let (mut r, mut w) = (a.reader().await?, b.reader().await?);
-                copy_in_tx(&mut *r, &mut w).await
+                let (mut r, mut w) = (a.connection()?, b.reader().await?);
+                copy_into_pg(&mut sqlite::Lite(&mut r), &mut w).await
             }
             (Backend::Postgres(a), Backend::Sqlite(b)) => {
-                let (mut r, mut w) = (a.reader().await?, b.reader().await?);
-                copy_in_tx(&mut *r, &mut w).await
+                let mut r = a.reader().await?;
+                sqlite::copy_into(&mut *r, b.connection()?).await
             }
             (Backend::Postgres(a), Backend::Postgres(b)) => {
                 let (mut r, mut w) = (a.reader().await?, b.reader().await?);
-                copy_in_tx(&mut *r, &mut w).await
+                copy_into_pg(&mut *r, &mut w).await
             }
         };
         src.close().await;

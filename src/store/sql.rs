@@ -2,10 +2,11 @@
 //! cells. The shared store logic ([`super::ops`]) builds [`Stmt`]s and reads
 //! [`Row`]s; a backend only runs them on its connections ([`Conn`]).
 //!
-//! SQL is written once with `$N` placeholders, which both PostgreSQL and
-//! sqlx's SQLite driver bind by number. What truly differs per database is a
-//! [`Dialect`] constant on the connection type. A backend on another driver
-//! implements [`Conn`] (two methods) and nothing in `ops` changes.
+//! SQL is written once with `$N` placeholders, which PostgreSQL binds by
+//! number (the SQLite backend turns them into SQLite's `?N`). What truly
+//! differs per database is a [`Dialect`] constant on the connection type. A
+//! backend on another driver implements [`Conn`] (two methods) and nothing
+//! in `ops` changes: SQLite moved from sqlx to rusqlite that way.
 
 use super::StoreError;
 use std::borrow::Cow;

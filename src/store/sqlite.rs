@@ -1,7 +1,18 @@
-//! SQLite backend: WAL, one writer task fed by a channel that commits queued
-//! operations together (group commit), and a small pool of readers. The
-//! operations themselves (SQL, decoding) are the shared ones in
-//! [`super::ops`]; this file only schedules and runs them.
+//! SQLite backend on rusqlite: WAL, one writer thread fed by a channel that
+//! commits queued operations together (group commit), reader threads with
+//! their own connections, and a checkpointer thread. The operations
+//! themselves (SQL, decoding) are the shared ones in [`super::ops`]; this
+//! file only schedules and runs them.
+//!
+//! Why threads: SQLite's calls block. The writer owns its connections on
+//! one std thread, so a statement never crosses a thread (sqlx ran each
+//! connection on a thread of its own and sent every query over a channel);
+//! tokio's workers only send a message and await the reply. The shared
+//! operations are `async` (PostgreSQL needs that); here [`Lite`] answers
+//! every call at once, so the writer drives them with a `block_on` that
+//! never waits. Statements are prepared once per connection and cached
+//! (`prepare_cached`), and arguments bind by number (`$N` becomes `?N`),
+//! never by name.
 //!
 //! Why group commit: SQLite has one writer at a time and each durable commit
 //! costs an fsync. Inbound inserts, router results, delivery claims and
@@ -16,29 +27,36 @@
 //! Leases: one daemon owns an SQLite file, so leases left by a crashed
 //! process are cleared when the store opens.
 
-use super::StoreError;
+use super::copy::Copied;
 use super::ops::{self, Done, INSERT_CHUNK, NewEvent, Op};
 use super::sql::{Cell, Conn, Dialect, Row, Stmt, Value};
-use sqlx::sqlite::{
-    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
-};
-use sqlx::{Column, ConnectOptions, Connection, Row as _, SqliteConnection, TypeInfo, ValueRef};
-use std::path::Path;
-use std::sync::Arc;
+use super::{DbError, StoreError};
+use rusqlite::types::{Null, ValueRef};
+use std::borrow::Cow;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc as std_mpsc};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most operations committed in one transaction.
 const MAX_BATCH: usize = 512;
 
-/// How long a writer connection waits for SQLite's lock before an
-/// operation fails (it fails the whole batch at once, never op by op).
+/// How long a connection waits for SQLite's lock before an operation fails
+/// (it fails the whole batch at once, never op by op).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// How long closing a broken writer connection may take before it is
-/// dropped: a wedged connection must not wedge the writer too.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Prepared statements kept per connection. The multi-row statements of a
+/// batch differ by their row count, so there are more than a handful.
+const STATEMENT_CACHE: usize = 256;
+
+/// Reader threads (each with its own connection).
+const READERS: usize = 2;
+
+/// Commits after which the writer asks for a checkpoint before the next
+/// second is up: a burst must not grow the WAL unchecked for a second
+/// (on a small disk that alone can fill it).
+const CHECKPOINT_EVERY: u32 = 32;
 
 type Reply = oneshot::Sender<Result<Done, StoreError>>;
 
@@ -47,100 +65,174 @@ enum Msg {
     Shutdown(oneshot::Sender<()>),
 }
 
+/// A read, run on a reader thread with its connection.
+type Job = Box<dyn FnOnce(&mut rusqlite::Connection) + Send>;
+
 pub(super) struct SqliteStore {
+    path: PathBuf,
     writer: mpsc::Sender<Msg>,
-    read: SqlitePool,
+    /// `None` once closed: the reader threads end when it is dropped.
+    read: Mutex<Option<std_mpsc::Sender<Job>>>,
+    /// The writer, reader and checkpointer threads, joined on close (so no
+    /// file of the store is open after it).
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
-fn bind<'q>(
-    q: sqlx::query::Query<'q, sqlx::Sqlite, SqliteArguments>,
-    args: Vec<Value>,
-) -> sqlx::query::Query<'q, sqlx::Sqlite, SqliteArguments> {
-    args.into_iter().fold(q, |q, v| match v {
-        Value::Int(v) => q.bind(v),
-        Value::Text(v) => q.bind(v),
-        Value::Bytes(v) => q.bind(v),
-    })
-}
+/// A rusqlite connection seen through the store's seam. Every call runs at
+/// once, on the caller's thread; the futures it returns are already done.
+pub(super) struct Lite<'a>(pub(super) &'a mut rusqlite::Connection);
 
-fn row(r: &SqliteRow, names: &Arc<[String]>) -> Result<Row, sqlx::Error> {
-    let mut cells = Vec::with_capacity(names.len());
-    for i in 0..names.len() {
-        let raw = r.try_get_raw(i)?;
-        // SQLite types values, not columns: read each as what it holds.
-        let cell = if raw.is_null() {
-            Cell::Null
-        } else {
-            match raw.type_info().name() {
-                "INTEGER" | "BOOLEAN" => Cell::Int(r.try_get(i)?),
-                "BLOB" => Cell::Bytes(r.try_get(i)?),
-                _ => Cell::Text(r.try_get(i)?),
-            }
-        };
-        cells.push(cell);
-    }
-    Ok(Row::new(names.clone(), cells))
-}
-
-impl Conn for SqliteConnection {
-    const DIALECT: Dialect = Dialect::Sqlite;
-
-    async fn execute(&mut self, stmt: Stmt) -> Result<u64, StoreError> {
-        let q = bind(sqlx::query(sqlx::AssertSqlSafe(stmt.sql)), stmt.args);
-        Ok(q.execute(&mut *self).await?.rows_affected())
-    }
-
-    async fn fetch(&mut self, stmt: Stmt) -> Result<Vec<Row>, StoreError> {
-        let q = bind(sqlx::query(sqlx::AssertSqlSafe(stmt.sql)), stmt.args);
-        let rows = q.fetch_all(&mut *self).await?;
-        let Some(first) = rows.first() else {
-            return Ok(Vec::new());
-        };
-        let names: Arc<[String]> = first
-            .columns()
-            .iter()
-            .map(|c| c.name().to_owned())
-            .collect();
-        Ok(rows
-            .iter()
-            .map(|r| row(r, &names))
-            .collect::<Result<_, _>>()?)
-    }
-}
-
-fn options(path: &Path) -> SqliteConnectOptions {
-    SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(BUSY_TIMEOUT)
-        .foreign_keys(true)
-        // Checkpoints run in the background (see `checkpointer`), not inside
-        // a commit on the writer, where they would stall every request
-        // waiting on that commit.
-        .pragma("wal_autocheckpoint", "0")
-        .pragma("journal_size_limit", "67108864")
-        .log_statements(tracing::log::LevelFilter::Trace)
-}
-
-/// Copies the WAL into the database file every second from a reader
-/// connection. PASSIVE never blocks the writer; it copies what no reader
-/// still needs, so the WAL is reused instead of growing.
-async fn checkpointer(pool: SqlitePool) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while !pool.is_closed() {
-        tick.tick().await;
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
-            .await
-            && !pool.is_closed()
-        {
-            tracing::warn!(error = %e, "WAL checkpoint failed");
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e {
+            // A value that cannot be decoded is bad data, not an outage.
+            rusqlite::Error::FromSqlConversionFailure(i, _, _)
+            | rusqlite::Error::InvalidColumnType(i, _, _)
+            | rusqlite::Error::Utf8Error(i, _) => StoreError::Corrupt {
+                column: format!("#{i}"),
+                detail: e.to_string(),
+            },
+            e => StoreError::Unavailable {
+                source: Arc::new(e),
+            },
         }
     }
 }
+
+/// `$N` placeholders (the seam's, PostgreSQL's) as SQLite's `?N`, which
+/// bind by number: `$N` would be a *named* parameter, numbered by first
+/// appearance, so `... $2 ... $1` would swap them. Quoted text is left as
+/// it is.
+fn numbered(sql: &str) -> Cow<'_, str> {
+    if !sql.contains('$') {
+        return Cow::Borrowed(sql);
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut quoted = false;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => quoted = !quoted,
+            '$' if !quoted && chars.peek().is_some_and(char::is_ascii_digit) => {
+                out.push('?');
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    Cow::Owned(out)
+}
+
+impl Lite<'_> {
+    fn prepare(&self, stmt: Stmt) -> Result<rusqlite::CachedStatement<'_>, StoreError> {
+        let mut st = self.0.prepare_cached(&numbered(&stmt.sql))?;
+        if st.parameter_count() != stmt.args.len() {
+            return Err(StoreError::Internal(
+                "a statement was given another number of arguments than it has placeholders",
+            ));
+        }
+        for (i, v) in stmt.args.into_iter().enumerate() {
+            let n = i + 1;
+            match v {
+                Value::Int(Some(v)) => st.raw_bind_parameter(n, v)?,
+                Value::Text(Some(v)) => st.raw_bind_parameter(n, v)?,
+                Value::Bytes(v) => st.raw_bind_parameter(n, v)?,
+                Value::Int(None) | Value::Text(None) => st.raw_bind_parameter(n, Null)?,
+            }
+        }
+        Ok(st)
+    }
+
+    fn execute_now(&mut self, stmt: Stmt) -> Result<u64, StoreError> {
+        let mut st = self.prepare(stmt)?;
+        let n = st.raw_execute()?;
+        Ok(u64::try_from(n).unwrap_or(u64::MAX))
+    }
+
+    fn fetch_now(&mut self, stmt: Stmt) -> Result<Vec<Row>, StoreError> {
+        let mut st = self.prepare(stmt)?;
+        let names: Arc<[String]> = st.column_names().into_iter().map(str::to_owned).collect();
+        let mut rows = st.raw_query();
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let mut cells = Vec::with_capacity(names.len());
+            for (i, name) in names.iter().enumerate() {
+                // SQLite types values, not columns: read each as what it holds.
+                cells.push(match r.get_ref(i)? {
+                    ValueRef::Null => Cell::Null,
+                    ValueRef::Integer(v) => Cell::Int(v),
+                    ValueRef::Text(t) => Cell::Text(
+                        std::str::from_utf8(t)
+                            .map_err(|e| StoreError::corrupt(name, format!("not UTF-8: {e}")))?
+                            .to_owned(),
+                    ),
+                    ValueRef::Blob(b) => Cell::Bytes(b.to_vec()),
+                    ValueRef::Real(v) => {
+                        return Err(StoreError::corrupt(
+                            name,
+                            format!("expected an integer, text or bytes, found the real {v}"),
+                        ));
+                    }
+                });
+            }
+            out.push(Row::new(names.clone(), cells));
+        }
+        Ok(out)
+    }
+}
+
+impl Conn for Lite<'_> {
+    const DIALECT: Dialect = Dialect::Sqlite;
+
+    fn execute(&mut self, stmt: Stmt) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        std::future::ready(self.execute_now(stmt))
+    }
+
+    fn fetch(&mut self, stmt: Stmt) -> impl Future<Output = Result<Vec<Row>, StoreError>> + Send {
+        std::future::ready(self.fetch_now(stmt))
+    }
+}
+
+/// Runs a shared operation on a [`Lite`] connection: its futures are ready
+/// when made, so this never waits.
+fn now<T>(f: impl Future<Output = T>) -> T {
+    futures_executor::block_on(f)
+}
+
+/// Opens a connection with the store's settings; `durable` picks
+/// `synchronous=FULL` (inbound inserts) over `NORMAL` (everything else).
+pub(super) fn connect(path: &Path, durable: bool) -> Result<rusqlite::Connection, StoreError> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Unavailable {
+            source: Arc::new(NoWal(mode)),
+        });
+    }
+    conn.execute_batch(if durable {
+        "PRAGMA synchronous = FULL"
+    } else {
+        "PRAGMA synchronous = NORMAL"
+    })?;
+    // Checkpoints run in the background (see `checkpointer`), not inside a
+    // commit on the writer, where they would stall every request waiting on
+    // that commit.
+    conn.execute_batch(
+        "PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0; \
+         PRAGMA journal_size_limit = 67108864;",
+    )?;
+    Ok(conn)
+}
+
+/// SQLite refused WAL mode.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "SQLite kept journal mode {0:?} instead of WAL (is the file on a network file system?); put the store on a local disk"
+)]
+struct NoWal(String);
 
 fn stopped() -> StoreError {
     StoreError::Internal("the store writer has stopped")
@@ -157,42 +249,44 @@ impl SqliteStore {
         {
             return Err(StoreError::NoFolder(dir.to_owned()));
         }
-        let mut conn = options(path).connect().await?;
-        sqlx::migrate!("migrations/sqlite")
-            .run(&mut conn)
+        let owned = path.to_path_buf();
+        // Opening and migrating block: off the async workers.
+        let (durable, fast) = tokio::task::spawn_blocking(move || open_writer(&owned))
             .await
-            .map_err(StoreError::migration)?;
-        // Whatever a previous (crashed) process had claimed is free again.
-        conn.execute(Stmt::new(
-            "UPDATE events SET lease_until = NULL WHERE lease_until IS NOT NULL",
-        ))
-        .await?;
-        conn.execute(Stmt::new(
-            "UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL",
-        ))
-        .await?;
-        // The second writing connection commits without waiting for fsync
-        // (see `Writer`); the writer task uses the two one after the other,
-        // so they never contend for SQLite's write lock.
-        let fast = options(path)
-            .synchronous(SqliteSynchronous::Normal)
-            .connect()
-            .await?;
-        let read = SqlitePoolOptions::new()
-            .max_connections(2)
-            .connect_with(options(path))
-            .await?;
+            .map_err(|_| StoreError::Internal("opening the store panicked"))??;
+        let mut threads = Vec::new();
+        let (read_tx, read_rx) = std_mpsc::channel::<Job>();
+        let read_rx = Arc::new(Mutex::new(read_rx));
+        for i in 0..READERS {
+            let conn = connect(path, true)?;
+            let rx = read_rx.clone();
+            threads.push(spawn_thread(format!("store-read-{i}"), move || {
+                reader(conn, &rx);
+            })?);
+        }
+        // The writer asks for checkpoints; the checkpointer ends with it.
+        let (nudge, nudges) = std_mpsc::sync_channel::<()>(1);
+        let checkpoints = connect(path, true)?;
+        threads.push(spawn_thread("store-checkpoint".to_owned(), move || {
+            checkpointer(&checkpoints, &nudges);
+        })?);
         let (tx, rx) = mpsc::channel(4096);
         let conns = Conns {
             path: path.to_path_buf(),
-            open: Some((conn, fast)),
+            open: Some((durable, fast)),
         };
-        tokio::spawn(writer(conns, rx));
-        tokio::spawn(checkpointer(read.clone()));
-        Ok(SqliteStore { writer: tx, read })
+        threads.push(spawn_thread("store-writer".to_owned(), move || {
+            writer(conns, rx, &nudge);
+        })?);
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            writer: tx,
+            read: Mutex::new(Some(read_tx)),
+            threads: Mutex::new(threads),
+        })
     }
 
-    /// Queues a write for the writer task and waits for its commit.
+    /// Queues a write for the writer thread and waits for its commit.
     pub(super) async fn run(&self, op: Op) -> Result<Done, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.writer
@@ -202,11 +296,26 @@ impl SqliteStore {
         rx.await.map_err(|_| stopped())?
     }
 
-    /// A reading connection.
-    pub(super) async fn reader(
+    /// Runs `f` on a reader thread's connection and waits for its answer.
+    pub(super) async fn read<T: Send + 'static>(
         &self,
-    ) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>, StoreError> {
-        Ok(self.read.acquire().await?)
+        f: impl FnOnce(&mut Lite<'_>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let _ = reply.send(f(&mut Lite(conn)));
+        });
+        lock(&self.read)
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(job)
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// A connection of its own (`store copy`).
+    pub(super) fn connection(&self) -> Result<rusqlite::Connection, StoreError> {
+        connect(&self.path, true)
     }
 
     pub(super) async fn close(&self) {
@@ -214,7 +323,75 @@ impl SqliteStore {
         if self.writer.send(Msg::Shutdown(tx)).await.is_ok() {
             let _ = rx.await;
         }
-        self.read.close().await;
+        lock(&self.read).take();
+        let threads = std::mem::take(&mut *lock(&self.threads));
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave an `Option` inconsistent.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn spawn_thread(
+    name: String,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>, StoreError> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .map_err(|e| StoreError::Unavailable {
+            source: Arc::new(e),
+        })
+}
+
+/// Opens the writer's two connections, migrates, and frees the claims a
+/// previous (crashed) process held.
+fn open_writer(path: &Path) -> Result<(rusqlite::Connection, rusqlite::Connection), StoreError> {
+    let mut durable = connect(path, true)?;
+    super::migrate::sqlite(&mut durable)?;
+    durable.execute_batch(
+        "UPDATE events SET lease_until = NULL WHERE lease_until IS NOT NULL; \
+         UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL;",
+    )?;
+    // The second writing connection commits without waiting for fsync (see
+    // `writer`); the writer thread uses the two one after the other, so they
+    // never contend for SQLite's write lock.
+    let fast = connect(path, false)?;
+    Ok((durable, fast))
+}
+
+fn reader(mut conn: rusqlite::Connection, jobs: &Mutex<std_mpsc::Receiver<Job>>) {
+    loop {
+        // The lock is held only while waiting for the next job.
+        let job = lock(jobs).recv();
+        match job {
+            Ok(job) => job(&mut conn),
+            Err(_) => return,
+        }
+    }
+}
+
+/// Copies the WAL into the database file at once, then every second or
+/// when the writer asks (after [`CHECKPOINT_EVERY`] commits), until the
+/// writer ends. PASSIVE never blocks the writer; it copies what no reader
+/// still needs, so the WAL is reused instead of growing.
+fn checkpointer(conn: &rusqlite::Connection, nudges: &std_mpsc::Receiver<()>) {
+    loop {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
+        if let Err(std_mpsc::RecvTimeoutError::Disconnected) =
+            nudges.recv_timeout(Duration::from_secs(1))
+        {
+            return;
+        }
     }
 }
 
@@ -230,10 +407,17 @@ impl SqliteStore {
 /// costs: an event routed again gets the same delivery ids
 /// (`DeliveryId::for_step`), and a lost attempt record sends that delivery
 /// again with the same Idempotency-Key: at least once, as promised.
-async fn writer(mut conns: Conns, mut rx: mpsc::Receiver<Msg>) {
+fn writer(mut conns: Conns, mut rx: mpsc::Receiver<Msg>, checkpoint: &std_mpsc::SyncSender<()>) {
     let mut batch: Vec<(Op, Reply)> = Vec::with_capacity(MAX_BATCH);
     let mut shutdown: Option<oneshot::Sender<()>> = None;
-    while let Some(first) = rx.recv().await {
+    let mut commits = 0u32;
+    while let Some(first) = rx.blocking_recv() {
+        commits += 1;
+        if commits >= CHECKPOINT_EVERY {
+            commits = 0;
+            // Full means one is asked for already.
+            let _ = checkpoint.try_send(());
+        }
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
@@ -250,9 +434,9 @@ async fn writer(mut conns: Conns, mut rx: mpsc::Receiver<Msg>) {
         let (inserts, rest): (Vec<_>, Vec<_>) = batch
             .drain(..)
             .partition(|(op, _)| matches!(op, Op::InsertEvent(_)));
-        match conns.get().await {
+        match conns.get() {
             Ok((durable, fast)) => {
-                let broken = match run_group(durable, inserts).await {
+                let broken = match run_group(durable, inserts) {
                     // Not tried on a store that just failed: answered now
                     // with its error, retried by their callers after the
                     // reconnect.
@@ -260,10 +444,10 @@ async fn writer(mut conns: Conns, mut rx: mpsc::Receiver<Msg>) {
                         answer_all(rest, &e);
                         true
                     }
-                    None => run_group(fast, rest).await.is_some(),
+                    None => run_group(fast, rest).is_some(),
                 };
                 if broken {
-                    conns.reset().await;
+                    conns.reset();
                 }
             }
             Err(e) => {
@@ -279,7 +463,7 @@ async fn writer(mut conns: Conns, mut rx: mpsc::Receiver<Msg>) {
         }
     }
     rx.close();
-    conns.reset().await;
+    conns.reset();
     if let Some(done) = shutdown {
         let _ = done.send(());
     }
@@ -299,20 +483,19 @@ fn answer_all(group: Vec<(Op, Reply)>, e: &StoreError) {
 /// "database is locked by the daemon itself" of a full disk). Closing both
 /// and opening fresh ones is the one state known to be clean.
 struct Conns {
-    path: std::path::PathBuf,
-    open: Option<(SqliteConnection, SqliteConnection)>,
+    path: PathBuf,
+    open: Option<(rusqlite::Connection, rusqlite::Connection)>,
 }
 
 impl Conns {
-    async fn get(&mut self) -> Result<(&mut SqliteConnection, &mut SqliteConnection), StoreError> {
+    fn get(
+        &mut self,
+    ) -> Result<(&mut rusqlite::Connection, &mut rusqlite::Connection), StoreError> {
         let (durable, fast) = match self.open.take() {
             Some(open) => open,
             None => {
-                let durable = options(&self.path).connect().await?;
-                let fast = options(&self.path)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .connect()
-                    .await?;
+                let durable = connect(&self.path, true)?;
+                let fast = connect(&self.path, false)?;
                 tracing::info!("store writer reconnected");
                 (durable, fast)
             }
@@ -321,46 +504,31 @@ impl Conns {
         Ok((d, f))
     }
 
-    async fn reset(&mut self) {
-        if let Some((d, f)) = self.open.take() {
-            // Closing rolls back whatever the connection still held; bounded,
-            // since a wedged connection must not wedge the writer too.
-            let close = async {
-                let _ = d.close().await;
-                let _ = f.close().await;
-            };
-            if tokio::time::timeout(CLOSE_TIMEOUT, close).await.is_err() {
-                tracing::warn!(
-                    "store connections did not close within {} s; dropped",
-                    CLOSE_TIMEOUT.as_secs()
-                );
-            }
-        }
+    /// Closing rolls back whatever a connection still held; SQLite closes a
+    /// file without waiting for any lock.
+    fn reset(&mut self) {
+        self.open = None;
     }
 }
 
 /// Whether an error is about the database as a whole (lock, disk, file
-/// system, connection) rather than one operation's data: then retrying the
-/// batch's operations one by one would only wait the lock timeout once per
+/// system) rather than one operation's data: then retrying the batch's
+/// operations one by one would only wait the lock timeout once per
 /// operation, and the connections are reopened.
 fn store_level(e: &StoreError) -> bool {
     let StoreError::Unavailable { source } = e else {
         return false;
     };
-    match source.downcast_ref::<sqlx::Error>() {
-        Some(sqlx::Error::Database(d)) => d
-            .code()
-            .and_then(|c| c.parse::<i32>().ok())
-            // Primary result codes: BUSY 5, LOCKED 6, NOMEM 7, READONLY 8,
-            // IOERR 10, CORRUPT 11, FULL 13, CANTOPEN 14, PROTOCOL 15, NOTADB 26.
-            .is_some_and(|c| matches!(c & 0xff, 5..=8 | 10 | 11 | 13..=15 | 26)),
-        Some(
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Protocol(_),
-        ) => true,
+    store_level_cause(source)
+}
+
+fn store_level_cause(source: &DbError) -> bool {
+    match source.downcast_ref::<rusqlite::Error>() {
+        // Primary result codes: BUSY 5, LOCKED 6, NOMEM 7, READONLY 8,
+        // IOERR 10, CORRUPT 11, FULL 13, CANTOPEN 14, PROTOCOL 15, NOTADB 26.
+        Some(rusqlite::Error::SqliteFailure(f, _)) => {
+            matches!(f.extended_code & 0xff, 5..=8 | 10 | 11 | 13..=15 | 26)
+        }
         Some(_) => false,
         // Not the driver's: the store's own (a stall), about the store.
         None => true,
@@ -371,12 +539,12 @@ fn store_level(e: &StoreError) -> bool {
 /// fails, its operations are retried one by one so one bad operation cannot
 /// fail its neighbours. Returns the store-level error after which the
 /// connections must be reopened, if there was one.
-async fn run_group(conn: &mut SqliteConnection, mut group: Vec<(Op, Reply)>) -> Option<StoreError> {
+fn run_group(conn: &mut rusqlite::Connection, mut group: Vec<(Op, Reply)>) -> Option<StoreError> {
     if group.is_empty() {
         return None;
     }
     let ops: Vec<&Op> = group.iter().map(|(op, _)| op).collect();
-    match run_batch(conn, &ops).await {
+    match run_batch(conn, &ops) {
         Ok(results) => {
             for ((_, reply), r) in group.drain(..).zip(results) {
                 let _ = reply.send(Ok(r));
@@ -390,7 +558,7 @@ async fn run_group(conn: &mut SqliteConnection, mut group: Vec<(Op, Reply)>) -> 
                 let r = match &broken {
                     // Not tried on a store that just failed.
                     Some(e) => Err(e.clone()),
-                    None => match run_batch(conn, &[&op]).await {
+                    None => match run_batch(conn, &[&op]) {
                         Ok(mut v) => v.pop().ok_or_else(ops::unexpected),
                         Err(e) => {
                             if store_level(&e) {
@@ -412,7 +580,7 @@ async fn run_group(conn: &mut SqliteConnection, mut group: Vec<(Op, Reply)>) -> 
     }
 }
 
-async fn run_batch(conn: &mut SqliteConnection, batch: &[&Op]) -> Result<Vec<Done>, StoreError> {
+fn run_batch(conn: &mut rusqlite::Connection, batch: &[&Op]) -> Result<Vec<Done>, StoreError> {
     let inserts: Vec<&NewEvent> = batch
         .iter()
         .filter_map(|op| match op {
@@ -422,15 +590,84 @@ async fn run_batch(conn: &mut SqliteConnection, batch: &[&Op]) -> Result<Vec<Don
         .collect();
     if inserts.len() == batch.len() && inserts.len() <= INSERT_CHUNK {
         // Inserts only, one statement: it is its own transaction, so the
-        // BEGIN and COMMIT round trips are saved (the common case under load).
-        return Ok(ops::insert_events(conn, &inserts)
-            .await?
+        // BEGIN and COMMIT are saved (the common case under load).
+        return Ok(now(ops::insert_events(&mut Lite(conn), &inserts))?
             .into_iter()
             .map(Done::Inserted)
             .collect());
     }
-    let mut tx = conn.begin().await?;
-    let out = ops::run_ops(&mut *tx, batch).await?;
-    tx.commit().await?;
-    Ok(out)
+    in_transaction(conn, |c| now(ops::run_ops(c, batch)))
+}
+
+/// Runs `f` in one transaction: committed when it succeeds, rolled back
+/// when it or the commit fails.
+fn in_transaction<T>(
+    conn: &mut rusqlite::Connection,
+    f: impl FnOnce(&mut Lite<'_>) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("BEGIN")?;
+    let out = f(&mut Lite(conn)).and_then(|v| {
+        conn.execute_batch("COMMIT")?;
+        Ok(v)
+    });
+    if out.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    out
+}
+
+/// `store copy` into an SQLite store: every row of `from` in one
+/// transaction of `to`.
+pub(super) async fn copy_into<A: Conn>(
+    from: &mut A,
+    mut to: rusqlite::Connection,
+) -> Result<Copied, StoreError> {
+    to.execute_batch("BEGIN")?;
+    let out = super::copy::copy(from, &mut Lite(&mut to)).await;
+    match out {
+        Ok(copied) => {
+            to.execute_batch("COMMIT")?;
+            Ok(copied)
+        }
+        Err(e) => {
+            let _ = to.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_bind_by_number() {
+        assert_eq!(numbered("SELECT 1"), "SELECT 1");
+        assert_eq!(
+            numbered("x = $2 AND y = $10 AND z = '$1' AND w = $1"),
+            "x = ?2 AND y = ?10 AND z = '$1' AND w = ?1"
+        );
+    }
+
+    #[test]
+    fn out_of_order_placeholders_get_their_own_values() {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        let rows = now(Lite(&mut conn).fetch(
+            Stmt::new("SELECT $2 AS b, $1 AS a, $2 AS b2")
+                .int(1)
+                .text("two"),
+        ))
+        .unwrap();
+        assert_eq!(rows[0].int("a").unwrap(), 1);
+        assert_eq!(rows[0].text("b").unwrap(), "two");
+        assert_eq!(rows[0].text("b2").unwrap(), "two");
+    }
+
+    #[test]
+    fn a_missing_argument_is_a_bug_not_a_null() {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        let err =
+            now(Lite(&mut conn).fetch(Stmt::new("SELECT $1 AS a, $2 AS b").int(1))).unwrap_err();
+        assert!(matches!(err, StoreError::Internal(_)), "{err}");
+    }
 }

@@ -454,7 +454,12 @@ async fn every_log_line_is_json_with_unique_keys() {
         server.uri()
     );
     std::fs::write(dir.path().join("routes.yaml"), routes).unwrap();
-    let mut d = Daemon::start_on(dir.path(), 0, &[("RUST_LOG", "info")]);
+    // `event routed` (with its list of routes) is at debug.
+    let mut d = Daemon::start_on(
+        dir.path(),
+        0,
+        &[("RUST_LOG", "info,clickup_bridge::route=debug")],
+    );
     d.wait_for_log("clickup-bridge serving");
     let body = clickup_event(5);
     let mut req = reqwest::Client::new()

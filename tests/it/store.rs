@@ -15,9 +15,9 @@ fn verified(n: u64) -> clickup_bridge::verify::VerifiedEvent {
     verify_event("clickup", &v, &IdentityRule::ClickUp, &headers, body, 0).unwrap()
 }
 
-/// On a current-thread runtime every insert below is queued before the writer
-/// runs, so they share one transaction: copies inside one batch are
-/// duplicates of the first, and of events stored earlier.
+/// The inserts below are queued together, so the writer commits them in
+/// one or a few groups: copies inside one group are duplicates of the
+/// first, and of events stored earlier, however the groups fall.
 #[tokio::test]
 async fn one_group_commit_dedupes_within_the_batch_and_against_the_store() {
     let dir = tempfile::tempdir().unwrap();
@@ -171,4 +171,64 @@ async fn unfinished_claims_are_counted_released_and_cleared_on_both_backends() {
         store.ping().await.unwrap();
         store.close().await;
     }
+}
+
+/// A store file made while SQLite ran on sqlx (its migrator, its
+/// `_sqlx_migrations` rows for 0001-0008, an event in it) opens, keeps its
+/// rows and takes new ones; and a file this version made still passes
+/// sqlx's migrator (same bookkeeping, same checksums), so going back a
+/// version works too.
+#[tokio::test]
+async fn a_store_made_by_sqlx_opens_and_a_new_one_still_opens_in_sqlx() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.db");
+    let url = |p: &std::path::Path| format!("sqlite://{}?mode=rwc", p.display());
+    let mut conn = sqlx::SqliteConnection::connect(&url(&old)).await.unwrap();
+    sqlx::migrate!("migrations/sqlite")
+        .run(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO events (id, source, dedupe_key, event_type, payload, received_at) \
+         VALUES ('evt_old', 'clickup', 'k-old', 'taskCreated', x'7b7d', 5)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+
+    let store = Store::open(&StoreLocation::Sqlite(old.clone()))
+        .await
+        .unwrap();
+    let kept = store
+        .event(&clickup_bridge::ids::EventId::from_stored("evt_old".into()))
+        .await
+        .unwrap()
+        .expect("the old event is still there");
+    assert_eq!(kept.payload, b"{}");
+    assert_eq!(kept.dedupe_key, "k-old");
+    assert!(!store.insert_event(verified(1), 6).await.unwrap().duplicate);
+    assert_eq!(store.count_events().await.unwrap(), 2);
+    store.close().await;
+
+    let new = dir.path().join("new.db");
+    let store = Store::open(&StoreLocation::Sqlite(new.clone()))
+        .await
+        .unwrap();
+    store.insert_event(verified(2), 7).await.unwrap();
+    store.close().await;
+    let mut conn = sqlx::SqliteConnection::connect(&url(&new)).await.unwrap();
+    sqlx::migrate!("migrations/sqlite")
+        .run(&mut conn)
+        .await
+        .unwrap();
+    let applied: Vec<(i64, String)> =
+        sqlx::query_as("SELECT version, description FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(applied.len(), 8, "{applied:?}");
+    assert_eq!(applied[2], (3, "links and enrichment".to_owned()));
+    conn.close().await.unwrap();
 }
