@@ -183,8 +183,16 @@ impl Deliverer {
                     break;
                 };
                 started += 1;
-                self.tasks
-                    .spawn(run_one(self.shared.clone(), d, state.clone(), permit));
+                // Boxed: the attempt's future is several KB, and unboxed it is
+                // copied by value at every hand-over inside tokio's spawn
+                // (about 11 copies per delivery, a sixth of an event's
+                // instructions under callgrind; bench/README.md).
+                self.tasks.spawn(Box::pin(run_one(
+                    self.shared.clone(),
+                    d,
+                    state.clone(),
+                    permit,
+                )));
             }
         }
         started

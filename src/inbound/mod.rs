@@ -193,7 +193,9 @@ async fn accept(
     // is a read error, never processed as complete.
     let body = tokio::time::timeout(
         state.body_timeout,
-        read_capped(req, payload, state.max_body),
+        // Boxed, like the commit below: a large future inside `timeout` is
+        // copied by value each time it is moved.
+        Box::pin(read_capped(req, payload, state.max_body)),
     )
     .await
     .map_err(|_| InboundError::Timeout(state.body_timeout.as_secs()))??;
@@ -216,7 +218,7 @@ async fn accept(
     // duplicate), never a request left hanging.
     let inserted = tokio::time::timeout(
         STORE_ANSWER_TIMEOUT,
-        state.store.insert_event(event, received_at),
+        Box::pin(state.store.insert_event(event, received_at)),
     )
     .await
     .map_err(|_| InboundError::Store(StoreError::stalled("commit", STORE_ANSWER_TIMEOUT)))?

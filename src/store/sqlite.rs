@@ -107,20 +107,26 @@ fn numbered(sql: &str) -> Cow<'_, str> {
     if !sql.contains('$') {
         return Cow::Borrowed(sql);
     }
+    // Byte by byte: `$`, `'` and digits are ASCII, and no byte of a multi-byte
+    // UTF-8 character is, so every cut below is on a character boundary.
+    // (Char by char with a push each, this ran for ~17 K instructions on
+    // every statement.)
+    let bytes = sql.as_bytes();
     let mut out = String::with_capacity(sql.len());
     let mut quoted = false;
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => quoted = !quoted,
-            '$' if !quoted && chars.peek().is_some_and(char::is_ascii_digit) => {
+    let mut copied = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'\'' => quoted = !quoted,
+            b'$' if !quoted && bytes.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                out.push_str(&sql[copied..i]);
                 out.push('?');
-                continue;
+                copied = i + 1;
             }
             _ => {}
         }
-        out.push(c);
     }
+    out.push_str(&sql[copied..]);
     Cow::Owned(out)
 }
 
@@ -605,9 +611,11 @@ fn in_transaction<T>(
     conn: &mut rusqlite::Connection,
     f: impl FnOnce(&mut Lite<'_>) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    conn.execute_batch("BEGIN")?;
+    // Through the statement cache: `execute_batch` compiles its text anew
+    // every time, and these run once per group commit.
+    conn.prepare_cached("BEGIN")?.execute([])?;
     let out = f(&mut Lite(conn)).and_then(|v| {
-        conn.execute_batch("COMMIT")?;
+        conn.prepare_cached("COMMIT")?.execute([])?;
         Ok(v)
     });
     if out.is_err() && !conn.is_autocommit() {
@@ -647,6 +655,12 @@ mod tests {
             numbered("x = $2 AND y = $10 AND z = '$1' AND w = $1"),
             "x = ?2 AND y = ?10 AND z = '$1' AND w = ?1"
         );
+        // Multi-byte text before, inside and after quotes stays intact.
+        assert_eq!(
+            numbered("é = $1 AND n = 'ü$2' AND ß = $3"),
+            "é = ?1 AND n = 'ü$2' AND ß = ?3"
+        );
+        assert_eq!(numbered("a = $"), "a = $");
     }
 
     #[test]
