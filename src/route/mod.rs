@@ -188,13 +188,27 @@ pub fn routed(
         deliveries: Vec::new(),
     };
     for c in cands {
-        let route = &pipeline.routes[c.route];
-        routed.matched_routes.push(route.name.clone());
-        routed.deliveries.extend(deliveries(
-            pipeline, &event.id, c.route, &c.context, payload, None,
-        ));
+        fire(&mut routed, pipeline, payload, c.route, &c.context, None);
     }
     routed
+}
+
+/// Marks route `index` matched and adds its deliveries (dead with `dead`
+/// when given) to what the event's routing stores.
+fn fire(
+    routed: &mut RoutedEvent,
+    pipeline: &Pipeline,
+    payload: &Value,
+    index: usize,
+    context: &Map<String, Value>,
+    dead: Option<&str>,
+) {
+    let Some(route) = pipeline.routes.get(index) else {
+        return;
+    };
+    routed.matched_routes.push(route.name.clone());
+    let new = deliveries(pipeline, &routed.event_id, index, context, payload, dead);
+    routed.deliveries.extend(new);
 }
 
 /// What routers share with their enrichment tasks.
@@ -291,15 +305,7 @@ async fn enrich_one(shared: &RouterShared, pipeline: &Pipeline, p: Pending) -> O
     for c in p.candidates {
         let route = &pipeline.routes[c.route];
         if !c.needs_task {
-            routed.matched_routes.push(route.name.clone());
-            routed.deliveries.extend(deliveries(
-                pipeline,
-                &p.event.id,
-                c.route,
-                &c.context,
-                &p.payload,
-                None,
-            ));
+            fire(&mut routed, pipeline, &p.payload, c.route, &c.context, None);
             continue;
         }
         let via = route
@@ -309,29 +315,20 @@ async fn enrich_one(shared: &RouterShared, pipeline: &Pipeline, p: Pending) -> O
         let task_id = task_id_of(&Value::Object(c.context.clone()), &p.payload);
         let (Some(via), Some(task_id)) = (via, task_id) else {
             let why = "cannot fetch the task: the event has no task_id and the route extracts none";
-            routed.matched_routes.push(route.name.clone());
-            routed.deliveries.extend(deliveries(
+            fire(
+                &mut routed,
                 pipeline,
-                &p.event.id,
+                &p.payload,
                 c.route,
                 &c.context,
-                &p.payload,
                 Some(why),
-            ));
+            );
             continue;
         };
         match shared.enricher.task(via, &task_id).await {
             Ok(task) => match with_task(route, c.context, task) {
                 Ok(ctx) => {
-                    routed.matched_routes.push(route.name.clone());
-                    routed.deliveries.extend(deliveries(
-                        pipeline,
-                        &p.event.id,
-                        c.route,
-                        &ctx,
-                        &p.payload,
-                        None,
-                    ));
+                    fire(&mut routed, pipeline, &p.payload, c.route, &ctx, None);
                 }
                 Err(reason) => {
                     tracing::debug!(event_id = %p.event.id, route = %route.name, reason = %reason, "task condition does not hold");
@@ -339,15 +336,14 @@ async fn enrich_one(shared: &RouterShared, pipeline: &Pipeline, p: Pending) -> O
             },
             Err(FetchError::Gone(reason)) => {
                 tracing::warn!(event_id = %p.event.id, route = %route.name, error = %reason, "task fetch failed for good");
-                routed.matched_routes.push(route.name.clone());
-                routed.deliveries.extend(deliveries(
+                fire(
+                    &mut routed,
                     pipeline,
-                    &p.event.id,
+                    &p.payload,
                     c.route,
                     &c.context,
-                    &p.payload,
                     Some(&reason),
-                ));
+                );
             }
             Err(FetchError::Retry { reason, after }) => {
                 retry.get_or_insert((reason.clone(), after, route));
