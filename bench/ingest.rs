@@ -11,13 +11,13 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpResponse, web};
 use clap::{Parser, ValueEnum};
 use common::{
     BoxError, Daemon, Launch, LoadOut, LoadSpec, Meter, Prebuilt, Res, Server, Stop,
     available_cores, baseline_answer, body_len, fmt_opt, loadgen_runtime, open_db, percentile_ms,
-    prebuild_pool, print_checks, ratio, rss_mb, signature_refusal, start_daemon, start_server,
-    unix_time, write_report,
+    prebuild_pool, print_checks, ratio, rss_mb, start_daemon, start_server, unix_time,
+    write_report,
 };
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
@@ -166,19 +166,6 @@ async fn ceiling(body: web::Bytes) -> HttpResponse {
     baseline_answer()
 }
 
-async fn verifying(req: HttpRequest, body: web::Bytes) -> HttpResponse {
-    if let Some(refusal) = signature_refusal(&req, &body) {
-        return refusal;
-    }
-    match serde_json::from_slice::<Value>(&body) {
-        Ok(v) => {
-            std::hint::black_box(&v);
-            baseline_answer()
-        }
-        Err(_) => HttpResponse::BadRequest().finish(),
-    }
-}
-
 /// Phase A or B's server, in-process.
 fn start_baseline(phase: Phase, workers: usize) -> Res<Server> {
     start_server(
@@ -187,7 +174,7 @@ fn start_baseline(phase: Phase, workers: usize) -> Res<Server> {
         Arc::new(move |c: &mut web::ServiceConfig| {
             c.route("/healthz", web::get().to(healthz));
             match phase {
-                Phase::Verifying => c.route("/hooks/clickup", web::post().to(verifying)),
+                Phase::Verifying => c.route("/hooks/clickup", web::post().to(common::verifying)),
                 _ => c.route("/hooks/clickup", web::post().to(ceiling)),
             };
         }),

@@ -174,6 +174,21 @@ pub fn baseline_answer() -> HttpResponse {
         .body(BASELINE_ANSWER)
 }
 
+/// The verifying handler both benches measure: check `X-Signature`, parse
+/// the body, answer like the daemon (nothing stored).
+pub async fn verifying(req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    if let Some(refusal) = signature_refusal(&req, &body) {
+        return refusal;
+    }
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(v) => {
+            std::hint::black_box(&v);
+            baseline_answer()
+        }
+        Err(_) => HttpResponse::BadRequest().finish(),
+    }
+}
+
 pub type Configure = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
 
 /// An in-process actix-web server on its own `System` in its own thread.
