@@ -201,31 +201,33 @@ async fn signatures_of_the_official_standard_webhooks_library_pass_through_the_d
 async fn standard_webhooks_refusals_are_403_and_a_retry_of_a_message_is_a_duplicate() {
     let app = spawn_app(ROUTES).await;
     let body = br#"{"type":"invoice.paid","data":{}}"#;
-    let t = now();
-    let good = standard_webhooks_headers(STDWH_SECRET, "msg_1", body, t);
-    let mut cases: Vec<(&str, Vec<(String, String)>)> = Vec::new();
-    for (i, name) in ["webhook-id", "webhook-timestamp", "webhook-signature"]
-        .iter()
-        .enumerate()
-    {
-        let mut without = good.clone();
-        without.remove(i);
-        cases.push((name, without));
+    // Each case's headers are built just before it is posted, from the clock
+    // at that moment: built up front, a busy machine could let a second pass
+    // and bring "ahead" back inside the tolerance. The exact boundary (300 s
+    // passes, 301 s does not) is pinned by a unit test with a fixed clock.
+    type Case = (&'static str, fn(&[u8], i64) -> Vec<(String, String)>);
+    let cases: [Case; 6] = [
+        ("without webhook-id", |b, t| without(0, b, t)),
+        ("without webhook-timestamp", |b, t| without(1, b, t)),
+        ("without webhook-signature", |b, t| without(2, b, t)),
+        ("310 s old", |b, t| {
+            standard_webhooks_headers(STDWH_SECRET, "msg_1", b, t - 310)
+        }),
+        ("310 s ahead", |b, t| {
+            standard_webhooks_headers(STDWH_SECRET, "msg_1", b, t + 310)
+        }),
+        ("another key", |b, t| {
+            standard_webhooks_headers("whsec_McGXHcB7RO6vSZ/miXVo80qz4S0", "msg_1", b, t)
+        }),
+    ];
+    fn without(i: usize, body: &[u8], t: i64) -> Vec<(String, String)> {
+        let mut headers = standard_webhooks_headers(STDWH_SECRET, "msg_1", body, t);
+        headers.remove(i);
+        headers
     }
-    cases.push((
-        "301 s old",
-        standard_webhooks_headers(STDWH_SECRET, "msg_1", body, t - 301),
-    ));
-    cases.push((
-        "301 s ahead",
-        standard_webhooks_headers(STDWH_SECRET, "msg_1", body, t + 301),
-    ));
-    cases.push((
-        "another key",
-        standard_webhooks_headers("whsec_McGXHcB7RO6vSZ/miXVo80qz4S0", "msg_1", body, t),
-    ));
-    for (case, headers) in &cases {
-        let (status, json) = app.post("openai", body.to_vec(), headers).await;
+    for (case, headers) in cases {
+        let headers = headers(body, now());
+        let (status, json) = app.post("openai", body.to_vec(), &headers).await;
         assert_eq!(status, 403, "{case}: {json}");
         assert!(json["error"].is_string(), "{case}: {json}");
     }
@@ -248,7 +250,7 @@ async fn standard_webhooks_refusals_are_403_and_a_retry_of_a_message_is_a_duplic
         .post(
             "openai",
             b"nope".to_vec(),
-            &standard_webhooks_headers(STDWH_SECRET, "msg_x", b"nope", t),
+            &standard_webhooks_headers(STDWH_SECRET, "msg_x", b"nope", now()),
         )
         .await;
     assert_eq!(status, 400);
@@ -259,7 +261,7 @@ async fn standard_webhooks_refusals_are_403_and_a_retry_of_a_message_is_a_duplic
         .post(
             "openai",
             body.to_vec(),
-            &standard_webhooks_headers(STDWH_SECRET, "msg_1", body, t + 200),
+            &standard_webhooks_headers(STDWH_SECRET, "msg_1", body, now() + 200),
         )
         .await;
     assert_eq!(
@@ -271,7 +273,7 @@ async fn standard_webhooks_refusals_are_403_and_a_retry_of_a_message_is_a_duplic
         .post(
             "openai",
             body.to_vec(),
-            &standard_webhooks_headers(STDWH_SECRET, "msg_1", body, t - 200),
+            &standard_webhooks_headers(STDWH_SECRET, "msg_1", body, now() - 200),
         )
         .await;
     assert_eq!(status, 200);
