@@ -201,6 +201,7 @@ impl Application {
             body_timeout: settings.http.body_timeout,
             in_flight: in_flight.clone(),
             wake_router: wake_router.clone(),
+            wake_deliveries: wake_deliveries.clone(),
             metrics: metrics.clone(),
         });
         let webhook_workers = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -338,7 +338,7 @@ pub fn simulate(pipeline: &Pipeline, input: &Input<'_>) -> Result<Simulation, Re
     };
     let mut routes = Vec::new();
     for (index, r) in pipeline.routes.iter().enumerate() {
-        let context = match route::decide(r, &event, &payload) {
+        let context = match route::decide(r, &route::EventHead::of(&event), &payload) {
             Decision::NoMatch(reason) => Err(reason),
             Decision::Fires(context) => Ok(context),
             Decision::NeedsTask(context) => match &input.task {

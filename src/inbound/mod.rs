@@ -1,11 +1,17 @@
-//! `POST /hooks/{source}`: capped body -> verify -> store -> 200.
+//! `POST /hooks/{source}`: capped body -> verify -> route -> store -> 200.
+//!
+//! An event whose routes need no ClickUp task is routed here, before the
+//! commit, and stored with its deliveries in the event's own commit: one
+//! durable write instead of three (insert, the router's claim, its
+//! result). The others are stored unrouted for the router, which fetches
+//! the task.
 //!
 //! The answer must come in milliseconds (ClickUp marks a webhook failing after
 //! 7 s), and its status is the contract of SPEC section 3. The mapping from
 //! error to status lives in exactly one place: [`InboundError`]'s
 //! `ResponseError` impl.
 
-use crate::ids::now_millis;
+use crate::ids::{EventId, now_millis};
 use crate::pipeline::Live;
 use crate::store::{Store, StoreError};
 use crate::verify::{self, RejectReason, VerifyError};
@@ -29,8 +35,10 @@ pub struct InboundState {
     pub body_timeout: std::time::Duration,
     /// Requests in flight, for graceful shutdown.
     pub in_flight: Arc<crate::lifecycle::InFlight>,
-    /// Wakes the router after a new event is stored.
+    /// Wakes the router after a new, unrouted event is stored.
     pub wake_router: Arc<tokio::sync::Notify>,
+    /// Wakes the deliverers after an event is stored with deliveries.
+    pub wake_deliveries: Arc<tokio::sync::Notify>,
     /// Metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
 }
@@ -213,18 +221,44 @@ async fn accept(
         RejectReason::BadBody(m) => InboundError::BadBody(m),
     })?;
     let event_type = event.identity().event_type.clone();
+    let id = EventId::generate();
+    let routing = crate::route::at_acceptance(
+        &pipeline,
+        &crate::route::EventHead {
+            id: &id,
+            source,
+            event_type: &event_type,
+        },
+        event.payload(),
+    );
+    // What is logged and woken once it is stored.
+    let routed = routing
+        .as_ref()
+        .map(|r| (r.matched_routes.clone(), r.deliveries.len()));
     // ClickUp gives up after 7 s: a store that does not commit in time is a
     // 503 (the sender retries; a commit that lands anyway makes the retry a
     // duplicate), never a request left hanging.
     let inserted = tokio::time::timeout(
         STORE_ANSWER_TIMEOUT,
-        Box::pin(state.store.insert_event(event, received_at)),
+        Box::pin(
+            state
+                .store
+                .insert_routed_event(event, id, received_at, routing),
+        ),
     )
     .await
     .map_err(|_| InboundError::Store(StoreError::stalled("commit", STORE_ANSWER_TIMEOUT)))?
     .map_err(InboundError::Store)?;
     if !inserted.duplicate {
-        state.wake_router.notify_one();
+        match routed {
+            None => state.wake_router.notify_one(),
+            Some((routes, deliveries)) => {
+                crate::route::log_routed(&inserted.id, &routes, deliveries);
+                if deliveries > 0 {
+                    state.wake_deliveries.notify_one();
+                }
+            }
+        }
     }
     Ok((inserted.id.to_string(), event_type, inserted.duplicate))
 }

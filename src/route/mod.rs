@@ -13,7 +13,9 @@ use crate::deliver::classify::backoff;
 use crate::deliver::task_id_of;
 use crate::ids::{DeliveryId, EventId, now_millis};
 use crate::pipeline::{Live, OrderBy, Pipeline, Route};
-use crate::store::{DeliveryOrder, EventToRoute, NewDelivery, RoutedEvent, Store, StoreError};
+use crate::store::{
+    DeliveryOrder, EventToRoute, NewDelivery, RoutedEvent, Routing, Store, StoreError,
+};
 use enrich::{Enricher, FetchError};
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -29,6 +31,28 @@ const BATCH: u32 = 256;
 const LEASE_MS: i64 = 300_000;
 /// Enrichment batches in flight at most; the router waits beyond that.
 const MAX_ENRICHING: usize = 16;
+
+/// What matching reads of an event besides its payload.
+#[derive(Debug, Clone, Copy)]
+pub struct EventHead<'a> {
+    /// Its id (for logs, and the deliveries' ids and order).
+    pub id: &'a EventId,
+    /// Source name.
+    pub source: &'a str,
+    /// Event type.
+    pub event_type: &'a str,
+}
+
+impl<'a> EventHead<'a> {
+    /// The head of a stored event.
+    pub fn of(event: &'a EventToRoute) -> Self {
+        EventHead {
+            id: &event.id,
+            source: &event.source,
+            event_type: &event.event_type,
+        }
+    }
+}
 
 /// What the router makes of one route for one event before any task is
 /// fetched (pure). `simulate` asks the same question.
@@ -46,8 +70,8 @@ pub enum Decision {
 }
 
 /// Whether `route` fires for `event`, or needs its task first.
-pub fn decide(route: &Route, event: &EventToRoute, payload: &Value) -> Decision {
-    match matcher::matches_event(route, &event.source, &event.event_type, payload) {
+pub fn decide(route: &Route, event: &EventHead<'_>, payload: &Value) -> Decision {
+    match matcher::matches_event(route, event.source, event.event_type, payload) {
         Err(m) => Decision::NoMatch(m.reason),
         Ok(()) if route.enrich_task => Decision::NeedsTask(matcher::extract(route, payload)),
         Ok(()) => Decision::Fires(matcher::extract(route, payload)),
@@ -78,7 +102,7 @@ pub struct Candidate {
 }
 
 /// The routes whose source, event and `match`/`any` conditions hold (pure).
-pub fn candidates(pipeline: &Pipeline, event: &EventToRoute, payload: &Value) -> Vec<Candidate> {
+pub fn candidates(pipeline: &Pipeline, event: &EventHead<'_>, payload: &Value) -> Vec<Candidate> {
     let mut out = Vec::new();
     for (i, route) in pipeline.routes.iter().enumerate() {
         let (context, needs_task) = match decide(route, event, payload) {
@@ -178,7 +202,7 @@ pub fn deliveries(
 /// (pure).
 pub fn routed(
     pipeline: &Pipeline,
-    event: &EventToRoute,
+    event: &EventHead<'_>,
     payload: &Value,
     cands: Vec<Candidate>,
 ) -> RoutedEvent {
@@ -191,6 +215,25 @@ pub fn routed(
         fire(&mut routed, pipeline, payload, c.route, &c.context, None);
     }
     routed
+}
+
+/// The routing of an event as it is accepted, stored in its own commit
+/// (pure): `None` when a route it matches needs the ClickUp task first, and
+/// so is left to the router, which fetches it.
+pub fn at_acceptance(
+    pipeline: &Pipeline,
+    event: &EventHead<'_>,
+    payload: &Value,
+) -> Option<Routing> {
+    let cands = candidates(pipeline, event, payload);
+    if cands.iter().any(|c| c.needs_task) {
+        return None;
+    }
+    let r = routed(pipeline, event, payload, cands);
+    Some(Routing {
+        matched_routes: r.matched_routes,
+        deliveries: r.deliveries,
+    })
 }
 
 /// Marks route `index` matched and adds its deliveries (dead with `dead`
@@ -240,13 +283,14 @@ pub enum RouterStep {
     Idle,
 }
 
-fn log_routed(r: &RoutedEvent) {
-    if r.matched_routes.is_empty() {
-        tracing::info!(event_id = %r.event_id, "event matched no route");
+/// Logs a stored routing (the router's, or the inbound's at acceptance).
+pub fn log_routed(event_id: &EventId, matched_routes: &[String], deliveries: usize) {
+    if matched_routes.is_empty() {
+        tracing::info!(event_id = %event_id, "event matched no route");
     } else {
         // Debug: the happy path logs one line per event (accepted) and one
         // per delivery attempt, as the SPEC asks; routing is between them.
-        tracing::debug!(event_id = %r.event_id, routes = %crate::telemetry::list(&r.matched_routes), deliveries = r.deliveries.len(), "event routed");
+        tracing::debug!(event_id = %event_id, routes = %crate::telemetry::list(matched_routes), deliveries, "event routed");
     }
 }
 
@@ -278,7 +322,9 @@ async fn complete(shared: &RouterShared, routed: Vec<RoutedEvent>) -> Result<(),
         }
     }
     // Logged after the commit: "event routed" means it is stored.
-    routed.iter().for_each(log_routed);
+    for r in routed.iter() {
+        log_routed(&r.event_id, &r.matched_routes, r.deliveries.len());
+    }
     if created {
         shared.wake_deliveries.notify_one();
     }
@@ -446,7 +492,7 @@ impl Router {
         let mut pending = Vec::new();
         for event in events {
             let payload: Value = serde_json::from_slice(&event.payload).unwrap_or(Value::Null);
-            let cands = candidates(&pipeline, &event, &payload);
+            let cands = candidates(&pipeline, &EventHead::of(&event), &payload);
             if cands.iter().any(|c| c.needs_task) {
                 pending.push(Pending {
                     event,
@@ -454,7 +500,7 @@ impl Router {
                     candidates: cands,
                 });
             } else {
-                ready.push(routed(&pipeline, &event, &payload, cands));
+                ready.push(routed(&pipeline, &EventHead::of(&event), &payload, cands));
             }
         }
         complete(&self.shared, ready).await?;

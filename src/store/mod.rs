@@ -248,6 +248,17 @@ pub struct RoutedEvent {
     pub deliveries: Vec<NewDelivery>,
 }
 
+/// The routing of an event decided when it was accepted (every route it
+/// fires needs no ClickUp task): stored in the event's own commit, so the
+/// event is never "unrouted" and the router never claims it.
+#[derive(Debug, Clone, Default)]
+pub struct Routing {
+    /// Names of the routes that matched.
+    pub matched_routes: Vec<String>,
+    /// One delivery per send step of each matched route.
+    pub deliveries: Vec<NewDelivery>,
+}
+
 /// A delivery claimed by a worker, with what it needs to render.
 #[derive(Debug, Clone)]
 pub struct ClaimedDelivery {
@@ -669,14 +680,30 @@ impl Store {
         event: VerifiedEvent,
         received_at: i64,
     ) -> Result<Inserted, StoreError> {
+        self.insert_routed_event(event, EventId::generate(), received_at, None)
+            .await
+    }
+
+    /// [`Store::insert_event`] under the id `id`, with its routing when it
+    /// was decided at acceptance: the event, its deliveries and its
+    /// "routed" mark in one commit. A duplicate stores none of it (its
+    /// first copy was routed).
+    pub async fn insert_routed_event(
+        &self,
+        event: VerifiedEvent,
+        id: EventId,
+        received_at: i64,
+        routing: Option<Routing>,
+    ) -> Result<Inserted, StoreError> {
         let (source, identity, payload) = event.into_parts();
         let new = ops::NewEvent {
-            id: EventId::generate(),
+            id,
             source,
             dedupe_key: identity.dedupe_key,
             event_type: identity.event_type,
             payload,
             received_at,
+            routing,
         };
         self.write(ops::Op::InsertEvent(new)).await?.inserted()
     }

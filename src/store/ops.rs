@@ -11,7 +11,7 @@ use super::sql::{Conn, Dialect, Row, Stmt, placeholders, values_rows};
 use super::{
     Activity, ActivityCount, AttemptOutcome, AttemptRecord, AttemptRow, ClaimedDelivery,
     DeliveryFilter, DeliveryRow, DeliveryStatus, EventFilter, EventToRoute, Inserted, Link,
-    NewDelivery, Pruned, QueueStats, ReplayFilter, RoutedEvent, StoreError, StoredEvent,
+    NewDelivery, Pruned, QueueStats, ReplayFilter, RoutedEvent, Routing, StoreError, StoredEvent,
 };
 use crate::ids::{DeliveryId, EventId};
 
@@ -19,7 +19,7 @@ use crate::ids::{DeliveryId, EventId};
 /// made first); a time window's id range starts this much earlier.
 const ID_CLOCK_SLACK_MS: i64 = 1_000;
 
-/// Rows per multi-row INSERT of events (6 values each).
+/// Rows per multi-row INSERT of events (8 values each).
 pub(super) const INSERT_CHUNK: usize = 512;
 /// Rows per multi-row statement of deliveries (15 values each).
 const DELIVERY_CHUNK: usize = 256;
@@ -35,6 +35,8 @@ pub(super) struct NewEvent {
     pub(super) event_type: String,
     pub(super) payload: Vec<u8>,
     pub(super) received_at: i64,
+    /// Routing decided at acceptance, stored in the same commit.
+    pub(super) routing: Option<Routing>,
 }
 
 /// A write, queued (SQLite) or run in a transaction (PostgreSQL).
@@ -744,6 +746,9 @@ async fn release_deliveries<C: Conn>(c: &mut C, ids: &[DeliveryId]) -> Result<()
 /// a stored event or an earlier one of the same batch, are duplicates and
 /// get the stored event's id. On PostgreSQL a conflicting insert of another
 /// instance waits for that one to commit, so the read back finds it.
+///
+/// An event routed at acceptance is inserted routed, and its deliveries
+/// with it; a duplicate's routing is dropped (its first copy's stands).
 pub(super) async fn insert_events<C: Conn>(
     c: &mut C,
     events: &[&NewEvent],
@@ -758,23 +763,44 @@ pub(super) async fn insert_events<C: Conn>(
     }
     for chunk in sorted.chunks(INSERT_CHUNK) {
         let sql = format!(
-            "INSERT INTO events (id, source, dedupe_key, event_type, payload, received_at) VALUES {} \
+            "INSERT INTO events (id, source, dedupe_key, event_type, payload, received_at, \
+             routed_at, matched_routes) VALUES {} \
              ON CONFLICT (source, dedupe_key) DO NOTHING RETURNING id",
-            values_rows(chunk.len(), 6, 1)
+            values_rows(chunk.len(), 8, 1)
         );
         let mut stmt = Stmt::new(sql);
         for e in chunk {
+            let matched = e
+                .routing
+                .as_ref()
+                .map(|r| {
+                    serde_json::to_string(&r.matched_routes)
+                        .map_err(|err| StoreError::corrupt("matched_routes", err.to_string()))
+                })
+                .transpose()?;
             stmt = stmt
                 .text(e.id.as_str())
                 .text(e.source.as_str())
                 .text(e.dedupe_key.as_str())
                 .text(e.event_type.as_str())
                 .bytes(&e.payload)
-                .int(e.received_at);
+                .int(e.received_at)
+                .opt_int(e.routing.as_ref().map(|_| e.received_at))
+                .opt_text(matched.as_deref());
         }
         for r in c.fetch(stmt).await? {
             inserted.insert(r.text("id")?);
         }
+    }
+    let routed: Vec<(&EventId, &NewDelivery)> = events
+        .iter()
+        .filter(|e| inserted.contains(e.id.as_str()))
+        .filter_map(|e| e.routing.as_ref().map(|r| (&e.id, r)))
+        .flat_map(|(id, r)| r.deliveries.iter().map(move |d| (id, d)))
+        .collect();
+    if !routed.is_empty() {
+        let now = events.iter().map(|e| e.received_at).max().unwrap_or(0);
+        insert_deliveries(c, &routed, now).await?;
     }
     let mut out = Vec::with_capacity(events.len());
     for e in events {

@@ -363,8 +363,14 @@ async fn insert_batch(pool: &PgPool, events: &[&NewEvent]) -> Result<Vec<Inserte
     let mut conn = pool.acquire().await?;
     let mut tx = conn.begin().await?;
     let out = ops::insert_events(&mut *tx, events).await?;
-    if out.iter().any(|i| !i.duplicate) {
+    let fresh = || events.iter().zip(&out).filter(|(_, i)| !i.duplicate);
+    // Routed at acceptance: nothing for the routers, work for the
+    // deliverers of every instance.
+    if fresh().any(|(e, _)| e.routing.is_none()) {
         notify(&mut tx, "events").await?;
+    }
+    if fresh().any(|(e, _)| e.routing.as_ref().is_some_and(|r| !r.deliveries.is_empty())) {
+        notify(&mut tx, "deliveries").await?;
     }
     tx.commit().await?;
     Ok(out)

@@ -594,9 +594,13 @@ fn run_batch(conn: &mut rusqlite::Connection, batch: &[&Op]) -> Result<Vec<Done>
             _ => None,
         })
         .collect();
-    if inserts.len() == batch.len() && inserts.len() <= INSERT_CHUNK {
-        // Inserts only, one statement: it is its own transaction, so the
-        // BEGIN and COMMIT are saved (the common case under load).
+    let one_statement = inserts.len() <= INSERT_CHUNK
+        && inserts
+            .iter()
+            .all(|e| e.routing.as_ref().is_none_or(|r| r.deliveries.is_empty()));
+    if inserts.len() == batch.len() && one_statement {
+        // Inserts without deliveries, one statement: it is its own
+        // transaction, so the BEGIN and COMMIT are saved.
         return Ok(now(ops::insert_events(&mut Lite(conn), &inserts))?
             .into_iter()
             .map(Done::Inserted)

@@ -76,6 +76,9 @@ pub struct VerifiedEvent {
     source: String,
     identity: EventIdentity,
     body: Vec<u8>,
+    /// The body parsed (once, by the check that it is JSON): routing at
+    /// acceptance reads it instead of parsing the bytes again.
+    payload: serde_json::Value,
 }
 
 impl VerifiedEvent {
@@ -91,8 +94,13 @@ impl VerifiedEvent {
     pub fn body(&self) -> &[u8] {
         &self.body
     }
+    /// The body, parsed.
+    pub fn payload(&self) -> &serde_json::Value {
+        &self.payload
+    }
 
-    /// Takes the event apart (the store keeps the body without copying it).
+    /// Takes the event apart (the store keeps the body without copying it;
+    /// the parsed payload is dropped).
     pub fn into_parts(self) -> (String, EventIdentity, Vec<u8>) {
         (self.source, self.identity, self.body)
     }
@@ -119,11 +127,13 @@ pub fn verify_event(
     now: i64,
 ) -> Result<VerifiedEvent, RejectReason> {
     verifier.verify(headers, &body, now)?;
-    let identity = identify(rule, headers, &body)?;
+    let payload = parse_body(&body)?;
+    let identity = identify_parsed(rule, headers, &body, &payload)?;
     Ok(VerifiedEvent {
         source: source.to_owned(),
         identity,
         body,
+        payload,
     })
 }
 
@@ -196,10 +206,19 @@ pub fn identify(
     headers: &(impl HeaderLookup + ?Sized),
     body: &[u8],
 ) -> Result<EventIdentity, RejectReason> {
-    let value = parse_body(body)?;
+    identify_parsed(rule, headers, body, &parse_body(body)?)
+}
+
+/// [`identify`] of a body parsed already.
+fn identify_parsed(
+    rule: &IdentityRule,
+    headers: &(impl HeaderLookup + ?Sized),
+    body: &[u8],
+    value: &serde_json::Value,
+) -> Result<EventIdentity, RejectReason> {
     match rule {
         IdentityRule::ClickUp => {
-            let head: ClickUpHead = head(&value)?;
+            let head: ClickUpHead = head(value)?;
             let event = head.event.ok_or_else(|| {
                 RejectReason::BadBody("clickup event has no \"event\" field".into())
             })?;
@@ -220,7 +239,7 @@ pub fn identify(
             })
         }
         IdentityRule::Stripe => {
-            let head: StripeHead = head(&value)?;
+            let head: StripeHead = head(value)?;
             let id = head
                 .id
                 .ok_or_else(|| RejectReason::BadBody("stripe event has no \"id\" field".into()))?;
@@ -235,11 +254,11 @@ pub fn identify(
         IdentityRule::Generic { event, id } => {
             let event_type = event
                 .as_ref()
-                .and_then(|f| f.read(headers, &value))
+                .and_then(|f| f.read(headers, value))
                 .unwrap_or_default();
             let dedupe_key = id
                 .as_ref()
-                .and_then(|f| f.read(headers, &value))
+                .and_then(|f| f.read(headers, value))
                 .unwrap_or_else(|| sha256_hex(body));
             Ok(EventIdentity {
                 event_type,
@@ -247,9 +266,9 @@ pub fn identify(
             })
         }
         IdentityRule::StandardWebhooks { event, id } => {
-            let event_type = event.read(headers, &value).unwrap_or_default();
+            let event_type = event.read(headers, value).unwrap_or_default();
             let dedupe_key = match id {
-                Some(f) => f.read(headers, &value),
+                Some(f) => f.read(headers, value),
                 None => standard_webhooks_header(headers, "id")
                     .map(str::trim)
                     .filter(|v| !v.is_empty())

@@ -9,7 +9,7 @@
 
 use crate::support::*;
 use crate::targets::{clickup_target, jira_target, mount_ok, sources, task_event};
-use clickup_bridge::ids::DeliveryId;
+use clickup_bridge::ids::{DeliveryId, EventId};
 use clickup_bridge::pipeline::Pipeline;
 use clickup_bridge::route;
 use clickup_bridge::store::{AttemptOutcome, AttemptRecord, DeliveryStatus, RoutedEvent, Store};
@@ -71,18 +71,29 @@ impl Bed {
         };
         let h = clickup_headers(CLICKUP_SECRET, &body);
         let ev = verify_event("clickup", &v, &IdentityRule::ClickUp, &h, body, 0).unwrap();
-        self.store.insert_event(ev, T).await.unwrap();
-        let claimed = self.store.claim_events(10, T, LEASE).await.unwrap();
-        assert_eq!(claimed.len(), 1);
-        let e = &claimed[0];
-        let payload: Value = serde_json::from_slice(&e.payload).unwrap();
-        let cands = route::candidates(&self.pipeline, e, &payload);
-        let routed: RoutedEvent = route::routed(&self.pipeline, e, &payload, cands);
-        let ids = routed.deliveries.iter().map(|d| d.id.clone()).collect();
-        self.store
-            .complete_routing(std::sync::Arc::new(vec![routed]), T)
+        // Routed as the inbound does, at acceptance, in the event's commit.
+        let id = EventId::generate();
+        let head = route::EventHead {
+            id: &id,
+            source: "clickup",
+            event_type: &ev.identity().event_type,
+        };
+        let routing = route::at_acceptance(&self.pipeline, &head, ev.payload())
+            .expect("these routes need no task");
+        let ids = routing.deliveries.iter().map(|d| d.id.clone()).collect();
+        let inserted = self
+            .store
+            .insert_routed_event(ev, id, T, Some(routing))
             .await
             .unwrap();
+        assert!(!inserted.duplicate);
+        assert!(
+            self.store
+                .claim_events(10, T, LEASE)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         ids
     }
 

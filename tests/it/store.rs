@@ -232,3 +232,85 @@ async fn a_store_made_by_sqlx_opens_and_a_new_one_still_opens_in_sqlx() {
     assert_eq!(applied[2], (3, "links and enrichment".to_owned()));
     conn.close().await.unwrap();
 }
+
+/// On both backends: an event routed at acceptance is stored routed with its
+/// deliveries in its own commit (the router has nothing to claim); its
+/// duplicate, routed again by the inbound, adds nothing; an event stored
+/// without routing is the router's, as before. Inserted together so that
+/// SQLite's writer commits them in one group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_routed_at_acceptance_are_stored_with_their_deliveries_in_one_commit() {
+    use clickup_bridge::ids::{DeliveryId, EventId};
+    use clickup_bridge::store::{DeliveryFilter, DeliveryStatus, NewDelivery, Routing};
+    let routing = |id: &EventId| Routing {
+        matched_routes: vec!["r".into()],
+        deliveries: (0..2)
+            .map(|step| NewDelivery {
+                id: DeliveryId::for_step(id, "r", step),
+                route: "r".into(),
+                step,
+                target: "t".into(),
+                context: serde_json::json!({"step": step}),
+                dead: None,
+                order: Default::default(),
+            })
+            .collect(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for location in [
+        StoreLocation::Sqlite(dir.path().join("s.db")),
+        StoreLocation::Postgres(crate::pg::cluster().new_database()),
+    ] {
+        let store = Store::open(&location).await.unwrap();
+        let ids: Vec<EventId> = (0..3).map(|_| EventId::generate()).collect();
+        let inserts = [
+            (verified(1), ids[0].clone(), Some(routing(&ids[0]))),
+            (verified(1), ids[1].clone(), Some(routing(&ids[1]))),
+            (verified(2), ids[2].clone(), None),
+        ];
+        let results = futures_util::future::join_all(
+            inserts
+                .into_iter()
+                .map(|(ev, id, r)| store.insert_routed_event(ev, id, 1_000, r)),
+        )
+        .await;
+        let results: Vec<_> = results.into_iter().map(Result::unwrap).collect();
+        assert_eq!(
+            results.iter().map(|r| r.duplicate).collect::<Vec<_>>(),
+            [false, true, false]
+        );
+        assert_eq!(results[1].id, ids[0]);
+        let stored = store.deliveries(&DeliveryFilter::default()).await.unwrap();
+        let mut got: Vec<(String, String, &str)> = stored
+            .iter()
+            .map(|d| (d.id.to_string(), d.event_id.to_string(), d.status.as_str()))
+            .collect();
+        got.sort();
+        let mut want: Vec<(String, String, &str)> = (0..2)
+            .map(|s| {
+                let id = DeliveryId::for_step(&ids[0], "r", s).to_string();
+                (id, ids[0].to_string(), DeliveryStatus::Pending.as_str())
+            })
+            .collect();
+        want.sort();
+        assert_eq!(got, want, "only the first copy's deliveries");
+        assert_eq!(
+            store.matched_routes(&ids[0]).await.unwrap(),
+            Some(vec!["r".to_owned()])
+        );
+        assert_eq!(store.matched_routes(&ids[2]).await.unwrap(), None);
+        let claimed = store.claim_events(10, 2_000, 60_000).await.unwrap();
+        assert_eq!(
+            claimed.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+            [ids[2].clone()],
+            "the router claims only the event stored unrouted"
+        );
+        let due = store
+            .claim_deliveries("t", 10, 2_000, 60_000)
+            .await
+            .unwrap();
+        assert_eq!(due.len(), 1, "step 1 waits behind step 0");
+        assert_eq!(due[0].context, serde_json::json!({"step": 0}));
+        store.close().await;
+    }
+}
