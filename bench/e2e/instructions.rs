@@ -42,6 +42,10 @@ pub struct InstructionsOpts {
     /// Allowed increase over the baseline, as a fraction (default: the file's).
     #[arg(long)]
     pub tolerance: Option<f64>,
+    /// Keep callgrind's output files here (`callgrind.N.out`, N the events),
+    /// to read with `callgrind_annotate`: where the instructions go.
+    #[arg(long)]
+    pub keep: Option<PathBuf>,
 }
 
 impl InstructionsOpts {
@@ -126,6 +130,12 @@ async fn count(ctx: &Ctx, opts: &InstructionsOpts, n: u64) -> Res<u64> {
         .into());
     }
     let total = callgrind_total(&file)?;
+    if let Some(keep) = &opts.keep {
+        std::fs::create_dir_all(keep)?;
+        let to = keep.join(format!("callgrind.{n}.out"));
+        std::fs::copy(&file, &to)?;
+        println!("  kept {}", to.display());
+    }
     println!(
         "  {n:>6} events: {total} instructions ({:.0} s under callgrind)",
         t.elapsed().as_secs_f64()

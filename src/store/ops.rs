@@ -14,6 +14,8 @@ use super::{
     NewDelivery, Pruned, QueueStats, ReplayFilter, RoutedEvent, Routing, StoreError, StoredEvent,
 };
 use crate::ids::{DeliveryId, EventId};
+use std::borrow::Cow;
+use std::sync::LazyLock;
 
 /// An id's time may precede the row's recorded time by a little (the id is
 /// made first); a time window's id range starts this much earlier.
@@ -761,14 +763,8 @@ pub(super) async fn insert_events<C: Conn>(
     if C::DIALECT == Dialect::Postgres {
         sorted.sort_by(|a, b| (&a.source, &a.dedupe_key).cmp(&(&b.source, &b.dedupe_key)));
     }
-    for chunk in sorted.chunks(INSERT_CHUNK) {
-        let sql = format!(
-            "INSERT INTO events (id, source, dedupe_key, event_type, payload, received_at, \
-             routed_at, matched_routes) VALUES {} \
-             ON CONFLICT (source, dedupe_key) DO NOTHING RETURNING id",
-            values_rows(chunk.len(), 8, 1)
-        );
-        let mut stmt = Stmt::new(sql);
+    for chunk in sorted.chunks(C::DIALECT.rows_per_statement(INSERT_CHUNK)) {
+        let mut stmt = Stmt::new(one_row_or(chunk.len(), &INSERT_EVENT, insert_event_sql));
         for e in chunk {
             let matched = e
                 .routing
@@ -833,6 +829,34 @@ pub(super) async fn insert_events<C: Conn>(
         });
     }
     Ok(out)
+}
+
+/// The SQL of statements of one row, built once: the statement cache finds
+/// them by their text, and SQLite runs every statement with one row.
+static INSERT_EVENT: LazyLock<String> = LazyLock::new(|| insert_event_sql(1));
+static INSERT_DELIVERY: LazyLock<String> = LazyLock::new(|| insert_delivery_sql(1));
+static INSERT_ATTEMPT: LazyLock<String> = LazyLock::new(|| insert_attempt_sql(1));
+
+/// `one`'s text for one row, else `sql(rows)`.
+fn one_row_or(
+    rows: usize,
+    one: &'static LazyLock<String>,
+    sql: fn(usize) -> String,
+) -> Cow<'static, str> {
+    if rows == 1 {
+        Cow::Borrowed(one.as_str())
+    } else {
+        Cow::Owned(sql(rows))
+    }
+}
+
+fn insert_event_sql(rows: usize) -> String {
+    format!(
+        "INSERT INTO events (id, source, dedupe_key, event_type, payload, received_at, \
+         routed_at, matched_routes) VALUES {} \
+         ON CONFLICT (source, dedupe_key) DO NOTHING RETURNING id",
+        values_rows(rows, 8, 1)
+    )
 }
 
 async fn claim_events<C: Conn>(
@@ -910,7 +934,12 @@ async fn claim_deliveries<C: Conn>(
     now: i64,
     lease_ms: i64,
 ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-    let sql = claim_sql(C::DIALECT);
+    static SQLITE: LazyLock<String> = LazyLock::new(|| claim_sql(Dialect::Sqlite));
+    static POSTGRES: LazyLock<String> = LazyLock::new(|| claim_sql(Dialect::Postgres));
+    let sql = match C::DIALECT {
+        Dialect::Sqlite => SQLITE.as_str(),
+        Dialect::Postgres => POSTGRES.as_str(),
+    };
     let rows = c
         .fetch(Stmt::new(sql).text(target).int(now).int(i64::from(limit)))
         .await?;
@@ -918,15 +947,21 @@ async fn claim_deliveries<C: Conn>(
         .iter()
         .map(claimed_delivery)
         .collect::<Result<Vec<_>, _>>()?;
-    if !claimed.is_empty() {
-        let sql = format!(
-            "UPDATE deliveries SET lease_until = $1, claims = claims + 1 WHERE id IN ({})",
-            placeholders(2, claimed.len())
-        );
-        let mut stmt = Stmt::new(sql).int(now.saturating_add(lease_ms));
-        for d in &claimed {
-            stmt = stmt.text(d.id.as_str());
-        }
+    let until = now.saturating_add(lease_ms);
+    for chunk in claimed.chunks(C::DIALECT.rows_per_statement(claimed.len().max(1))) {
+        let stmt = if let [d] = chunk {
+            Stmt::new("UPDATE deliveries SET lease_until = $1, claims = claims + 1 WHERE id = $2")
+                .int(until)
+                .text(d.id.as_str())
+        } else {
+            let sql = format!(
+                "UPDATE deliveries SET lease_until = $1, claims = claims + 1 WHERE id IN ({})",
+                placeholders(2, chunk.len())
+            );
+            chunk
+                .iter()
+                .fold(Stmt::new(sql).int(until), |s, d| s.text(d.id.as_str()))
+        };
         c.execute(stmt).await?;
     }
     Ok(claimed)
@@ -940,6 +975,30 @@ fn link_names(names: &[String]) -> Option<String> {
     (!names.is_empty()).then(|| format!(",{},", names.join(",")))
 }
 
+fn insert_delivery_sql(rows: usize) -> String {
+    let rows = (0..rows)
+        .map(|r| {
+            let p: Vec<String> = (1..=DELIVERY_VALUES)
+                .map(|i| format!("${}", r * DELIVERY_VALUES + i))
+                .collect();
+            // $9 (now) is next_attempt_at, created_at and updated_at.
+            format!(
+                "({}, 0, {n}, {}, {n}, {n}, {})",
+                p[..6].join(", "),
+                p[6..8].join(", "),
+                p[9..].join(", "),
+                n = p[8]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "INSERT INTO deliveries (id, event_id, route, step, target, status, attempts, next_attempt_at, \
+         context, last_error, created_at, updated_at, order_key, order_seq, link_task, link_names, \
+         remember_task, remember_name) VALUES {rows} ON CONFLICT (event_id, route, step) DO NOTHING"
+    )
+}
+
 /// Inserts deliveries (one multi-row INSERT per chunk); a delivery that
 /// exists already (same event, route and step) is left as it is.
 async fn insert_deliveries<C: Conn>(
@@ -947,28 +1006,8 @@ async fn insert_deliveries<C: Conn>(
     all: &[(&EventId, &NewDelivery)],
     now: i64,
 ) -> Result<(), StoreError> {
-    for chunk in all.chunks(DELIVERY_CHUNK) {
-        let rows = (0..chunk.len())
-            .map(|r| {
-                let p: Vec<String> = (1..=DELIVERY_VALUES)
-                    .map(|i| format!("${}", r * DELIVERY_VALUES + i))
-                    .collect();
-                // $9 (now) is next_attempt_at, created_at and updated_at.
-                format!(
-                    "({}, 0, {n}, {}, {n}, {n}, {})",
-                    p[..6].join(", "),
-                    p[6..8].join(", "),
-                    p[9..].join(", "),
-                    n = p[8]
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "INSERT INTO deliveries (id, event_id, route, step, target, status, attempts, next_attempt_at, \
-             context, last_error, created_at, updated_at, order_key, order_seq, link_task, link_names, \
-             remember_task, remember_name) VALUES {rows} ON CONFLICT (event_id, route, step) DO NOTHING"
-        );
+    for chunk in all.chunks(C::DIALECT.rows_per_statement(DELIVERY_CHUNK)) {
+        let sql = one_row_or(chunk.len(), &INSERT_DELIVERY, insert_delivery_sql);
         let mut stmt = Stmt::new(sql);
         for (event_id, d) in chunk {
             let o = &d.order;
@@ -1005,12 +1044,18 @@ async fn complete_routing<C: Conn>(
         .flat_map(|ev| ev.deliveries.iter().map(move |d| (&ev.event_id, d)))
         .collect();
     insert_deliveries(c, &all, now).await?;
-    for chunk in routed.chunks(DELIVERY_CHUNK) {
-        let sql = format!(
-            "UPDATE events SET routed_at = $1, lease_until = NULL, matched_routes = v.column2 \
-             FROM (VALUES {}) AS v WHERE events.id = v.column1",
-            values_rows(chunk.len(), 2, 2)
-        );
+    for chunk in routed.chunks(C::DIALECT.rows_per_statement(DELIVERY_CHUNK)) {
+        let sql: Cow<'static, str> = if chunk.len() == 1 {
+            "UPDATE events SET routed_at = $1, lease_until = NULL, matched_routes = $3 WHERE id = $2"
+                .into()
+        } else {
+            format!(
+                "UPDATE events SET routed_at = $1, lease_until = NULL, matched_routes = v.column2 \
+                 FROM (VALUES {}) AS v WHERE events.id = v.column1",
+                values_rows(chunk.len(), 2, 2)
+            )
+            .into()
+        };
         let mut stmt = Stmt::new(sql).int(now);
         for ev in chunk {
             let matched = serde_json::to_string(&ev.matched_routes)
@@ -1030,16 +1075,19 @@ fn attempt_status(a: &AttemptRecord) -> (&'static str, i64, Option<i64>) {
     }
 }
 
+fn insert_attempt_sql(rows: usize) -> String {
+    format!(
+        "INSERT INTO attempts (delivery_id, n, at, duration_ms, status_code, response, error, outcome) \
+         VALUES {} ON CONFLICT (delivery_id, n) DO NOTHING",
+        values_rows(rows, 8, 1)
+    )
+}
+
 /// Records many attempts: one INSERT and one UPDATE ... FROM (VALUES ...)
 /// per chunk, then the links, if any.
 async fn record_attempts<C: Conn>(c: &mut C, records: &[&AttemptRecord]) -> Result<(), StoreError> {
-    for chunk in records.chunks(RECORD_CHUNK) {
-        let insert = format!(
-            "INSERT INTO attempts (delivery_id, n, at, duration_ms, status_code, response, error, outcome) \
-             VALUES {} ON CONFLICT (delivery_id, n) DO NOTHING",
-            values_rows(chunk.len(), 8, 1)
-        );
-        let mut stmt = Stmt::new(insert);
+    for chunk in records.chunks(C::DIALECT.rows_per_statement(RECORD_CHUNK)) {
+        let mut stmt = Stmt::new(one_row_or(chunk.len(), &INSERT_ATTEMPT, insert_attempt_sql));
         for a in chunk {
             stmt = stmt
                 .text(a.delivery_id.as_str())
@@ -1052,12 +1100,20 @@ async fn record_attempts<C: Conn>(c: &mut C, records: &[&AttemptRecord]) -> Resu
                 .text(a.outcome.name());
         }
         c.execute(stmt).await?;
-        let update = format!(
-            "UPDATE deliveries SET status = v.column2, attempts = v.column3, next_attempt_at = v.column4, \
-             lease_until = NULL, claims = 0, last_error = v.column5, updated_at = v.column6, \
-             delivered_at = v.column7 FROM (VALUES {}) AS v WHERE deliveries.id = v.column1",
-            values_rows(chunk.len(), 7, 1)
-        );
+        let update: Cow<'static, str> = if chunk.len() == 1 {
+            "UPDATE deliveries SET status = $2, attempts = $3, next_attempt_at = $4, \
+             lease_until = NULL, claims = 0, last_error = $5, updated_at = $6, delivered_at = $7 \
+             WHERE id = $1"
+                .into()
+        } else {
+            format!(
+                "UPDATE deliveries SET status = v.column2, attempts = v.column3, next_attempt_at = v.column4, \
+                 lease_until = NULL, claims = 0, last_error = v.column5, updated_at = v.column6, \
+                 delivered_at = v.column7 FROM (VALUES {}) AS v WHERE deliveries.id = v.column1",
+                values_rows(chunk.len(), 7, 1)
+            )
+            .into()
+        };
         let mut stmt = Stmt::new(update);
         for a in chunk {
             let (status, next, delivered_at) = attempt_status(a);
@@ -1095,16 +1151,20 @@ const FOLLOWERS: &str = "status = 'pending' \
 /// and a hint missed (a replay, another path) delays one at most until
 /// its moved time, never for ever.
 async fn wait_hint<C: Conn>(c: &mut C, a: &AttemptRecord) -> Result<(), StoreError> {
-    let sql = match a.outcome {
-        AttemptOutcome::Retry { .. } => {
-            format!(
-                "UPDATE deliveries SET next_attempt_at = $2 WHERE {FOLLOWERS} AND next_attempt_at < $2"
-            )
-        }
-        AttemptOutcome::Delivered | AttemptOutcome::Dead => format!(
+    static LATER: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "UPDATE deliveries SET next_attempt_at = $2 WHERE {FOLLOWERS} AND next_attempt_at < $2"
+        )
+    });
+    static NOW: LazyLock<String> = LazyLock::new(|| {
+        format!(
             "UPDATE deliveries SET next_attempt_at = $2 WHERE {FOLLOWERS} AND next_attempt_at > $2 \
              AND attempts = attempts_base"
-        ),
+        )
+    });
+    let sql = match a.outcome {
+        AttemptOutcome::Retry { .. } => LATER.as_str(),
+        AttemptOutcome::Delivered | AttemptOutcome::Dead => NOW.as_str(),
     };
     let at = match a.outcome {
         AttemptOutcome::Retry { at } => at,
