@@ -893,7 +893,7 @@ async fn claim_events<C: Conn>(
 /// its route, an earlier delivery of its key to this target, or one that
 /// remembers a link it reads). A predecessor another instance holds is
 /// still pending, so what follows it is not handed out either.
-fn claim_sql(dialect: Dialect) -> String {
+pub(super) fn claim_sql(dialect: Dialect) -> String {
     let lock = dialect.skip_locked(Some("d"));
     format!(
         "SELECT d.id, d.event_id, d.route, d.step, d.target, d.attempts, d.attempts_base, d.context, \
