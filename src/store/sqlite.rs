@@ -4,7 +4,7 @@
 //! themselves (SQL, decoding) are the shared ones in [`super::ops`]; this
 //! file only schedules and runs them.
 //!
-//! Why threads: SQLite's calls block. The writer owns its connections on
+//! Why threads: SQLite's calls block. The writer owns its connection on
 //! one std thread, so a statement never crosses a thread (sqlx ran each
 //! connection on a thread of its own and sent every query over a channel);
 //! tokio's workers only send a message and await the reply. The shared
@@ -17,9 +17,9 @@
 //! Why group commit: SQLite has one writer at a time and each durable commit
 //! costs an fsync. Inbound inserts, router results, delivery claims and
 //! attempt records all queue on one channel; the writer takes everything
-//! queued (up to [`MAX_BATCH`]): the inserts in one statement on a
-//! `synchronous=FULL` connection (one fsync acknowledges them all, and every
-//! 200 still means "on disk"), the rest in one transaction on a `NORMAL`
+//! queued (up to [`MAX_BATCH`]): the inserts in one commit at
+//! `synchronous=FULL` (one fsync acknowledges them all, and every 200 still
+//! means "on disk"), the rest in one transaction at `NORMAL`, on the same
 //! connection (see [`writer`] for why that is safe). If a group fails, its
 //! operations are retried one by one so one bad operation cannot fail its
 //! neighbours.
@@ -266,7 +266,7 @@ impl SqliteStore {
         }
         let owned = path.to_path_buf();
         // Opening and migrating block: off the async workers.
-        let (durable, fast) = tokio::task::spawn_blocking(move || open_writer(&owned))
+        let conn = tokio::task::spawn_blocking(move || open_writer(&owned))
             .await
             .map_err(|_| StoreError::Internal("opening the store panicked"))??;
         let mut threads = Vec::new();
@@ -288,7 +288,8 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel(4096);
         let conns = Conns {
             path: path.to_path_buf(),
-            open: Some((durable, fast)),
+            open: Some(conn),
+            full: true,
         };
         threads.push(spawn_thread("store-writer".to_owned(), move || {
             writer(conns, rx, &nudge);
@@ -368,18 +369,14 @@ fn spawn_thread(
 
 /// Opens the writer's two connections, migrates, and frees the claims a
 /// previous (crashed) process held.
-fn open_writer(path: &Path) -> Result<(rusqlite::Connection, rusqlite::Connection), StoreError> {
-    let mut durable = connect(path, true)?;
-    super::migrate::sqlite(&mut durable)?;
-    durable.execute_batch(
+fn open_writer(path: &Path) -> Result<rusqlite::Connection, StoreError> {
+    let mut conn = connect(path, true)?;
+    super::migrate::sqlite(&mut conn)?;
+    conn.execute_batch(
         "UPDATE events SET lease_until = NULL WHERE lease_until IS NOT NULL; \
          UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL;",
     )?;
-    // The second writing connection commits without waiting for fsync (see
-    // `writer`); the writer thread uses the two one after the other, so they
-    // never contend for SQLite's write lock.
-    let fast = connect(path, false)?;
-    Ok((durable, fast))
+    Ok(conn)
 }
 
 fn reader(mut conn: rusqlite::Connection, jobs: &Mutex<std_mpsc::Receiver<Job>>) {
@@ -412,10 +409,11 @@ fn checkpointer(conn: &rusqlite::Connection, nudges: &std_mpsc::Receiver<()>) {
 
 /// The single writer: drains the queue, then commits in two groups.
 ///
-/// Inbound inserts go first, through the FULL connection: one autocommit
-/// statement whose commit fsyncs the WAL, after which their senders get their
-/// 200 at once. Everything else (routing results, claims, attempt records,
-/// replays, pruning) follows in one transaction on the NORMAL connection: it
+/// Inbound inserts go first, at `synchronous = FULL`: one commit that fsyncs
+/// the WAL, after which their senders get their 200 at once. Everything else
+/// (routing results, claims, attempt records, replays, pruning) follows in
+/// one transaction at `synchronous = NORMAL` (the same connection; see
+/// [`Conns`]): it
 /// is written to the WAL before its answer, so it survives a crash of the
 /// process, and a power cut can lose at most the last moments of it, until
 /// the next FULL commit or the checkpoint a second later. What such a loss
@@ -450,8 +448,8 @@ fn writer(mut conns: Conns, mut rx: mpsc::Receiver<Msg>, checkpoint: &std_mpsc::
             .drain(..)
             .partition(|(op, _)| matches!(op, Op::InsertEvent(_)));
         match conns.get() {
-            Ok((durable, fast)) => {
-                let broken = match run_group(durable, inserts) {
+            Ok(_) => {
+                let broken = match conns.group(true, inserts) {
                     // Not tried on a store that just failed: answered now
                     // with its error, retried by their callers after the
                     // reconnect.
@@ -459,7 +457,7 @@ fn writer(mut conns: Conns, mut rx: mpsc::Receiver<Msg>, checkpoint: &std_mpsc::
                         answer_all(rest, &e);
                         true
                     }
-                    None => run_group(fast, rest).is_some(),
+                    None => conns.group(false, rest).is_some(),
                 };
                 if broken {
                     conns.reset();
@@ -490,33 +488,74 @@ fn answer_all(group: Vec<(Op, Reply)>, e: &StoreError) {
     }
 }
 
-/// The writer's two connections, reopened after a store-level failure.
+/// The writer's connection, reopened after a store-level failure.
 ///
 /// After a failed commit (disk full, I/O error, a lock that timed out) a
 /// connection may still hold SQLite's write lock or a half-open transaction,
-/// and every later write by the other connection would wait on it (the
-/// "database is locked by the daemon itself" of a full disk). Closing both
-/// and opening fresh ones is the one state known to be clean.
+/// and every later write would wait on it (the "database is locked by the
+/// daemon itself" of a full disk). Closing it and opening a fresh one is the
+/// one state known to be clean.
+///
+/// One connection, whose `synchronous` level is switched between the two
+/// groups of a batch (FULL for inserts, NORMAL for the rest), rather than
+/// one connection per level: each connection has its own page cache, and
+/// a commit by one made the other read the pages it changed again (under
+/// load, about 8 `pread` calls per event).
 struct Conns {
     path: PathBuf,
-    open: Option<(rusqlite::Connection, rusqlite::Connection)>,
+    open: Option<rusqlite::Connection>,
+    /// Whether `open` is at `synchronous = FULL`.
+    full: bool,
 }
 
 impl Conns {
-    fn get(
-        &mut self,
-    ) -> Result<(&mut rusqlite::Connection, &mut rusqlite::Connection), StoreError> {
-        let (durable, fast) = match self.open.take() {
-            Some(open) => open,
+    fn get(&mut self) -> Result<&mut rusqlite::Connection, StoreError> {
+        let conn = match self.open.take() {
+            Some(conn) => conn,
             None => {
-                let durable = connect(&self.path, true)?;
-                let fast = connect(&self.path, false)?;
+                let conn = connect(&self.path, true)?;
+                self.full = true;
                 tracing::info!("store writer reconnected");
-                (durable, fast)
+                conn
             }
         };
-        let (d, f) = self.open.insert((durable, fast));
-        Ok((d, f))
+        Ok(self.open.insert(conn))
+    }
+
+    /// Runs a group at `synchronous = FULL` (`durable`) or NORMAL: see
+    /// [`run_group`]. The level changes between transactions, never inside
+    /// one; a failure to change it is the group's failure.
+    fn group(&mut self, durable: bool, group: Vec<(Op, Reply)>) -> Option<StoreError> {
+        if group.is_empty() {
+            return None;
+        }
+        if let Err(e) = self.get() {
+            answer_all(group, &e);
+            return Some(e);
+        }
+        let Some(conn) = self.open.as_mut() else {
+            let e = StoreError::Internal("the writer's connection is gone");
+            answer_all(group, &e);
+            return Some(e);
+        };
+        if self.full != durable {
+            let level = if durable {
+                "PRAGMA synchronous = FULL"
+            } else {
+                "PRAGMA synchronous = NORMAL"
+            };
+            if let Err(e) = conn
+                .prepare_cached(level)
+                .and_then(|mut st| st.raw_execute())
+            {
+                let e = StoreError::from(e);
+                tracing::error!(error = %e, "cannot set the store's sync level; nothing of this batch was committed");
+                answer_all(group, &e);
+                return Some(e);
+            }
+            self.full = durable;
+        }
+        run_group(conn, group)
     }
 
     /// Closing rolls back whatever a connection still held; SQLite closes a
