@@ -599,6 +599,30 @@ async fn bridge_checks(r: &mut Run, d: &sink::Delivery, daemons: &[Daemon], stor
 
 // ---------------------------------------------------------------- modes
 
+/// The floor under a durable answer on this disk: `fdatasync` after a 4 KB
+/// append, in the folder the daemon's store goes to (the system temp
+/// folder), timed `samples` times before the rounds; p50 and p99 in ms. A
+/// 200 waits for at least one such sync (SQLite's commit of the WAL with
+/// `synchronous=FULL`), so no acceptance latency is below it.
+fn fsync_floor(samples: usize) -> Res<(f64, f64)> {
+    use std::io::Write;
+    let dir = tempfile::Builder::new()
+        .prefix("clickup-bridge-fsync-")
+        .tempdir()?;
+    let mut f = std::fs::File::create(dir.path().join("probe"))?;
+    let block = [0u8; 4096];
+    let mut ms = Vec::with_capacity(samples);
+    for _ in 0..samples.max(1) {
+        f.write_all(&block)?;
+        let t = Instant::now();
+        f.sync_data()?;
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    ms.sort_by(f64::total_cmp);
+    let at = |q: usize| ms[(ms.len() * q / 100).min(ms.len() - 1)];
+    Ok((at(50), at(99)))
+}
+
 async fn compare_mode(ctx: &Ctx, opts: &CompareOpts, systems: &[System]) -> Res<Vec<Run>> {
     let mut runs = Vec::new();
     for round in 1..=opts.rounds {
@@ -740,6 +764,12 @@ fn main() -> Result<(), BoxError> {
     rt.block_on(async {
         let r = match &mode {
             Mode::Compare(o) => {
+                let mut header = header;
+                let (p50, p99) = fsync_floor(2_000)?;
+                println!(
+                    "fdatasync of a 4 KB append on this disk (the floor under a durable 200): p50 {p50:.2} ms, p99 {p99:.2} ms"
+                );
+                header["fsync_floor_ms"] = json!({"p50": p50, "p99": p99, "samples": 2_000});
                 let runs = compare_mode(&ctx, o, &systems).await?;
                 report::compare(&runs, &systems, o, header, &out)
             }

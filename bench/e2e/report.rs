@@ -253,6 +253,13 @@ pub fn compare(
     for (goal, v, met) in &goals {
         println!("{goal:<58} {v:>10}  {}", if *met { "yes" } else { "no" });
     }
+    if let Some(p99) = header["fsync_floor_ms"]["p99"].as_f64() {
+        println!(
+            "{:<58} {:>10}",
+            "  this disk's fdatasync p99 (the floor under a durable 200)",
+            format!("{p99:.1} ms")
+        );
+    }
     let mut problems = Vec::new();
     let mut notes = Vec::new();
     for r in runs {

@@ -42,6 +42,7 @@ migrations! {
     6 "0006_claims.sql" "claims",
     7 "0007_store_probe.sql" "store probe",
     8 "0008_ordering.sql" "ordering",
+    9 "0009_sparse_indexes.sql" "sparse indexes",
 }
 
 /// Why the store's schema cannot be brought up to date.

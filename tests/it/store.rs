@@ -228,8 +228,9 @@ async fn a_store_made_by_sqlx_opens_and_a_new_one_still_opens_in_sqlx() {
             .fetch_all(&mut conn)
             .await
             .unwrap();
-    assert_eq!(applied.len(), 8, "{applied:?}");
+    assert_eq!(applied.len(), 9, "{applied:?}");
     assert_eq!(applied[2], (3, "links and enrichment".to_owned()));
+    assert_eq!(applied[8], (9, "sparse indexes".to_owned()));
     conn.close().await.unwrap();
 }
 
