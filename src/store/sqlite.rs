@@ -288,8 +288,7 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel(4096);
         let conns = Conns {
             path: path.to_path_buf(),
-            open: Some(conn),
-            full: true,
+            open: Some(Writer { conn, full: true }),
         };
         threads.push(spawn_thread("store-writer".to_owned(), move || {
             writer(conns, rx, &nudge);
@@ -448,8 +447,8 @@ fn writer(mut conns: Conns, mut rx: mpsc::Receiver<Msg>, checkpoint: &std_mpsc::
             .drain(..)
             .partition(|(op, _)| matches!(op, Op::InsertEvent(_)));
         match conns.get() {
-            Ok(_) => {
-                let broken = match conns.group(true, inserts) {
+            Ok(writer) => {
+                let broken = match writer.group(true, inserts) {
                     // Not tried on a store that just failed: answered now
                     // with its error, retried by their callers after the
                     // reconnect.
@@ -457,7 +456,7 @@ fn writer(mut conns: Conns, mut rx: mpsc::Receiver<Msg>, checkpoint: &std_mpsc::
                         answer_all(rest, &e);
                         true
                     }
-                    None => conns.group(false, rest).is_some(),
+                    None => writer.group(false, rest).is_some(),
                 };
                 if broken {
                     conns.reset();
@@ -503,25 +502,36 @@ fn answer_all(group: Vec<(Op, Reply)>, e: &StoreError) {
 /// load, about 8 `pread` calls per event).
 struct Conns {
     path: PathBuf,
-    open: Option<rusqlite::Connection>,
-    /// Whether `open` is at `synchronous = FULL`.
+    open: Option<Writer>,
+}
+
+/// The open connection and the `synchronous` level it is at.
+struct Writer {
+    conn: rusqlite::Connection,
     full: bool,
 }
 
 impl Conns {
-    fn get(&mut self) -> Result<&mut rusqlite::Connection, StoreError> {
-        let conn = match self.open.take() {
-            Some(conn) => conn,
+    fn get(&mut self) -> Result<&mut Writer, StoreError> {
+        let writer = match self.open.take() {
+            Some(writer) => writer,
             None => {
                 let conn = connect(&self.path, true)?;
-                self.full = true;
                 tracing::info!("store writer reconnected");
-                conn
+                Writer { conn, full: true }
             }
         };
-        Ok(self.open.insert(conn))
+        Ok(self.open.insert(writer))
     }
 
+    /// Closing rolls back whatever a connection still held; SQLite closes a
+    /// file without waiting for any lock.
+    fn reset(&mut self) {
+        self.open = None;
+    }
+}
+
+impl Writer {
     /// Runs a group at `synchronous = FULL` (`durable`) or NORMAL: see
     /// [`run_group`]. The level changes between transactions, never inside
     /// one; a failure to change it is the group's failure.
@@ -529,22 +539,14 @@ impl Conns {
         if group.is_empty() {
             return None;
         }
-        if let Err(e) = self.get() {
-            answer_all(group, &e);
-            return Some(e);
-        }
-        let Some(conn) = self.open.as_mut() else {
-            let e = StoreError::Internal("the writer's connection is gone");
-            answer_all(group, &e);
-            return Some(e);
-        };
         if self.full != durable {
             let level = if durable {
                 "PRAGMA synchronous = FULL"
             } else {
                 "PRAGMA synchronous = NORMAL"
             };
-            if let Err(e) = conn
+            if let Err(e) = self
+                .conn
                 .prepare_cached(level)
                 .and_then(|mut st| st.raw_execute())
             {
@@ -555,13 +557,7 @@ impl Conns {
             }
             self.full = durable;
         }
-        run_group(conn, group)
-    }
-
-    /// Closing rolls back whatever a connection still held; SQLite closes a
-    /// file without waiting for any lock.
-    fn reset(&mut self) {
-        self.open = None;
+        run_group(&mut self.conn, group)
     }
 }
 
