@@ -59,6 +59,12 @@ const READERS: usize = 2;
 /// [`Conns::checkpoint`].
 const CHECKPOINT_FRAMES: i32 = 4096;
 
+/// Every this many new WAL frames the writer asks the checkpointer thread
+/// for a checkpoint, so that the bulk of the copying is done beside the
+/// writer and its own checkpoint only copies what came since (a writer
+/// that copied all 4,096 frames itself stalled acceptance for tens of ms).
+const NUDGE_FRAMES: i32 = 1024;
+
 thread_local! {
     /// Frames in the WAL after the last commit of this thread's writer
     /// connection, as SQLite's WAL hook reports them ([`count_wal_frames`]).
@@ -294,11 +300,11 @@ impl SqliteStore {
                 reader(conn, &rx);
             })?);
         }
-        // The checkpointer ends with the writer (its sender goes with it).
-        let (writer_alive, writer_gone) = std_mpsc::sync_channel::<()>(0);
+        // The writer asks for checkpoints; the checkpointer ends with it.
+        let (nudge, nudges) = std_mpsc::sync_channel::<()>(1);
         let checkpoints = connect(path, true)?;
         threads.push(spawn_thread("store-checkpoint".to_owned(), move || {
-            checkpointer(&checkpoints, &writer_gone);
+            checkpointer(&checkpoints, &nudges);
         })?);
         let (tx, rx) = mpsc::channel(4096);
         let conns = Conns {
@@ -306,8 +312,7 @@ impl SqliteStore {
             open: Some(Writer::new(conn)),
         };
         threads.push(spawn_thread("store-writer".to_owned(), move || {
-            let _alive = writer_alive;
-            writer(conns, rx);
+            writer(conns, rx, &nudge);
         })?);
         Ok(SqliteStore {
             path: path.to_path_buf(),
@@ -405,18 +410,19 @@ fn reader(mut conn: rusqlite::Connection, jobs: &Mutex<std_mpsc::Receiver<Job>>)
     }
 }
 
-/// Copies the WAL into the database file at once, then every second, until
-/// the writer ends (`writer_gone` disconnects). PASSIVE never blocks the
-/// writer. This keeps the database file current while the store is idle or
-/// lightly used; under a sustained load the writer's own checkpoints
-/// ([`Conns::checkpoint`]) are what bound the WAL.
-fn checkpointer(conn: &rusqlite::Connection, writer_gone: &std_mpsc::Receiver<()>) {
+/// Copies the WAL into the database file at once, then every second or
+/// when the writer asks (every [`NUDGE_FRAMES`] frames), until the writer
+/// ends. PASSIVE never blocks the writer. This keeps the database file
+/// current and does most of the copying; under a sustained load it cannot
+/// let SQLite start the WAL over, which the writer's own checkpoint
+/// ([`Conns::checkpoint`]) does.
+fn checkpointer(conn: &rusqlite::Connection, nudges: &std_mpsc::Receiver<()>) {
     loop {
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::warn!(error = %e, "WAL checkpoint failed");
         }
         if let Err(std_mpsc::RecvTimeoutError::Disconnected) =
-            writer_gone.recv_timeout(Duration::from_secs(1))
+            nudges.recv_timeout(Duration::from_secs(1))
         {
             return;
         }
@@ -436,7 +442,8 @@ fn checkpointer(conn: &rusqlite::Connection, writer_gone: &std_mpsc::Receiver<()
 /// costs: an event routed again gets the same delivery ids
 /// (`DeliveryId::for_step`), and a lost attempt record sends that delivery
 /// again with the same Idempotency-Key: at least once, as promised.
-fn writer(mut conns: Conns, mut rx: mpsc::Receiver<Msg>) {
+fn writer(mut conns: Conns, mut rx: mpsc::Receiver<Msg>, nudge: &std_mpsc::SyncSender<()>) {
+    let mut next_nudge = NUDGE_FRAMES;
     let mut batch: Vec<(Op, Reply)> = Vec::with_capacity(MAX_BATCH);
     let mut shutdown: Option<oneshot::Sender<()>> = None;
     while let Some(first) = rx.blocking_recv() {
@@ -481,8 +488,19 @@ fn writer(mut conns: Conns, mut rx: mpsc::Receiver<Msg>) {
             }
         }
         // After the batch is answered: what waits meanwhile joins the next.
-        if WAL_FRAMES.get() >= CHECKPOINT_FRAMES && conns.checkpoint() {
-            WAL_FRAMES.set(0);
+        let frames = WAL_FRAMES.get();
+        if frames >= CHECKPOINT_FRAMES {
+            if conns.checkpoint() {
+                WAL_FRAMES.set(0);
+                next_nudge = NUDGE_FRAMES;
+            }
+        } else if frames >= next_nudge {
+            // Full means one is asked for already.
+            let _ = nudge.try_send(());
+            next_nudge = frames + NUDGE_FRAMES;
+        } else if frames < next_nudge - NUDGE_FRAMES {
+            // The WAL started over (the checkpointer's copy was complete).
+            next_nudge = NUDGE_FRAMES;
         }
         if shutdown.is_some() {
             break;
