@@ -268,6 +268,8 @@ pub struct Launch {
     pub ready_within: Duration,
     /// How long it may take to exit after SIGTERM.
     pub stop_within: Duration,
+    /// e2e: the `concurrency` of the routes' sink target.
+    pub sink_concurrency: u32,
 }
 
 impl Launch {
@@ -287,6 +289,7 @@ impl Launch {
             wrapper: Vec::new(),
             ready_within: Duration::from_secs(30),
             stop_within: Duration::from_secs(45),
+            sink_concurrency: 32,
         })
     }
 
@@ -593,6 +596,33 @@ fn cluster_ticks(postmaster: u32) -> u64 {
     total
 }
 
+/// The kernel-mode ticks (stime) of process `pid`, all its live threads
+/// and the ones that ended.
+fn stime_ticks(pid: u32) -> Option<u64> {
+    stat_fields(Path::new(&format!("/proc/{pid}/stat")))?
+        .get(12)
+        .copied()
+}
+
+/// Context switches (voluntary + involuntary) of the live threads of `pid`.
+fn switches(pid: u32) -> u64 {
+    let mut n = 0;
+    if let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for e in entries.flatten() {
+            let text = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+            for l in text.lines() {
+                if let Some(v) = l
+                    .strip_prefix("voluntary_ctxt_switches:")
+                    .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+                {
+                    n += v.trim().parse::<u64>().unwrap_or(0);
+                }
+            }
+        }
+    }
+    n
+}
+
 /// The ids of this process's threads.
 pub fn own_tids() -> HashSet<u32> {
     std::fs::read_dir("/proc/self/task")
@@ -689,6 +719,10 @@ pub struct CpuSnap {
     own: u64,
     /// The children's ticks, summed; `None` without children.
     child: Option<u64>,
+    /// Of which in the kernel (stime).
+    child_sys: u64,
+    /// The children's context switches.
+    child_switches: u64,
     /// The children's threads: (pid, tid) → (name, ticks).
     child_threads: BTreeMap<(u32, u32), (String, u64)>,
     /// The PostgreSQL cluster's ticks.
@@ -735,6 +769,11 @@ pub struct CpuUse {
     pub other: f64,
     /// Busy share of the whole machine.
     pub machine_busy: f64,
+    /// Of `server`, the cores spent in the kernel (stime: system calls,
+    /// page faults, the scheduler); 0 for an in-process server.
+    pub server_sys: f64,
+    /// The daemon's context switches (all threads, voluntary and not).
+    pub server_switches: u64,
     /// The daemon's cores by thread name, busiest first.
     pub server_threads: Vec<(String, f64)>,
 }
@@ -744,6 +783,8 @@ impl CpuUse {
         json!({
             "client_cores": self.client,
             "server_cores": self.server,
+            "server_kernel_cores": self.server_sys,
+            "server_context_switches": self.server_switches,
             "sink_cores": self.sink,
             "postgres_cores": self.db,
             "other_cores": self.other,
@@ -787,6 +828,8 @@ impl Meter {
                 .filter_map(|pid| stat_ticks(Path::new(&format!("/proc/{pid}/stat"))))
                 .sum()
         });
+        let child_sys = children.iter().filter_map(|pid| stime_ticks(*pid)).sum();
+        let child_switches = children.iter().map(|pid| switches(*pid)).sum();
         let mut child_threads = BTreeMap::new();
         for pid in children {
             for (tid, v) in thread_ticks(*pid) {
@@ -799,6 +842,8 @@ impl Meter {
             sink,
             own,
             child,
+            child_sys,
+            child_switches,
             child_threads,
             db: self.db_pid.map(cluster_ticks).unwrap_or(0),
             machine: machine_ticks(),
@@ -838,6 +883,8 @@ impl Meter {
             db: db as f64 / ticks,
             other: 0.0,
             machine_busy,
+            server_sys: after.child_sys.saturating_sub(before.child_sys) as f64 / ticks,
+            server_switches: after.child_switches.saturating_sub(before.child_switches),
             server_threads: Vec::new(),
         };
         let mut by_name: BTreeMap<&str, u64> = BTreeMap::new();

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use std::path::Path;
 
 const SINK_MARK: &str = "@@SINK@@";
+const CONCURRENCY_MARK: &str = "@@CONCURRENCY@@";
 pub const ROUTES_TEMPLATE: &str = r#"version: 1
 sources:
   clickup:
@@ -17,7 +18,7 @@ targets:
     type: slack
     webhook_url: @@SINK@@
     rate_limit: 100000/s
-    concurrency: 32
+    concurrency: @@CONCURRENCY@@
     timeout: 10
     retry: { attempts: 1000000, initial: 0.2, max: 2 }
 routes:
@@ -41,7 +42,9 @@ pub async fn start_bridge(launch: &Launch, sink_url: &str, store: Option<&str>) 
     start_daemon(
         launch,
         "clickup-bridge-e2e-",
-        &ROUTES_TEMPLATE.replace(SINK_MARK, sink_url),
+        &ROUTES_TEMPLATE
+            .replace(SINK_MARK, sink_url)
+            .replace(CONCURRENCY_MARK, &launch.sink_concurrency.to_string()),
         store,
         // Settings and proxies from the caller's environment must not leak
         // into the run (the sink is on loopback).

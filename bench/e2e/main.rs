@@ -96,6 +96,9 @@ struct Shared {
     /// actix workers of the sink.
     #[arg(long, global = true, default_value_t = 1)]
     sink_workers: usize,
+    /// clickup-bridge: the sink target's `concurrency` (deliveries in flight).
+    #[arg(long, global = true, default_value_t = 32)]
+    sink_concurrency: u32,
     /// Distinct signed requests built before any load (each run of the daemon needs fresh ones).
     #[arg(long, global = true, default_value_t = 400_000)]
     requests: usize,
@@ -261,6 +264,10 @@ pub struct Run {
     /// The process's CPU time (all its threads) from the start of the load
     /// to the last message, per delivered event (the handler: per accepted).
     pub cpu_us_per_event: f64,
+    /// Of `cpu_us_per_event`, the part in the kernel (stime).
+    pub kernel_us_per_event: f64,
+    /// The process's context switches per delivered event, likewise.
+    pub switches_per_event: f64,
     /// The PostgreSQL cluster's, likewise.
     pub db_us_per_event: Option<f64>,
     pub idle_rss_mb: Option<f64>,
@@ -296,6 +303,8 @@ impl Run {
             "load_s": self.load_s,
             "drain_s": self.drain_s,
             "cpu_us_per_event": self.cpu_us_per_event,
+            "kernel_us_per_event": self.kernel_us_per_event,
+            "context_switches_per_event": self.switches_per_event,
             "postgres_cpu_us_per_event": self.db_us_per_event,
             "idle_rss_mb": self.idle_rss_mb,
             "peak_rss_mb": self.peak_rss_mb,
@@ -510,6 +519,8 @@ async fn run_one(
         load_s,
         drain_s,
         cpu_us_per_event: whole.server * whole_s * 1e6 / per_event,
+        kernel_us_per_event: whole.server_sys * whole_s * 1e6 / per_event,
+        switches_per_event: whole.server_switches as f64 / per_event,
         db_us_per_event: matches!(system, System::Bridge(c) if c.postgres)
             .then(|| whole.db * whole_s * 1e6 / per_event),
         idle_rss_mb: idle,
@@ -632,13 +643,15 @@ async fn compare_mode(ctx: &Ctx, opts: &CompareOpts, systems: &[System]) -> Res<
                     .await
                     .map_err(|e| format!("round {round}, {}, c{c}: {e}", system.label()))?;
                 println!(
-                    "round {round} c{c:<3} {:<28} accepted/s {:>8.0}  p99 {:>7.2} ms  delivered/s {:>8}  drain {:>5} s  cpu {:>6.1} us/event  errors {}",
+                    "round {round} c{c:<3} {:<28} accepted/s {:>8.0}  p99 {:>7.2} ms  delivered/s {:>8}  drain {:>5} s  cpu {:>6.1} us/event ({:.0} in the kernel, {:.1} switches)  errors {}",
                     system.label(),
                     r.accepted_rps,
                     r.p99_ms,
                     common::fmt_opt(r.delivered_rps, 0),
                     common::fmt_opt(r.drain_s, 1),
                     r.cpu_us_per_event,
+                    r.kernel_us_per_event,
+                    r.switches_per_event,
                     r.errors
                 );
                 runs.push(r);
@@ -663,11 +676,12 @@ fn main() -> Result<(), BoxError> {
     if !shared.no_pin {
         pin_self(&shared.client_cpu)?;
     }
-    let launch = Launch::new(
+    let mut launch = Launch::new(
         shared.bin.clone(),
         (!shared.no_pin).then(|| shared.server_cpu.clone()),
         &shared.log,
     )?;
+    launch.sink_concurrency = shared.sink_concurrency;
     let mode_name = match &mode {
         Mode::Compare(_) => "compare",
         Mode::Backlog(_) => "backlog",

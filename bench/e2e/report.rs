@@ -25,7 +25,7 @@ pub fn median(mut v: Vec<f64>) -> Option<f64> {
 /// show them.
 type Figure = fn(&Run) -> Option<f64>;
 
-const FIGURES: [(&str, Figure); 10] = [
+const FIGURES: [(&str, Figure); 12] = [
     ("accepted_per_sec", |r| Some(r.accepted_rps)),
     ("accept_p50_ms", |r| Some(r.p50_ms)),
     ("accept_p99_ms", |r| Some(r.p99_ms)),
@@ -36,6 +36,8 @@ const FIGURES: [(&str, Figure); 10] = [
     ("peak_rss_mb", |r| r.peak_rss_mb),
     ("accept_to_arrival_p99_ms", |r| r.e2e_p99_ms),
     ("postgres_cpu_us_per_event", |r| r.db_us_per_event),
+    ("kernel_us_per_event", |r| Some(r.kernel_us_per_event)),
+    ("context_switches_per_event", |r| Some(r.switches_per_event)),
 ];
 
 fn runs_of(runs: &[Run], system: System, c: usize) -> Vec<&Run> {
