@@ -444,6 +444,7 @@ fn checkpointer(conn: &rusqlite::Connection, nudges: &std_mpsc::Receiver<()>) {
 /// again with the same Idempotency-Key: at least once, as promised.
 fn writer(mut conns: Conns, mut rx: mpsc::Receiver<Msg>, nudge: &std_mpsc::SyncSender<()>) {
     let mut next_nudge = NUDGE_FRAMES;
+    let mut failed_at = -1;
     let mut batch: Vec<(Op, Reply)> = Vec::with_capacity(MAX_BATCH);
     let mut shutdown: Option<oneshot::Sender<()>> = None;
     while let Some(first) = rx.blocking_recv() {
@@ -490,9 +491,15 @@ fn writer(mut conns: Conns, mut rx: mpsc::Receiver<Msg>, nudge: &std_mpsc::SyncS
         // After the batch is answered: what waits meanwhile joins the next.
         let frames = WAL_FRAMES.get();
         if frames >= CHECKPOINT_FRAMES {
-            if conns.checkpoint() {
-                WAL_FRAMES.set(0);
-                next_nudge = NUDGE_FRAMES;
+            // Tried again only after another commit: a checkpoint that
+            // failed (a full disk) is not retried, and logged, per batch.
+            if frames != failed_at {
+                if conns.checkpoint() {
+                    WAL_FRAMES.set(0);
+                    next_nudge = NUDGE_FRAMES;
+                } else {
+                    failed_at = frames;
+                }
             }
         } else if frames >= next_nudge {
             // Full means one is asked for already.
@@ -559,7 +566,7 @@ impl Conns {
     /// Copies the WAL into the database file, on the writer's connection
     /// between two batches; true when it ran (false: the checkpointer
     /// thread held the checkpoint at that moment, or there is no open
-    /// connection; the next batch tries again).
+    /// connection; the writer tries again after its next commit).
     ///
     /// The checkpointer thread's PASSIVE checkpoints alone do not bound the
     /// WAL under a sustained load: SQLite starts the WAL over from its
@@ -581,7 +588,7 @@ impl Conns {
         {
             Ok(busy) => busy == 0,
             Err(e) => {
-                tracing::warn!(error = %e, "WAL checkpoint failed; the next batch tries again");
+                tracing::warn!(error = %e, "WAL checkpoint failed; it is tried again after the next commit");
                 false
             }
         }
