@@ -509,3 +509,112 @@ async fn a_thousand_events_from_sixteen_clients_are_each_delivered_exactly_once(
     assert_eq!(ns.len(), 1000, "every event's own delivery");
     app.stop().await;
 }
+
+/// A target's `concurrency` counts its requests in flight, not the store's
+/// time to record them: once the target has answered, the slot is free
+/// while the attempt record still waits for the store (here, SQLite's
+/// write lock held from outside). The delivery stays leased meanwhile, so
+/// it is sent once, and it is recorded once the lock goes. Driven through
+/// the delivery worker's step function on a store of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_slot_is_free_once_answered_while_the_attempt_waits_for_the_store() {
+    use clickup_bridge::deliver::{Deliverer, http_client, limits::Limits};
+    use clickup_bridge::ids::{EventId, now_millis};
+    use clickup_bridge::metrics::Metrics;
+    use clickup_bridge::pipeline::{Live, Pipeline};
+    use clickup_bridge::route;
+    use clickup_bridge::settings::StoreLocation;
+    use clickup_bridge::store::Store;
+    use clickup_bridge::verify::{IdentityRule, Scheme, Secret, Verifier, verify_event};
+    use std::sync::Arc;
+
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(std::time::Duration::from_millis(800)))
+        .mount(&server)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let store = Store::open(&StoreLocation::Sqlite(db.clone()))
+        .await
+        .unwrap();
+    let text = format!(
+        "sources:\n  clickup:\n    verify: clickup\n    secret: {CLICKUP_SECRET}\ntargets:\n  t:\n    type: http\n    url: {}/in\n    allow_http: true\n    concurrency: 1\nroutes:\n  - name: r\n    source: clickup\n    order_by: none\n    send:\n      - target: t\n        body: {{}}\n",
+        server.uri()
+    );
+    let pipeline = Pipeline::compile("routes.yaml", &text, dir.path(), &|_| None)
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // An event accepted and routed as the inbound does it.
+    let body = clickup_event(1);
+    let v = Verifier {
+        scheme: Scheme::ClickUp,
+        secrets: vec![Secret::new(CLICKUP_SECRET)],
+    };
+    let headers = clickup_headers(CLICKUP_SECRET, &body);
+    let ev = verify_event("clickup", &v, &IdentityRule::ClickUp, &headers, body, 0).unwrap();
+    let id = EventId::generate();
+    let head = route::EventHead {
+        id: &id,
+        source: "clickup",
+        event_type: &ev.identity().event_type,
+    };
+    let routing = route::at_acceptance(&pipeline, &head, ev.payload()).expect("needs no task");
+    let delivery = routing.deliveries[0].id.clone();
+    store
+        .insert_routed_event(ev, id, now_millis(), Some(routing))
+        .await
+        .unwrap();
+
+    let metrics = Metrics::new();
+    let live = Arc::new(Live::new(
+        pipeline,
+        dir.path().join("routes.yaml"),
+        dir.path().join("templates"),
+        metrics.clone(),
+    ));
+    let limits = Limits::new();
+    let mut worker = Deliverer::new(
+        live.clone(),
+        store.clone(),
+        http_client().unwrap(),
+        limits.clone(),
+        Arc::new(tokio::sync::Notify::new()),
+        metrics,
+    );
+    assert_eq!(
+        worker.step().await,
+        1,
+        "the delivery is claimed and started"
+    );
+    let slots = limits.of(&live.load().targets["t"]).slots.clone();
+    assert_eq!(slots.available_permits(), 0, "its request holds the slot");
+    wait_for(5, "the target to have the request", || {
+        let server = &server;
+        async move { (server.received_requests().await?.len() == 1).then_some(()) }
+    })
+    .await;
+
+    // The target answers 0.8 s after the request; the record then waits
+    // for this lock (the store's busy timeout is 3 s, then it retries).
+    let lock = rusqlite::Connection::open(&db).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    wait_for(3, "the slot to be free while the record waits", || {
+        let slots = slots.clone();
+        async move { (slots.available_permits() == 1).then_some(()) }
+    })
+    .await;
+    drop(lock);
+
+    let row = wait_for(15, "the attempt to be recorded", || {
+        let (store, delivery) = (&store, &delivery);
+        async move {
+            let row = store.delivery(delivery).await.ok()??;
+            (row.status == DeliveryStatus::Delivered).then_some(row)
+        }
+    })
+    .await;
+    assert_eq!(row.attempts, 1);
+    assert_eq!(server.received_requests().await.unwrap().len(), 1);
+    store.close().await;
+}
