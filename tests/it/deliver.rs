@@ -525,7 +525,6 @@ async fn a_target_slot_is_free_once_answered_while_the_attempt_waits_for_the_sto
     use clickup_bridge::route;
     use clickup_bridge::settings::StoreLocation;
     use clickup_bridge::store::Store;
-    use clickup_bridge::verify::{IdentityRule, Scheme, Secret, Verifier, verify_event};
     use std::sync::Arc;
 
     let server = MockServer::start().await;
@@ -546,13 +545,7 @@ async fn a_target_slot_is_free_once_answered_while_the_attempt_waits_for_the_sto
         .unwrap_or_else(|e| panic!("{e}"));
 
     // An event accepted and routed as the inbound does it.
-    let body = clickup_event(1);
-    let v = Verifier {
-        scheme: Scheme::ClickUp,
-        secrets: vec![Secret::new(CLICKUP_SECRET)],
-    };
-    let headers = clickup_headers(CLICKUP_SECRET, &body);
-    let ev = verify_event("clickup", &v, &IdentityRule::ClickUp, &headers, body, 0).unwrap();
+    let ev = verified(1);
     let id = EventId::generate();
     let head = route::EventHead {
         id: &id,

@@ -13,7 +13,6 @@ use clickup_bridge::ids::{DeliveryId, EventId};
 use clickup_bridge::pipeline::Pipeline;
 use clickup_bridge::route;
 use clickup_bridge::store::{AttemptOutcome, AttemptRecord, DeliveryStatus, RoutedEvent, Store};
-use clickup_bridge::verify::{IdentityRule, Scheme, Secret, Verifier, verify_event};
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -64,13 +63,7 @@ impl Bed {
         if let (Value::Object(b), Value::Object(x)) = (&mut body, extra) {
             b.extend(x);
         }
-        let body = serde_json::to_vec(&body).unwrap();
-        let v = Verifier {
-            scheme: Scheme::ClickUp,
-            secrets: vec![Secret::new(CLICKUP_SECRET)],
-        };
-        let h = clickup_headers(CLICKUP_SECRET, &body);
-        let ev = verify_event("clickup", &v, &IdentityRule::ClickUp, &h, body, 0).unwrap();
+        let ev = verified_clickup(serde_json::to_vec(&body).unwrap());
         // Routed as the inbound does, at acceptance, in the event's commit.
         let id = EventId::generate();
         let head = route::EventHead {
@@ -532,18 +525,12 @@ async fn claiming_among_many_pending_deliveries_over_many_keys_is_an_index_walk(
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("data")).unwrap();
     let store = Store::open(&test_store(dir.path())).await.unwrap();
-    let v = Verifier {
-        scheme: Scheme::ClickUp,
-        secrets: vec![Secret::new(CLICKUP_SECRET)],
-    };
     let started = std::time::Instant::now();
     let mut heads = Vec::with_capacity(keys);
     for batch in (0..keys).collect::<Vec<_>>().chunks(1_000) {
         let inserts = batch.iter().map(|k| {
             let body = task_event("taskUpdated", &format!("task-{k}"), *k as u64);
-            let h = clickup_headers(CLICKUP_SECRET, &body);
-            let ev = verify_event("clickup", &v, &IdentityRule::ClickUp, &h, body, 0).unwrap();
-            store.insert_event(ev, T)
+            store.insert_event(verified_clickup(body), T)
         });
         let ids: Vec<_> = futures_util::future::join_all(inserts)
             .await

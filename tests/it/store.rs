@@ -3,17 +3,6 @@
 use crate::support::*;
 use clickup_bridge::settings::StoreLocation;
 use clickup_bridge::store::Store;
-use clickup_bridge::verify::{IdentityRule, Scheme, Secret, Verifier, verify_event};
-
-fn verified(n: u64) -> clickup_bridge::verify::VerifiedEvent {
-    let v = Verifier {
-        scheme: Scheme::ClickUp,
-        secrets: vec![Secret::new(CLICKUP_SECRET)],
-    };
-    let body = clickup_event(n);
-    let headers = clickup_headers(CLICKUP_SECRET, &body);
-    verify_event("clickup", &v, &IdentityRule::ClickUp, &headers, body, 0).unwrap()
-}
 
 /// The inserts below are queued together, so the writer commits them in
 /// one or a few groups: copies inside one group are duplicates of the

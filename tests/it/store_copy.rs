@@ -9,17 +9,6 @@ use clickup_bridge::store::{
     AttemptOutcome, AttemptRecord, DeliveryFilter, DeliveryStatus, Link, NewDelivery, RoutedEvent,
     Store,
 };
-use clickup_bridge::verify::{IdentityRule, Scheme, Secret, Verifier, verify_event};
-
-fn verified(n: u64) -> clickup_bridge::verify::VerifiedEvent {
-    let v = Verifier {
-        scheme: Scheme::ClickUp,
-        secrets: vec![Secret::new(CLICKUP_SECRET)],
-    };
-    let body = clickup_event(n);
-    let headers = clickup_headers(CLICKUP_SECRET, &body);
-    verify_event("clickup", &v, &IdentityRule::ClickUp, &headers, body, 0).unwrap()
-}
 
 /// Three events; two routed with a delivery each: one delivered after a
 /// failed attempt (with a link), one pending for a retry; one unrouted.

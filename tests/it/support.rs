@@ -3,7 +3,7 @@
 use clickup_bridge::app::Application;
 use clickup_bridge::settings::{Settings, StoreLocation};
 use clickup_bridge::store::Store;
-use clickup_bridge::verify::{Scheme, Secret, Verifier};
+use clickup_bridge::verify::{IdentityRule, Scheme, Secret, VerifiedEvent, Verifier, verify_event};
 use std::path::{Path, PathBuf};
 
 /// A running daemon and what a test needs to talk to it.
@@ -206,6 +206,22 @@ pub fn clickup_headers(secret: &str, body: &[u8]) -> Vec<(String, String)> {
         secrets: vec![Secret::new(secret)],
     }
     .sign(body, 0)
+}
+
+/// `body`, signed as ClickUp signs it with [`CLICKUP_SECRET`] and verified
+/// as the inbound verifies it: what the store and the router take.
+pub fn verified_clickup(body: Vec<u8>) -> VerifiedEvent {
+    let v = Verifier {
+        scheme: Scheme::ClickUp,
+        secrets: vec![Secret::new(CLICKUP_SECRET)],
+    };
+    let headers = clickup_headers(CLICKUP_SECRET, &body);
+    verify_event("clickup", &v, &IdentityRule::ClickUp, &headers, body, 0).unwrap()
+}
+
+/// [`clickup_event`] `n`, verified ([`verified_clickup`]).
+pub fn verified(n: u64) -> VerifiedEvent {
+    verified_clickup(clickup_event(n))
 }
 
 /// Signs like Stripe does, at time `t`.
