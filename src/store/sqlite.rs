@@ -227,9 +227,10 @@ fn now<T>(f: impl Future<Output = T>) -> T {
     futures_executor::block_on(f)
 }
 
-/// Opens a connection with the store's settings; `durable` picks
-/// `synchronous=FULL` (inbound inserts) over `NORMAL` (everything else).
-pub(super) fn connect(path: &Path, durable: bool) -> Result<rusqlite::Connection, StoreError> {
+/// Opens a connection with the store's settings, at `synchronous=FULL`
+/// (the writer switches its own connection between levels per group: see
+/// [`Writer::group`]).
+pub(super) fn connect(path: &Path) -> Result<rusqlite::Connection, StoreError> {
     let conn = rusqlite::Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
@@ -248,11 +249,7 @@ pub(super) fn connect(path: &Path, durable: bool) -> Result<rusqlite::Connection
             source: Arc::new(NoWal(mode)),
         });
     }
-    conn.execute_batch(if durable {
-        "PRAGMA synchronous = FULL"
-    } else {
-        "PRAGMA synchronous = NORMAL"
-    })?;
+    conn.execute_batch("PRAGMA synchronous = FULL")?;
     // Checkpoints run in the background (see `checkpointer`), not inside a
     // commit on the writer, where they would stall every request waiting on
     // that commit.
@@ -294,7 +291,7 @@ impl SqliteStore {
         let (read_tx, read_rx) = std_mpsc::channel::<Job>();
         let read_rx = Arc::new(Mutex::new(read_rx));
         for i in 0..READERS {
-            let conn = connect(path, true)?;
+            let conn = connect(path)?;
             let rx = read_rx.clone();
             threads.push(spawn_thread(format!("store-read-{i}"), move || {
                 reader(conn, &rx);
@@ -302,7 +299,7 @@ impl SqliteStore {
         }
         // The writer asks for checkpoints; the checkpointer ends with it.
         let (nudge, nudges) = std_mpsc::sync_channel::<()>(1);
-        let checkpoints = connect(path, true)?;
+        let checkpoints = connect(path)?;
         threads.push(spawn_thread("store-checkpoint".to_owned(), move || {
             checkpointer(&checkpoints, &nudges);
         })?);
@@ -351,7 +348,7 @@ impl SqliteStore {
 
     /// A connection of its own (`store copy`).
     pub(super) fn connection(&self) -> Result<rusqlite::Connection, StoreError> {
-        connect(&self.path, true)
+        connect(&self.path)
     }
 
     pub(super) async fn close(&self) {
@@ -387,10 +384,10 @@ fn spawn_thread(
         })
 }
 
-/// Opens the writer's two connections, migrates, and frees the claims a
-/// previous (crashed) process held.
+/// Opens the writer's connection, migrates, and frees the claims a previous
+/// (crashed) process held.
 fn open_writer(path: &Path) -> Result<rusqlite::Connection, StoreError> {
-    let mut conn = connect(path, true)?;
+    let mut conn = connect(path)?;
     super::migrate::sqlite(&mut conn)?;
     conn.execute_batch(
         "UPDATE events SET lease_until = NULL WHERE lease_until IS NOT NULL; \
@@ -555,7 +552,7 @@ impl Conns {
         let writer = match self.open.take() {
             Some(writer) => writer,
             None => {
-                let conn = connect(&self.path, true)?;
+                let conn = connect(&self.path)?;
                 tracing::info!("store writer reconnected");
                 Writer::new(conn)
             }
@@ -807,7 +804,7 @@ mod tests {
     #[test]
     fn a_cached_claim_is_not_recompiled_when_its_limit_changes() {
         let dir = tempfile::tempdir().unwrap();
-        let mut conn = connect(&dir.path().join("s.db"), false).unwrap();
+        let mut conn = connect(&dir.path().join("s.db")).unwrap();
         super::super::migrate::sqlite(&mut conn).unwrap();
         let sql = super::super::ops::claim_sql(Dialect::Sqlite);
         for limit in [1, 7, 2, 300] {
