@@ -440,8 +440,7 @@ fn checkpointer(conn: &rusqlite::Connection, nudges: &std_mpsc::Receiver<()>) {
 /// (`DeliveryId::for_step`), and a lost attempt record sends that delivery
 /// again with the same Idempotency-Key: at least once, as promised.
 fn writer(mut conns: Conns, mut rx: mpsc::Receiver<Msg>, nudge: &std_mpsc::SyncSender<()>) {
-    let mut next_nudge = NUDGE_FRAMES;
-    let mut failed_at = -1;
+    let mut plan = CheckpointPlan::new();
     let mut batch: Vec<(Op, Reply)> = Vec::with_capacity(MAX_BATCH);
     let mut shutdown: Option<oneshot::Sender<()>> = None;
     while let Some(first) = rx.blocking_recv() {
@@ -487,24 +486,19 @@ fn writer(mut conns: Conns, mut rx: mpsc::Receiver<Msg>, nudge: &std_mpsc::SyncS
         }
         // After the batch is answered: what waits meanwhile joins the next.
         let frames = WAL_FRAMES.get();
-        if frames >= CHECKPOINT_FRAMES {
-            // Tried again only after another commit: a checkpoint that
-            // failed (a full disk) is not retried, and logged, per batch.
-            if frames != failed_at {
-                if conns.checkpoint() {
+        match plan.after_batch(frames) {
+            Checkpoint::Own => {
+                let ran = conns.checkpoint();
+                if ran {
                     WAL_FRAMES.set(0);
-                    next_nudge = NUDGE_FRAMES;
-                } else {
-                    failed_at = frames;
                 }
+                plan.own_done(ran, frames);
             }
-        } else if frames >= next_nudge {
-            // Full means one is asked for already.
-            let _ = nudge.try_send(());
-            next_nudge = frames + NUDGE_FRAMES;
-        } else if frames < next_nudge - NUDGE_FRAMES {
-            // The WAL started over (the checkpointer's copy was complete).
-            next_nudge = NUDGE_FRAMES;
+            Checkpoint::Nudge => {
+                // Full means one is asked for already.
+                let _ = nudge.try_send(());
+            }
+            Checkpoint::None => {}
         }
         if shutdown.is_some() {
             break;
@@ -514,6 +508,65 @@ fn writer(mut conns: Conns, mut rx: mpsc::Receiver<Msg>, nudge: &std_mpsc::SyncS
     conns.reset();
     if let Some(done) = shutdown {
         let _ = done.send(());
+    }
+}
+
+/// What the writer does about the WAL after a batch.
+#[derive(Debug, PartialEq, Eq)]
+enum Checkpoint {
+    None,
+    /// Ask the checkpointer thread for a checkpoint.
+    Nudge,
+    /// Checkpoint on the writer's own connection ([`Conns::checkpoint`]).
+    Own,
+}
+
+/// When the writer checkpoints, from the frames in the WAL after each
+/// batch: a nudge every [`NUDGE_FRAMES`] new frames, its own checkpoint
+/// past [`CHECKPOINT_FRAMES`].
+struct CheckpointPlan {
+    /// The frame count at which the next nudge is due.
+    next_nudge: i32,
+    /// The frame count at which the writer's own checkpoint last failed:
+    /// it is tried again only after another commit, so a checkpoint that
+    /// fails (a full disk) is not retried, and logged, per batch.
+    failed_at: Option<i32>,
+}
+
+impl CheckpointPlan {
+    fn new() -> Self {
+        CheckpointPlan {
+            next_nudge: NUDGE_FRAMES,
+            failed_at: None,
+        }
+    }
+
+    fn after_batch(&mut self, frames: i32) -> Checkpoint {
+        if frames >= CHECKPOINT_FRAMES {
+            if self.failed_at == Some(frames) {
+                return Checkpoint::None;
+            }
+            return Checkpoint::Own;
+        }
+        if frames >= self.next_nudge {
+            self.next_nudge = frames + NUDGE_FRAMES;
+            return Checkpoint::Nudge;
+        }
+        if frames < self.next_nudge - NUDGE_FRAMES {
+            // The WAL started over (the checkpointer's copy was complete).
+            self.next_nudge = NUDGE_FRAMES;
+        }
+        Checkpoint::None
+    }
+
+    /// The writer's own checkpoint, asked for at `frames`, ran (the WAL
+    /// starts over) or did not.
+    fn own_done(&mut self, ran: bool, frames: i32) {
+        if ran {
+            *self = CheckpointPlan::new();
+        } else {
+            self.failed_at = Some(frames);
+        }
     }
 }
 
@@ -820,6 +873,31 @@ mod tests {
             st.get_status(rusqlite::StatementStatus::VmStep) > 0,
             "the statement looked at is the one that ran"
         );
+    }
+
+    /// Nudges every 1,024 new frames, its own checkpoint past 4,096; one
+    /// that failed is tried again only after another commit.
+    #[test]
+    fn the_writer_nudges_then_checkpoints_itself_and_does_not_retry_a_failure_per_batch() {
+        let mut plan = CheckpointPlan::new();
+        assert_eq!(plan.after_batch(100), Checkpoint::None);
+        assert_eq!(plan.after_batch(NUDGE_FRAMES), Checkpoint::Nudge);
+        assert_eq!(plan.after_batch(NUDGE_FRAMES + 10), Checkpoint::None);
+        assert_eq!(plan.after_batch(2 * NUDGE_FRAMES + 10), Checkpoint::Nudge);
+        // The checkpointer's copy completed and the WAL started over.
+        assert_eq!(plan.after_batch(50), Checkpoint::None);
+        assert_eq!(plan.after_batch(NUDGE_FRAMES), Checkpoint::Nudge);
+
+        assert_eq!(plan.after_batch(CHECKPOINT_FRAMES + 7), Checkpoint::Own);
+        plan.own_done(false, CHECKPOINT_FRAMES + 7);
+        // No commit since (a full disk): not tried again.
+        assert_eq!(plan.after_batch(CHECKPOINT_FRAMES + 7), Checkpoint::None);
+        assert_eq!(plan.after_batch(CHECKPOINT_FRAMES + 7), Checkpoint::None);
+        // A commit later, it is.
+        assert_eq!(plan.after_batch(CHECKPOINT_FRAMES + 40), Checkpoint::Own);
+        plan.own_done(true, CHECKPOINT_FRAMES + 40);
+        assert_eq!(plan.after_batch(0), Checkpoint::None);
+        assert_eq!(plan.after_batch(NUDGE_FRAMES), Checkpoint::Nudge);
     }
 
     #[test]
