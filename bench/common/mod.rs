@@ -596,12 +596,12 @@ fn cluster_ticks(postmaster: u32) -> u64 {
     total
 }
 
-/// The kernel-mode ticks (stime) of process `pid`, all its live threads
-/// and the ones that ended.
-fn stime_ticks(pid: u32) -> Option<u64> {
-    stat_fields(Path::new(&format!("/proc/{pid}/stat")))?
-        .get(12)
-        .copied()
+/// (utime + stime, stime) in ticks of process `pid`: all its threads, the
+/// live ones and those that ended; one read of its stat file.
+fn process_ticks(pid: u32) -> Option<(u64, u64)> {
+    let f = stat_fields(Path::new(&format!("/proc/{pid}/stat")))?;
+    let (user, sys) = (*f.get(11)?, *f.get(12)?);
+    Some((user + sys, sys))
 }
 
 /// Context switches (voluntary + involuntary) of the live threads of `pid`.
@@ -822,13 +822,9 @@ impl Meter {
     /// A snapshot with these daemons as "server" (their ticks summed).
     pub fn snap_many(&self, children: &[u32]) -> CpuSnap {
         let (loadgen, sink, own) = self_ticks(&self.sink_tids);
-        let child = (!children.is_empty()).then(|| {
-            children
-                .iter()
-                .filter_map(|pid| stat_ticks(Path::new(&format!("/proc/{pid}/stat"))))
-                .sum()
-        });
-        let child_sys = children.iter().filter_map(|pid| stime_ticks(*pid)).sum();
+        let times: Vec<(u64, u64)> = children.iter().filter_map(|p| process_ticks(*p)).collect();
+        let child = (!children.is_empty()).then(|| times.iter().map(|t| t.0).sum());
+        let child_sys = times.iter().map(|t| t.1).sum();
         let child_switches = children.iter().map(|pid| switches(*pid)).sum();
         let mut child_threads = BTreeMap::new();
         for pid in children {
