@@ -10,6 +10,7 @@
 //! clients, and each run lasts until the sink has every message. The figure
 //! is (I(large) - I(small)) / events.
 
+use crate::baselines::{Baseline, Kind};
 use crate::common::{LoadSpec, Res, Stop, print_checks, run_load, write_report};
 use crate::sink::wait_all_arrived;
 use crate::{Ctx, bridge};
@@ -42,10 +43,24 @@ pub struct InstructionsOpts {
     /// Allowed increase over the baseline, as a fraction (default: the file's).
     #[arg(long)]
     pub tolerance: Option<f64>,
+    /// What runs under callgrind: the daemon, or a baseline to set its
+    /// figure beside (`--check` and `--record` are for the daemon only).
+    #[arg(long, value_enum, default_value = "bridge")]
+    pub system: Measured,
     /// Keep callgrind's output files here (`callgrind.N.out`, N the events),
     /// to read with `callgrind_annotate`: where the instructions go.
     #[arg(long)]
     pub keep: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Measured {
+    /// clickup-bridge.
+    Bridge,
+    /// The naive forwarder (stores nothing).
+    Naive,
+    /// The durable forwarder (stores events and deliveries in SQLite).
+    Durable,
 }
 
 impl InstructionsOpts {
@@ -69,6 +84,52 @@ fn callgrind_total(file: &Path) -> Res<u64> {
         .ok_or_else(|| format!("no summary line in {}", file.display()).into())
 }
 
+/// The process under callgrind.
+enum Process {
+    Bridge(crate::common::Daemon),
+    Baseline(Baseline),
+}
+
+impl Process {
+    fn addr(&self) -> std::net::SocketAddr {
+        match self {
+            Process::Bridge(d) => d.addr,
+            Process::Baseline(b) => b.addr,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        match self {
+            Process::Bridge(d) => d.pid(),
+            Process::Baseline(b) => b.pid(),
+        }
+    }
+
+    fn kill_now(&mut self) {
+        match self {
+            Process::Bridge(d) => d.kill_now(),
+            Process::Baseline(b) => b.kill_now(),
+        }
+    }
+
+    /// SIGTERM; an error unless it exits 0 (callgrind writes its file then).
+    async fn stop(self) -> Res<()> {
+        match self {
+            Process::Bridge(mut d) => {
+                let exit = d.stop().await;
+                match d.exit_problem(&exit) {
+                    Some(p) => Err(p.into()),
+                    None => Ok(()),
+                }
+            }
+            Process::Baseline(b) => match b.stop().await? {
+                s if s.success() => Ok(()),
+                s => Err(format!("the baseline exited with {s} after SIGTERM").into()),
+            },
+        }
+    }
+}
+
 /// One daemon under callgrind, `n` events at the sink: its instruction count.
 async fn count(ctx: &Ctx, opts: &InstructionsOpts, n: u64) -> Res<u64> {
     let dir = tempfile::Builder::new()
@@ -87,20 +148,30 @@ async fn count(ctx: &Ctx, opts: &InstructionsOpts, n: u64) -> Res<u64> {
     ctx.sink.reset();
     ctx.sink.fail.store(false, Ordering::SeqCst);
     let t = Instant::now();
-    let mut daemon = bridge::start_bridge(&launch, &ctx.sink_url, None).await?;
+    let mut under = match opts.system {
+        Measured::Bridge => {
+            Process::Bridge(bridge::start_bridge(&launch, &ctx.sink_url, None).await?)
+        }
+        Measured::Naive => Process::Baseline(Baseline::start(&launch, Kind::Naive, &ctx.sink_url)?),
+        Measured::Durable => {
+            Process::Baseline(Baseline::start(&launch, Kind::Durable, &ctx.sink_url)?)
+        }
+    };
     let spec = LoadSpec {
-        urls: vec![format!("http://{}/hooks/clickup", daemon.addr)],
+        urls: vec![format!("http://{}/hooks/clickup", under.addr())],
         connections: opts.connections,
         stop: Stop::Accepted(n),
-        wrap: false,
-        server_pids: vec![daemon.pid()],
+        // The daemon deduplicates; the baselines get the same bodies wrapped
+        // as in `compare`.
+        wrap: opts.system != Measured::Bridge,
+        server_pids: vec![under.pid()],
         keep_answers: false,
         progress: Arc::new(AtomicU64::new(0)),
     };
     let load = match run_load(spec, ctx.pool.clone(), &ctx.meter).await {
         Ok(l) => l,
         Err(e) => {
-            daemon.kill_now();
+            under.kill_now();
             return Err(e);
         }
     };
@@ -110,10 +181,7 @@ async fn count(ctx: &Ctx, opts: &InstructionsOpts, n: u64) -> Res<u64> {
         Instant::now() + Duration::from_secs(1200),
     )
     .await;
-    let exit = daemon.stop().await;
-    if let Some(p) = daemon.exit_problem(&exit) {
-        return Err(p.into());
-    }
+    under.stop().await?;
     if !load.tally.error_kinds.is_empty() || load.gave_up || load.pool_exhausted {
         return Err(format!(
             "the load under callgrind failed: {:?}",
@@ -155,8 +223,15 @@ pub async fn run(ctx: &mut Ctx, opts: &InstructionsOpts, header: Value, out: &Pa
     if !have {
         return Err("valgrind is not installed: apt-get install valgrind".into());
     }
+    if opts.system != Measured::Bridge && (opts.check || opts.record) {
+        return Err(
+            "--check and --record hold the daemon's figure: leave them out with --system naive or durable"
+                .into(),
+        );
+    }
     println!(
-        "instructions: the daemon under callgrind, {} then {} events at c{}",
+        "instructions: {:?} under callgrind, {} then {} events at c{}",
+        opts.system,
         opts.warm_events,
         opts.warm_events + opts.events,
         opts.connections
@@ -173,8 +248,10 @@ pub async fn run(ctx: &mut Ctx, opts: &InstructionsOpts, header: Value, out: &Pa
     let baseline: Option<Value> = std::fs::read_to_string(&opts.baseline)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok());
+    // The committed figure is the daemon's; a baseline's is only printed.
     let base = baseline
         .as_ref()
+        .filter(|_| opts.system == Measured::Bridge)
         .and_then(|b| b["instructions_per_event"].as_f64());
     let tolerance = opts
         .tolerance
@@ -216,6 +293,7 @@ pub async fn run(ctx: &mut Ctx, opts: &InstructionsOpts, header: Value, out: &Pa
         None => {}
     }
     let figure = json!({
+        "system": format!("{:?}", opts.system).to_lowercase(),
         "instructions_per_event": per_event.round(),
         "tolerance": tolerance,
         "events": opts.events,

@@ -19,6 +19,7 @@ mod common;
 mod backlog;
 mod baselines;
 mod bridge;
+mod durable;
 mod instructions;
 mod report;
 mod sink;
@@ -69,6 +70,10 @@ enum Mode {
         kind: baselines::Kind,
         #[arg(long)]
         sink: Option<String>,
+        #[arg(long)]
+        db: Option<PathBuf>,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
     },
 }
 
@@ -198,6 +203,8 @@ pub enum System {
     Handler,
     /// The naive forwarder.
     Naive,
+    /// The naive forwarder that stores events and deliveries in SQLite.
+    Durable,
     Bridge(Config),
 }
 
@@ -206,6 +213,7 @@ impl System {
         match self {
             System::Handler => "verifying handler".into(),
             System::Naive => "naive forwarder".into(),
+            System::Durable => "durable forwarder".into(),
             System::Bridge(c) if !c.postgres => "clickup-bridge".into(),
             System::Bridge(c) => format!("clickup-bridge {} x{}", c.store(), c.instances),
         }
@@ -215,6 +223,7 @@ impl System {
         match self {
             System::Handler => "handler".into(),
             System::Naive => "naive".into(),
+            System::Durable => "durable".into(),
             System::Bridge(c) if !c.postgres => "clickup_bridge".into(),
             System::Bridge(c) => format!("clickup_bridge_postgres_x{}", c.instances),
         }
@@ -344,6 +353,11 @@ impl Under {
             System::Naive => Ok(Under::Baseline(baselines::Baseline::start(
                 &ctx.launch,
                 baselines::Kind::Naive,
+                &ctx.sink_url,
+            )?)),
+            System::Durable => Ok(Under::Baseline(baselines::Baseline::start(
+                &ctx.launch,
+                baselines::Kind::Durable,
                 &ctx.sink_url,
             )?)),
             System::Bridge(config) => {
@@ -668,8 +682,19 @@ fn main() -> Result<(), BoxError> {
     let mode = cli
         .mode
         .unwrap_or_else(|| Mode::Compare(DefaultCompare::parse_from(["compare"]).opts));
-    if let Mode::Baseline { kind, sink } = mode {
-        return baselines::serve(kind, sink);
+    if let Mode::Baseline {
+        kind,
+        sink,
+        db,
+        concurrency,
+    } = mode
+    {
+        return baselines::serve(baselines::ServeOpts {
+            kind,
+            sink,
+            db,
+            concurrency,
+        });
     }
     let shared = cli.shared;
     // Before any thread exists: every thread of this process inherits it.
@@ -727,7 +752,7 @@ fn main() -> Result<(), BoxError> {
 
     let systems = match &mode {
         Mode::Compare(o) => {
-            let mut s = vec![System::Handler, System::Naive];
+            let mut s = vec![System::Handler, System::Naive, System::Durable];
             s.extend(
                 configs(&o.store, &o.instances)?
                     .into_iter()

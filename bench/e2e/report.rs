@@ -70,7 +70,7 @@ impl Ratio {
 
 fn ratios(runs: &[Run], systems: &[System], opts: &CompareOpts) -> Vec<Ratio> {
     type Fig = fn(&Run) -> Option<f64>;
-    let pairs: [(&str, System, Fig); 5] = [
+    let pairs: [(&str, System, Fig); 7] = [
         ("accepted/s / handler's", System::Handler, |r| {
             Some(r.accepted_rps)
         }),
@@ -88,11 +88,25 @@ fn ratios(runs: &[Run], systems: &[System], opts: &CompareOpts) -> Vec<Ratio> {
         ("CPU per event / handler's", System::Handler, |r| {
             Some(r.cpu_us_per_event)
         }),
+        (
+            "delivered/s (load + drain) / durable forwarder's",
+            System::Durable,
+            |r| r.delivered_rps,
+        ),
+        (
+            "CPU per event / durable forwarder's",
+            System::Durable,
+            |r| Some(r.cpu_us_per_event),
+        ),
     ];
     let mut out = Vec::new();
-    for bridge in systems.iter().filter(|s| matches!(s, System::Bridge(_))) {
+    // The durable forwarder against the other two: what storing costs.
+    let measured = systems
+        .iter()
+        .filter(|s| matches!(s, System::Bridge(_) | System::Durable));
+    for bridge in measured {
         for &c in &opts.connections {
-            for (name, base, f) in &pairs {
+            for (name, base, f) in pairs.iter().filter(|(_, base, _)| base != bridge) {
                 let per_round = (1..=opts.rounds)
                     .filter_map(|round| {
                         let find = |s: System| {
@@ -238,12 +252,12 @@ pub fn compare(
     let ratios = ratios(runs, systems, opts);
     println!();
     println!(
-        "{:<66} {:>7} {:>12}",
+        "{:<70} {:>7} {:>12}",
         "ratio (per round, against the same round's baselines)", "median", "spread"
     );
     for r in &ratios {
         println!(
-            "{:<66} {:>7} {:>12}",
+            "{:<70} {:>7} {:>12}",
             r.name,
             fmt_opt(r.median(), 3),
             r.spread()
