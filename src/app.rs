@@ -185,7 +185,7 @@ impl Application {
         store.forward_wakeups(wake_router.clone(), wake_deliveries.clone());
         let client = crate::deliver::http_client()?;
         let limits = Limits::with_store(&store);
-        let deliverer = Deliverer::new(
+        let mut deliverer = Deliverer::new(
             pipeline.clone(),
             store.clone(),
             client.clone(),
@@ -193,6 +193,17 @@ impl Application {
             wake_deliveries.clone(),
             metrics.clone(),
         );
+        // A store this process owns alone: deliveries that can be sent at
+        // once are claimed in their event's commit and started by the
+        // inbound. A shared store's claims are renewed by their instance,
+        // so there the worker claims everything.
+        let starter = if store.is_shared() {
+            None
+        } else {
+            let (starter, starts) = crate::deliver::direct::channel(limits.clone());
+            deliverer = deliverer.with_starts(starts);
+            Some(starter)
+        };
         let enricher = Enricher::new(client.clone(), limits);
         let inbound_state = web::Data::new(InboundState {
             pipeline: pipeline.clone(),
@@ -203,6 +214,7 @@ impl Application {
             wake_router: wake_router.clone(),
             wake_deliveries: wake_deliveries.clone(),
             metrics: metrics.clone(),
+            starter,
         });
         let webhook_workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let server = HttpServer::new(move || {

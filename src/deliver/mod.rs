@@ -7,6 +7,7 @@
 //! time) is only the fallback.
 
 pub mod classify;
+pub mod direct;
 pub mod execute;
 pub mod limits;
 
@@ -71,6 +72,8 @@ pub struct Deliverer {
     limits: Arc<Limits>,
     tasks: JoinSet<()>,
     last_sweep: Option<Instant>,
+    /// Deliveries the inbound claimed at acceptance ([`direct`]).
+    starts: Option<direct::Starts>,
 }
 
 /// How often deliveries of targets removed from routes.yaml are looked for.
@@ -99,7 +102,46 @@ impl Deliverer {
             limits,
             tasks: JoinSet::new(),
             last_sweep: None,
+            starts: None,
         }
+    }
+
+    /// Also runs the deliveries the inbound starts itself: the worker's end
+    /// of [`direct::channel`], made over this worker's `limits`.
+    pub fn with_starts(mut self, starts: direct::Starts) -> Self {
+        self.starts = Some(starts);
+        self
+    }
+
+    /// Runs a delivery that is claimed and holds its slot.
+    fn spawn(
+        &mut self,
+        d: ClaimedDelivery,
+        state: Arc<TargetLimits>,
+        slot: OwnedSemaphorePermit,
+        event: Option<Value>,
+    ) {
+        // Boxed: the attempt's future is several KB, and unboxed it is
+        // copied by value at every hand-over inside tokio's spawn (about 11
+        // copies per delivery, a sixth of an event's instructions under
+        // callgrind; bench/README.md).
+        self.tasks.spawn(Box::pin(run_one(
+            self.shared.clone(),
+            d,
+            state,
+            slot,
+            event,
+        )));
+    }
+
+    /// Starts what the inbound has handed over. Returns how many.
+    fn take_starts(&mut self) -> usize {
+        let mut n = 0;
+        while let Some(s) = self.starts.as_mut().and_then(|rx| rx.try_recv().ok()) {
+            self.spawn(s.delivery, s.limits, s.slot, s.event);
+            n += 1;
+        }
+        n
     }
 
     /// Deliveries whose target a reload removed would wait for ever: they
@@ -150,9 +192,9 @@ impl Deliverer {
     /// how many deliveries were started.
     pub async fn step(&mut self) -> usize {
         while self.tasks.try_join_next().is_some() {}
+        let mut started = self.take_starts();
         let pipeline = self.shared.pipeline.load_full();
         self.sweep_orphans(&pipeline).await;
-        let mut started = 0;
         for target in pipeline.targets.values() {
             let state = self.limits.of(target);
             let free = state.slots.available_permits();
@@ -163,9 +205,17 @@ impl Deliverer {
             if free < threshold {
                 continue;
             }
-            let lease = target.timeout * 3 + Duration::from_secs(60);
-            let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-            let limit = u32::try_from(free).unwrap_or(u32::MAX);
+            // The slots are taken before the claim: the inbound takes them
+            // too (`direct`), and a delivery claimed without one would stay
+            // leased, unsent, until its lease ran out.
+            let slots: Vec<OwnedSemaphorePermit> = (0..free)
+                .map_while(|_| state.slots.clone().try_acquire_owned().ok())
+                .collect();
+            if slots.is_empty() {
+                continue;
+            }
+            let lease_ms = direct::lease_ms(target.timeout);
+            let limit = u32::try_from(slots.len()).unwrap_or(u32::MAX);
             let claimed = match self
                 .shared
                 .store
@@ -178,21 +228,10 @@ impl Deliverer {
                     continue;
                 }
             };
-            for d in claimed {
-                let Ok(permit) = state.slots.clone().try_acquire_owned() else {
-                    break;
-                };
+            // The claim returns at most `limit`; slots left over are freed.
+            for (d, slot) in claimed.into_iter().zip(slots) {
                 started += 1;
-                // Boxed: the attempt's future is several KB, and unboxed it is
-                // copied by value at every hand-over inside tokio's spawn
-                // (about 11 copies per delivery, a sixth of an event's
-                // instructions under callgrind; bench/README.md).
-                self.tasks.spawn(Box::pin(run_one(
-                    self.shared.clone(),
-                    d,
-                    state.clone(),
-                    permit,
-                )));
+                self.spawn(d, state.clone(), slot, None);
             }
         }
         started
@@ -201,6 +240,11 @@ impl Deliverer {
     /// Runs until `cancel`, then waits up to `grace` for deliveries in flight.
     pub async fn run(mut self, cancel: CancellationToken, grace: Duration) {
         loop {
+            // Checked before each step too: a worker that always finds work
+            // (a backlog) would otherwise never see the stop.
+            if cancel.is_cancelled() {
+                break;
+            }
             if self.step().await > 0 {
                 continue;
             }
@@ -211,12 +255,28 @@ impl Deliverer {
                 _ => Duration::from_secs(1),
             }
             .clamp(Duration::from_millis(5), Duration::from_secs(1));
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = self.shared.wake.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
+            let handed = {
+                let handed = async {
+                    match &mut self.starts {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = self.shared.wake.notified() => Ok(None),
+                    s = handed => s.map(Some).ok_or(()),
+                    _ = tokio::time::sleep(wait) => Ok(None),
+                }
+            };
+            match handed {
+                Ok(Some(s)) => self.spawn(s.delivery, s.limits, s.slot, s.event),
+                Ok(None) => {}
+                // The inbound is gone: nothing more will be handed over.
+                Err(()) => self.starts = None,
             }
         }
+        self.release_unstarted().await;
         let in_flight = self.tasks.len();
         if in_flight > 0 {
             tracing::info!(in_flight, "waiting for deliveries in flight");
@@ -243,6 +303,27 @@ impl Deliverer {
                     tracing::warn!(error = %e, "cannot release the claims of deliveries cut at shutdown");
                 }
             }
+        }
+    }
+}
+
+impl Deliverer {
+    /// At shutdown: deliveries the inbound handed over that were not
+    /// started yet are released (claimable at once after a restart, and not
+    /// counted as a crash), and no more are taken.
+    async fn release_unstarted(&mut self) {
+        let Some(rx) = self.starts.as_mut() else {
+            return;
+        };
+        rx.close();
+        let mut ids = Vec::new();
+        while let Ok(s) = rx.try_recv() {
+            ids.push(s.delivery.id);
+        }
+        if !ids.is_empty()
+            && let Err(e) = self.shared.store.release_deliveries(&ids).await
+        {
+            tracing::warn!(error = %e, "cannot release the claims of deliveries not started at shutdown");
         }
     }
 }
@@ -302,16 +383,18 @@ async fn run_one(
     d: ClaimedDelivery,
     limits: Arc<TargetLimits>,
     slot: OwnedSemaphorePermit,
+    event: Option<Value>,
 ) {
     let unfinished = Unfinished {
         shared: &shared,
         id: Some(d.id.clone()),
     };
-    attempt_one(&shared, d, limits, slot).await;
+    attempt_one(&shared, d, limits, slot, event).await;
     unfinished.done();
 }
 
-/// One attempt of a claimed delivery. `slot` is the target's concurrency
+/// One attempt of a claimed delivery; `event` is its payload when the
+/// caller has it parsed already. `slot` is the target's concurrency
 /// slot: it is given back as soon as the target has answered, before the
 /// attempt is recorded. A target's `concurrency` counts its requests in
 /// flight; holding the slot through the record as well (a commit that
@@ -326,6 +409,7 @@ async fn attempt_one(
     d: ClaimedDelivery,
     limits: Arc<TargetLimits>,
     slot: OwnedSemaphorePermit,
+    event: Option<Value>,
 ) {
     let pipeline = shared.pipeline.load_full();
     let n = d.attempts + 1;
@@ -355,7 +439,7 @@ async fn attempt_one(
         shared.wake.notify_one();
         return;
     }
-    let event: Value = serde_json::from_slice(&d.payload).unwrap_or(Value::Null);
+    let event = event.unwrap_or_else(|| serde_json::from_slice(&d.payload).unwrap_or(Value::Null));
     let task_id = task_id_of(&d.context, &event);
     let step = pipeline
         .routes

@@ -4,7 +4,8 @@
 //! commit, and stored with its deliveries in the event's own commit: one
 //! durable write instead of three (insert, the router's claim, its
 //! result). The others are stored unrouted for the router, which fetches
-//! the task.
+//! the task. Of those deliveries, the ones that can be sent at once are
+//! stored claimed and started from here ([`crate::deliver::direct`]).
 //!
 //! The answer must come in milliseconds (ClickUp marks a webhook failing after
 //! 7 s), and its status is the contract of SPEC section 3. The mapping from
@@ -41,6 +42,9 @@ pub struct InboundState {
     pub wake_deliveries: Arc<tokio::sync::Notify>,
     /// Metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Starts deliveries that can be sent at once without the worker's
+    /// claim (a store this process owns alone; `deliver::direct`).
+    pub starter: Option<crate::deliver::direct::Starter>,
 }
 
 /// Why an inbound request was refused.
@@ -220,9 +224,10 @@ async fn accept(
         RejectReason::Signature(s) => InboundError::Signature(s),
         RejectReason::BadBody(m) => InboundError::BadBody(m),
     })?;
+    let mut event = event;
     let event_type = event.identity().event_type.clone();
     let id = EventId::generate();
-    let routing = crate::route::at_acceptance(
+    let mut routing = crate::route::at_acceptance(
         &pipeline,
         &crate::route::EventHead {
             id: &id,
@@ -231,6 +236,23 @@ async fn accept(
         },
         event.payload(),
     );
+    // Deliveries to send at once are stored claimed, and started once the
+    // event is committed.
+    let reserved = match (&state.starter, routing.as_mut()) {
+        (Some(starter), Some(routing)) => starter.reserve(
+            &pipeline,
+            &crate::deliver::direct::Accepted {
+                id: &id,
+                source,
+                event_type: &event_type,
+                body: event.body(),
+                received_at,
+            },
+            routing,
+        ),
+        _ => Default::default(),
+    };
+    let tree = (!reserved.is_empty()).then(|| event.take_payload());
     // What is logged and woken once it is stored.
     let routed = routing
         .as_ref()
@@ -254,8 +276,12 @@ async fn accept(
             None => state.wake_router.notify_one(),
             Some((routes, deliveries)) => {
                 crate::route::log_routed(&inserted.id, &routes, deliveries);
-                if deliveries > 0 {
+                // The worker claims what was not started here.
+                if deliveries > reserved.len() {
                     state.wake_deliveries.notify_one();
+                }
+                if let Some(starter) = &state.starter {
+                    starter.start(reserved, tree);
                 }
             }
         }

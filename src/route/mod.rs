@@ -193,6 +193,7 @@ pub fn deliveries(
                         _ => None,
                     },
                 },
+                lease_until: None,
             }
         })
         .collect()

@@ -218,6 +218,10 @@ pub struct NewDelivery {
     pub dead: Option<String>,
     /// What it waits for before it is attempted.
     pub order: DeliveryOrder,
+    /// Claimed by this process at acceptance, until then (Unix ms): stored
+    /// leased, with its claim counted, as the worker's claim leaves it
+    /// (`deliver::direct`). `None`: stored unclaimed.
+    pub lease_until: Option<i64>,
 }
 
 /// What a delivery waits for, fixed when it is created. A delivery waits

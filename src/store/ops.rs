@@ -968,7 +968,7 @@ async fn claim_deliveries<C: Conn>(
 }
 
 /// Values bound per delivery row of [`insert_deliveries`].
-const DELIVERY_VALUES: usize = 15;
+const DELIVERY_VALUES: usize = 17;
 
 /// `link_names` as stored: `,a,b,` (so `,name,` is a substring test).
 fn link_names(names: &[String]) -> Option<String> {
@@ -995,7 +995,7 @@ fn insert_delivery_sql(rows: usize) -> String {
     format!(
         "INSERT INTO deliveries (id, event_id, route, step, target, status, attempts, next_attempt_at, \
          context, last_error, created_at, updated_at, order_key, order_seq, link_task, link_names, \
-         remember_task, remember_name) VALUES {rows} ON CONFLICT (event_id, route, step) DO NOTHING"
+         remember_task, remember_name, lease_until, claims) VALUES {rows} ON CONFLICT (event_id, route, step) DO NOTHING"
     )
 }
 
@@ -1026,7 +1026,9 @@ async fn insert_deliveries<C: Conn>(
                 .opt_text(o.link_task.as_deref())
                 .opt_text(link_names(&o.link_names).as_deref())
                 .opt_text(o.remember.as_ref().map(|(t, _)| t.as_str()))
-                .opt_text(o.remember.as_ref().map(|(_, n)| n.as_str()));
+                .opt_text(o.remember.as_ref().map(|(_, n)| n.as_str()))
+                .opt_int(d.lease_until)
+                .int(i64::from(d.lease_until.is_some()));
         }
         c.execute(stmt).await?;
     }

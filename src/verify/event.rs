@@ -99,6 +99,12 @@ impl VerifiedEvent {
         &self.payload
     }
 
+    /// Takes the parsed payload out (leaving `null`), for a delivery that is
+    /// started from it once the event is stored.
+    pub fn take_payload(&mut self) -> serde_json::Value {
+        std::mem::take(&mut self.payload)
+    }
+
     /// Takes the event apart (the store keeps the body without copying it;
     /// the parsed payload is dropped).
     pub fn into_parts(self) -> (String, EventIdentity, Vec<u8>) {

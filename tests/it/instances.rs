@@ -437,6 +437,7 @@ async fn new_work_wakes_the_other_instances() {
                     context: serde_json::json!({}),
                     dead: None,
                     order: Default::default(),
+                    lease_until: None,
                 }],
             }]
             .into(),

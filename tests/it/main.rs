@@ -10,6 +10,7 @@ mod cli;
 mod console;
 mod deliver;
 mod deploy;
+mod direct;
 mod hardening;
 mod https;
 mod inbound;

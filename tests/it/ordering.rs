@@ -556,6 +556,7 @@ async fn claiming_among_many_pending_deliveries_over_many_keys_is_an_index_walk(
                             seq: format!("{}.{r:05}.00000", id.as_str()),
                             ..Default::default()
                         },
+                        lease_until: None,
                     })
                     .collect(),
             })

@@ -52,6 +52,7 @@ async fn a_row_with_an_unknown_status_fails_loudly() {
                     context: serde_json::json!({}),
                     dead: None,
                     order: Default::default(),
+                    lease_until: None,
                 }],
             }]
             .into(),
@@ -118,6 +119,7 @@ async fn unfinished_claims_are_counted_released_and_cleared_on_both_backends() {
                         context: serde_json::json!({}),
                         dead: None,
                         order: Default::default(),
+                        lease_until: None,
                     }],
                 }]
                 .into(),
@@ -243,6 +245,7 @@ async fn events_routed_at_acceptance_are_stored_with_their_deliveries_in_one_com
                 context: serde_json::json!({"step": step}),
                 dead: None,
                 order: Default::default(),
+                lease_until: None,
             })
             .collect(),
     };

@@ -37,6 +37,7 @@ async fn fill(store: &Store) -> Vec<clickup_bridge::store::Inserted> {
                 context: serde_json::json!({"n": e.received_at}),
                 dead: None,
                 order: Default::default(),
+                lease_until: None,
             }],
         })
         .collect::<Vec<_>>();

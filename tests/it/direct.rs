@@ -1,0 +1,294 @@
+//! Deliveries started at acceptance (`deliver::direct`): stored claimed in
+//! their event's commit, handed to the worker with their slot, never
+//! claimed a second time; the rest left to the worker's claim. Driven
+//! through the inbound's starter and the worker's step function on a store
+//! of their own, with a recording HTTP target.
+
+use crate::support::*;
+use clickup_bridge::deliver::direct::{self, Accepted, Starter};
+use clickup_bridge::deliver::limits::Limits;
+use clickup_bridge::deliver::{Deliverer, http_client};
+use clickup_bridge::ids::{DeliveryId, EventId, now_millis};
+use clickup_bridge::metrics::Metrics;
+use clickup_bridge::pipeline::{Live, Pipeline};
+use clickup_bridge::route;
+use clickup_bridge::settings::StoreLocation;
+use clickup_bridge::store::{DeliveryStatus, Routing, Store};
+use clickup_bridge::verify::VerifiedEvent;
+use std::path::Path;
+use std::sync::Arc;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// Routes to the mock with `concurrency` slots; `order_by` of the route.
+fn routes(server: &MockServer, concurrency: u32, order_by: &str) -> String {
+    format!(
+        "sources:\n  clickup:\n    verify: clickup\n    secret: {CLICKUP_SECRET}\ntargets:\n  t:\n    type: http\n    url: {}/in\n    allow_http: true\n    concurrency: {concurrency}\nroutes:\n  - name: r\n    source: clickup\n    order_by: {order_by}\n    send:\n      - target: t\n        body: {{n: '{{{{event.history_items.[0].id}}}}'}}\n",
+        server.uri()
+    )
+}
+
+struct Rig {
+    store: Store,
+    db: std::path::PathBuf,
+    live: Arc<Live>,
+    limits: Arc<Limits>,
+    starter: Starter,
+    worker: Deliverer,
+    _dir: tempfile::TempDir,
+}
+
+async fn new_rig(text: &str) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let store = Store::open(&StoreLocation::Sqlite(db.clone()))
+        .await
+        .unwrap();
+    let pipeline = Pipeline::compile("routes.yaml", text, dir.path(), &|_| None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let metrics = Metrics::new();
+    let live = Arc::new(Live::new(
+        pipeline,
+        dir.path().join("routes.yaml"),
+        dir.path().join("templates"),
+        metrics.clone(),
+    ));
+    let limits = Limits::new();
+    let (starter, starts) = direct::channel(limits.clone());
+    let worker = Deliverer::new(
+        live.clone(),
+        store.clone(),
+        http_client().unwrap(),
+        limits.clone(),
+        Arc::new(tokio::sync::Notify::new()),
+        metrics,
+    )
+    .with_starts(starts);
+    Rig {
+        store,
+        db,
+        live,
+        limits,
+        starter,
+        worker,
+        _dir: dir,
+    }
+}
+
+/// Event `n` accepted as the inbound accepts it: routed, reserved, stored.
+async fn accept(rig: &Rig, n: u64) -> (EventId, Routing, direct::Reserved, VerifiedEvent) {
+    let ev = verified(n);
+    let id = EventId::generate();
+    let pipeline = rig.live.load();
+    let head = route::EventHead {
+        id: &id,
+        source: "clickup",
+        event_type: &ev.identity().event_type,
+    };
+    let mut routing = route::at_acceptance(&pipeline, &head, ev.payload()).expect("needs no task");
+    let reserved = rig.starter.reserve(
+        &pipeline,
+        &Accepted {
+            id: &id,
+            source: "clickup",
+            event_type: &ev.identity().event_type,
+            body: ev.body(),
+            received_at: now_millis(),
+        },
+        &mut routing,
+    );
+    (id, routing, reserved, ev)
+}
+
+/// `claims` and `lease_until` of a delivery, read from the file.
+fn claim_columns(db: &Path, id: &DeliveryId) -> (i64, Option<i64>) {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.query_row(
+        "SELECT claims, lease_until FROM deliveries WHERE id = ?1",
+        [id.as_str()],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .unwrap()
+}
+
+async fn ok_target() -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    server
+}
+
+async fn delivered_once(rig: &Rig, server: &MockServer, delivery: &DeliveryId, n: u64) {
+    let row = wait_for(10, "the delivery to be recorded delivered", || async {
+        let row = rig.store.delivery(delivery).await.ok()??;
+        (row.status == DeliveryStatus::Delivered).then_some(row)
+    })
+    .await;
+    assert_eq!(row.attempts, 1, "one attempt");
+    let reqs = server.received_requests().await.unwrap();
+    assert_eq!(reqs.len(), 1, "sent once");
+    let body: serde_json::Value = serde_json::from_slice(&reqs[0].body).unwrap();
+    assert_eq!(
+        body["n"],
+        format!("{n}"),
+        "rendered from the event's payload"
+    );
+    assert_eq!(
+        claim_columns(&rig.db, delivery),
+        (0, None),
+        "the record ends the claim"
+    );
+}
+
+/// A delivery whose target has a free slot is stored claimed in the
+/// event's commit (leased, its claim counted), so the worker's claim does
+/// not take it; handed over, the worker's step starts it without a claim,
+/// and it is sent and recorded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_with_a_free_slot_is_stored_claimed_and_started_without_a_claim() {
+    let server = ok_target().await;
+    let mut rig = new_rig(&routes(&server, 1, "none")).await;
+    let (id, routing, reserved, mut ev) = accept(&rig, 7).await;
+    assert_eq!(reserved.len(), 1, "the only delivery takes the free slot");
+    let slots = rig.limits.of(&rig.live.load().targets["t"]).slots.clone();
+    assert_eq!(slots.available_permits(), 0, "the slot is held from now on");
+    let delivery = routing.deliveries[0].id.clone();
+    let lease = routing.deliveries[0].lease_until.expect("marked claimed");
+    let tree = ev.take_payload();
+    let inserted = rig
+        .store
+        .insert_routed_event(ev, id, now_millis(), Some(routing))
+        .await
+        .unwrap();
+    assert!(!inserted.duplicate);
+    assert_eq!(
+        claim_columns(&rig.db, &delivery),
+        (1, Some(lease)),
+        "stored leased with its claim counted, in the event's commit"
+    );
+    let claimed = rig
+        .store
+        .claim_deliveries("t", 10, now_millis(), 60_000)
+        .await
+        .unwrap();
+    assert!(
+        claimed.is_empty(),
+        "the worker's claim does not take it again"
+    );
+
+    rig.starter.start(reserved, Some(tree));
+    assert_eq!(
+        rig.worker.step().await,
+        1,
+        "the step starts what was handed over"
+    );
+    delivered_once(&rig, &server, &delivery, 7).await;
+    wait_for(5, "the slot to be free", || {
+        let slots = slots.clone();
+        async move { (slots.available_permits() == 1).then_some(()) }
+    })
+    .await;
+    assert_eq!(rig.worker.step().await, 0, "nothing left to start or claim");
+    rig.store.close().await;
+}
+
+/// Without a free slot, and for a route that orders its deliveries, the
+/// delivery is stored unclaimed and the worker claims it as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_without_a_free_slot_or_in_an_ordered_route_is_left_to_the_claim() {
+    // No free slot: a request in flight holds the only one.
+    let server = ok_target().await;
+    let mut rig = new_rig(&routes(&server, 1, "none")).await;
+    let slots = rig.limits.of(&rig.live.load().targets["t"]).slots.clone();
+    let busy = slots.clone().try_acquire_owned().unwrap();
+    let (id, routing, reserved, ev) = accept(&rig, 8).await;
+    assert!(reserved.is_empty(), "no slot, no start");
+    assert_eq!(routing.deliveries[0].lease_until, None);
+    let delivery = routing.deliveries[0].id.clone();
+    rig.store
+        .insert_routed_event(ev, id, now_millis(), Some(routing))
+        .await
+        .unwrap();
+    assert_eq!(
+        claim_columns(&rig.db, &delivery),
+        (0, None),
+        "stored unclaimed"
+    );
+    assert_eq!(rig.worker.step().await, 0, "still no free slot");
+    drop(busy);
+    assert_eq!(rig.worker.step().await, 1, "claimed once the slot is free");
+    delivered_once(&rig, &server, &delivery, 8).await;
+    rig.store.close().await;
+
+    // Ordered by the task (the default): it may wait behind an earlier
+    // delivery of the same task, which only the claim checks.
+    let server = ok_target().await;
+    let mut text = routes(&server, 4, "none");
+    text = text.replace("    order_by: none\n", "");
+    let mut rig = new_rig(&text).await;
+    let (id, routing, reserved, ev) = accept(&rig, 9).await;
+    assert!(
+        routing.deliveries[0].order.key.is_some(),
+        "ordered by its task"
+    );
+    assert!(
+        reserved.is_empty(),
+        "an ordered delivery is not started here"
+    );
+    let delivery = routing.deliveries[0].id.clone();
+    rig.store
+        .insert_routed_event(ev, id, now_millis(), Some(routing))
+        .await
+        .unwrap();
+    assert_eq!(claim_columns(&rig.db, &delivery), (0, None));
+    assert_eq!(rig.worker.step().await, 1, "claimed by the worker");
+    delivered_once(&rig, &server, &delivery, 9).await;
+    rig.store.close().await;
+}
+
+/// A duplicate (or a failed commit) starts nothing: the reserved slot is
+/// given back when the reservation is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_dropped_unstarted_frees_its_slot() {
+    let server = ok_target().await;
+    let rig = new_rig(&routes(&server, 1, "none")).await;
+    let slots = rig.limits.of(&rig.live.load().targets["t"]).slots.clone();
+    let (_, _, reserved, _) = accept(&rig, 10).await;
+    assert_eq!(slots.available_permits(), 0);
+    drop(reserved);
+    assert_eq!(slots.available_permits(), 1);
+    rig.store.close().await;
+}
+
+/// Stopping with deliveries handed over but not started releases their
+/// claims: claimable at once, and not counted as a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_handed_over_but_not_started_at_shutdown_are_released() {
+    let server = ok_target().await;
+    let rig = new_rig(&routes(&server, 1, "none")).await;
+    let (id, routing, reserved, ev) = accept(&rig, 11).await;
+    assert_eq!(reserved.len(), 1);
+    let delivery = routing.deliveries[0].id.clone();
+    rig.store
+        .insert_routed_event(ev, id, now_millis(), Some(routing))
+        .await
+        .unwrap();
+    rig.starter.start(reserved, None);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    cancel.cancel();
+    let Rig {
+        store, db, worker, ..
+    } = rig;
+    worker.run(cancel, std::time::Duration::from_secs(1)).await;
+    assert_eq!(claim_columns(&db, &delivery), (0, None), "released");
+    assert!(server.received_requests().await.unwrap().is_empty());
+    let claimed = store
+        .claim_deliveries("t", 10, now_millis(), 60_000)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1, "claimable at once");
+    assert_eq!(claimed[0].unfinished_claims, 0, "not counted as a crash");
+    store.close().await;
+}
