@@ -20,7 +20,7 @@
 //! path would need the same.
 
 use super::limits::{Limits, TargetLimits};
-use crate::ids::EventId;
+use crate::ids::{DeliveryId, EventId};
 use crate::pipeline::Pipeline;
 use crate::store::{ClaimedDelivery, Routing};
 use serde_json::Value;
@@ -37,20 +37,54 @@ pub struct Started {
     pub(super) event: Option<Value>,
 }
 
-/// The deliveries of one event that [`Starter::reserve`] claimed; dropped
-/// unstarted (a duplicate, a failed commit), their slots are free again.
+/// What the inbound hands the worker.
+pub enum Handed {
+    /// A delivery stored claimed: send it.
+    Start(Box<Started>),
+    /// Deliveries reserved for an event whose request ended before they
+    /// were started (its commit failed, timed out, or the request was cut):
+    /// if the commit landed, they are stored claimed; release them so they
+    /// are claimed at once instead of after their lease.
+    Release(Vec<DeliveryId>),
+}
+
+/// The deliveries of one event that [`Starter::reserve`] claimed. Dropped
+/// unstarted, their slots are free again and the worker releases their
+/// claims (a commit that lands late is then undone in order: the writer
+/// takes the release after the insert); [`Reserved::cancel`] for a
+/// duplicate, whose deliveries were never stored.
 #[derive(Default)]
-pub struct Reserved(Vec<Started>);
+pub struct Reserved {
+    started: Vec<Started>,
+    to_worker: Option<mpsc::UnboundedSender<Handed>>,
+}
 
 impl Reserved {
     /// How many deliveries were claimed.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.started.len()
     }
 
     /// Whether none was.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.started.is_empty()
+    }
+
+    /// Frees the slots of deliveries that were not stored (a duplicate).
+    pub fn cancel(mut self) {
+        self.started.clear();
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        if self.started.is_empty() {
+            return;
+        }
+        if let Some(to_worker) = &self.to_worker {
+            let ids = self.started.iter().map(|s| s.delivery.id.clone()).collect();
+            let _ = to_worker.send(Handed::Release(ids));
+        }
     }
 }
 
@@ -67,11 +101,11 @@ pub struct Accepted<'a> {
 #[derive(Clone)]
 pub struct Starter {
     limits: Arc<Limits>,
-    to_worker: mpsc::UnboundedSender<Started>,
+    to_worker: mpsc::UnboundedSender<Handed>,
 }
 
 /// The worker's end.
-pub type Starts = mpsc::UnboundedReceiver<Started>;
+pub type Starts = mpsc::UnboundedReceiver<Handed>;
 
 /// A starter over the worker's target limits, and the worker's end.
 pub fn channel(limits: Arc<Limits>) -> (Starter, Starts) {
@@ -134,17 +168,20 @@ impl Starter {
                 event: None,
             });
         }
-        Reserved(reserved)
+        Reserved {
+            started: reserved,
+            to_worker: Some(self.to_worker.clone()),
+        }
     }
 
     /// Hands the reserved deliveries of a committed event to the worker;
     /// the first one takes the payload tree intake parsed.
-    pub fn start(&self, reserved: Reserved, mut event: Option<Value>) {
-        for mut s in reserved.0 {
+    pub fn start(&self, mut reserved: Reserved, mut event: Option<Value>) {
+        for mut s in std::mem::take(&mut reserved.started) {
             s.event = event.take();
             // A worker that has stopped drops it: the delivery stays claimed
             // until the store is opened again, which frees every lease.
-            let _ = self.to_worker.send(s);
+            let _ = self.to_worker.send(Handed::Start(Box::new(s)));
         }
     }
 }

@@ -134,14 +134,41 @@ impl Deliverer {
         )));
     }
 
-    /// Starts what the inbound has handed over. Returns how many.
-    fn take_starts(&mut self) -> usize {
-        let mut n = 0;
-        while let Some(s) = self.starts.as_mut().and_then(|rx| rx.try_recv().ok()) {
-            self.spawn(s.delivery, s.limits, s.slot, s.event);
-            n += 1;
+    /// Starts what the inbound has handed over and releases what it gave
+    /// up. Returns how many were started.
+    async fn take_handed(&mut self) -> usize {
+        let mut started = 0;
+        let mut release = Vec::new();
+        while let Some(h) = self.starts.as_mut().and_then(|rx| rx.try_recv().ok()) {
+            started += self.handle(h, &mut release);
         }
-        n
+        self.release(release).await;
+        started
+    }
+
+    /// One thing handed over: a start is spawned (1), a release is added
+    /// to `release` (0).
+    fn handle(&mut self, h: direct::Handed, release: &mut Vec<crate::ids::DeliveryId>) -> usize {
+        match h {
+            direct::Handed::Start(s) => {
+                let s = *s;
+                self.spawn(s.delivery, s.limits, s.slot, s.event);
+                1
+            }
+            direct::Handed::Release(ids) => {
+                release.extend(ids);
+                0
+            }
+        }
+    }
+
+    /// Frees claims this process took and will not work on now.
+    async fn release(&self, ids: Vec<crate::ids::DeliveryId>) {
+        if !ids.is_empty()
+            && let Err(e) = self.shared.store.release_deliveries(&ids).await
+        {
+            tracing::warn!(error = %e, "cannot release the claims of deliveries not started; they are claimed again when their lease ends");
+        }
     }
 
     /// Deliveries whose target a reload removed would wait for ever: they
@@ -192,7 +219,7 @@ impl Deliverer {
     /// how many deliveries were started.
     pub async fn step(&mut self) -> usize {
         while self.tasks.try_join_next().is_some() {}
-        let mut started = self.take_starts();
+        let mut started = self.take_handed().await;
         let pipeline = self.shared.pipeline.load_full();
         self.sweep_orphans(&pipeline).await;
         for target in pipeline.targets.values() {
@@ -270,7 +297,11 @@ impl Deliverer {
                 }
             };
             match handed {
-                Ok(Some(s)) => self.spawn(s.delivery, s.limits, s.slot, s.event),
+                Ok(Some(h)) => {
+                    let mut release = Vec::new();
+                    self.handle(h, &mut release);
+                    self.release(release).await;
+                }
                 Ok(None) => {}
                 // The inbound is gone: nothing more will be handed over.
                 Err(()) => self.starts = None,
@@ -317,14 +348,13 @@ impl Deliverer {
         };
         rx.close();
         let mut ids = Vec::new();
-        while let Ok(s) = rx.try_recv() {
-            ids.push(s.delivery.id);
+        while let Ok(h) = rx.try_recv() {
+            match h {
+                direct::Handed::Start(s) => ids.push(s.delivery.id),
+                direct::Handed::Release(more) => ids.extend(more),
+            }
         }
-        if !ids.is_empty()
-            && let Err(e) = self.shared.store.release_deliveries(&ids).await
-        {
-            tracing::warn!(error = %e, "cannot release the claims of deliveries not started at shutdown");
-        }
+        self.release(ids).await;
     }
 }
 

@@ -285,6 +285,9 @@ async fn accept(
                 }
             }
         }
+    } else {
+        // Its first copy's deliveries were stored; these were not.
+        reserved.cancel();
     }
     Ok((inserted.id.to_string(), event_type, inserted.duplicate))
 }

@@ -248,17 +248,42 @@ async fn a_delivery_without_a_free_slot_or_in_an_ordered_route_is_left_to_the_cl
     rig.store.close().await;
 }
 
-/// A duplicate (or a failed commit) starts nothing: the reserved slot is
-/// given back when the reservation is dropped.
+/// A duplicate starts nothing: its reservation, cancelled, gives its slot
+/// back at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reservation_dropped_unstarted_frees_its_slot() {
+async fn a_cancelled_reservation_frees_its_slot() {
     let server = ok_target().await;
     let rig = new_rig(&routes(&server, 1, "none")).await;
     let slots = rig.limits.of(&rig.live.load().targets["t"]).slots.clone();
     let (_, _, reserved, _) = accept(&rig, 10).await;
     assert_eq!(slots.available_permits(), 0);
-    drop(reserved);
+    reserved.cancel();
     assert_eq!(slots.available_permits(), 1);
+    rig.store.close().await;
+}
+
+/// A request that ends after its event was committed but before its
+/// deliveries were started (its commit answered too late, the sender hung
+/// up): dropping the reservation has the worker release them, so they are
+/// claimed at once rather than after their lease, and sent once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_of_a_request_that_ended_before_starting_them_are_released_and_claimed() {
+    let server = ok_target().await;
+    let mut rig = new_rig(&routes(&server, 1, "none")).await;
+    let (id, routing, reserved, ev) = accept(&rig, 12).await;
+    let delivery = routing.deliveries[0].id.clone();
+    rig.store
+        .insert_routed_event(ev, id, now_millis(), Some(routing))
+        .await
+        .unwrap();
+    assert_eq!(claim_columns(&rig.db, &delivery).0, 1, "stored claimed");
+    drop(reserved);
+    assert_eq!(
+        rig.worker.step().await,
+        1,
+        "released, then claimed, in one step"
+    );
+    delivered_once(&rig, &server, &delivery, 12).await;
     rig.store.close().await;
 }
 
