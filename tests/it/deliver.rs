@@ -518,33 +518,31 @@ async fn a_thousand_events_from_sixteen_clients_are_each_delivered_exactly_once(
 /// the delivery worker's step function on a store of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_slot_is_free_once_answered_while_the_attempt_waits_for_the_store() {
-    use clickup_bridge::deliver::{Deliverer, http_client, limits::Limits};
     use clickup_bridge::ids::{EventId, now_millis};
-    use clickup_bridge::metrics::Metrics;
-    use clickup_bridge::pipeline::{Live, Pipeline};
     use clickup_bridge::route;
-    use clickup_bridge::settings::StoreLocation;
-    use clickup_bridge::store::Store;
-    use std::sync::Arc;
 
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(200).set_delay(std::time::Duration::from_millis(800)))
         .mount(&server)
         .await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("s.db");
-    let store = Store::open(&StoreLocation::Sqlite(db.clone()))
-        .await
-        .unwrap();
     let text = format!(
         "sources:\n  clickup:\n    verify: clickup\n    secret: {CLICKUP_SECRET}\ntargets:\n  t:\n    type: http\n    url: {}/in\n    allow_http: true\n    concurrency: 1\nroutes:\n  - name: r\n    source: clickup\n    order_by: none\n    send:\n      - target: t\n        body: {{}}\n",
         server.uri()
     );
-    let pipeline = Pipeline::compile("routes.yaml", &text, dir.path(), &|_| None)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let WorkerRig {
+        store,
+        db,
+        live,
+        limits,
+        mut worker,
+        // Held: the folder of the store goes with it.
+        _dir,
+        ..
+    } = worker_rig(&text).await;
 
-    // An event accepted and routed as the inbound does it.
+    // An event accepted and routed as the inbound does it, stored
+    // unclaimed (the worker claims it).
     let ev = verified(1);
     let id = EventId::generate();
     let head = route::EventHead {
@@ -552,29 +550,13 @@ async fn a_target_slot_is_free_once_answered_while_the_attempt_waits_for_the_sto
         source: "clickup",
         event_type: &ev.identity().event_type,
     };
-    let routing = route::at_acceptance(&pipeline, &head, ev.payload()).expect("needs no task");
+    let routing = route::at_acceptance(&live.load(), &head, ev.payload()).expect("needs no task");
     let delivery = routing.deliveries[0].id.clone();
     store
         .insert_routed_event(ev, id, now_millis(), Some(routing))
         .await
         .unwrap();
 
-    let metrics = Metrics::new();
-    let live = Arc::new(Live::new(
-        pipeline,
-        dir.path().join("routes.yaml"),
-        dir.path().join("templates"),
-        metrics.clone(),
-    ));
-    let limits = Limits::new();
-    let mut worker = Deliverer::new(
-        live.clone(),
-        store.clone(),
-        http_client().unwrap(),
-        limits.clone(),
-        Arc::new(tokio::sync::Notify::new()),
-        metrics,
-    );
     assert_eq!(
         worker.step().await,
         1,

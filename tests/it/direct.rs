@@ -5,20 +5,13 @@
 //! of their own, with a recording HTTP target.
 
 use crate::support::*;
-use clickup_bridge::deliver::direct::{self, Accepted, Starter};
-use clickup_bridge::deliver::limits::Limits;
-use clickup_bridge::deliver::{Deliverer, http_client};
+use clickup_bridge::deliver::direct::{self, Accepted};
 use clickup_bridge::ids::{DeliveryId, EventId, now_millis};
-use clickup_bridge::metrics::Metrics;
-use clickup_bridge::pipeline::{Live, Pipeline};
 use clickup_bridge::route;
-use clickup_bridge::settings::StoreLocation;
-use clickup_bridge::store::{DeliveryStatus, Routing, Store};
+use clickup_bridge::store::{DeliveryStatus, Routing};
 use clickup_bridge::verify::VerifiedEvent;
 use std::path::Path;
-use std::sync::Arc;
-use wiremock::matchers::method;
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::MockServer;
 
 /// Routes to the mock with `concurrency` slots; `order_by` of the route.
 fn routes(server: &MockServer, concurrency: u32, order_by: &str) -> String {
@@ -28,55 +21,8 @@ fn routes(server: &MockServer, concurrency: u32, order_by: &str) -> String {
     )
 }
 
-struct Rig {
-    store: Store,
-    db: std::path::PathBuf,
-    live: Arc<Live>,
-    limits: Arc<Limits>,
-    starter: Starter,
-    worker: Deliverer,
-    _dir: tempfile::TempDir,
-}
-
-async fn new_rig(text: &str) -> Rig {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("s.db");
-    let store = Store::open(&StoreLocation::Sqlite(db.clone()))
-        .await
-        .unwrap();
-    let pipeline = Pipeline::compile("routes.yaml", text, dir.path(), &|_| None)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let metrics = Metrics::new();
-    let live = Arc::new(Live::new(
-        pipeline,
-        dir.path().join("routes.yaml"),
-        dir.path().join("templates"),
-        metrics.clone(),
-    ));
-    let limits = Limits::new();
-    let (starter, starts) = direct::channel(limits.clone());
-    let worker = Deliverer::new(
-        live.clone(),
-        store.clone(),
-        http_client().unwrap(),
-        limits.clone(),
-        Arc::new(tokio::sync::Notify::new()),
-        metrics,
-    )
-    .with_starts(starts);
-    Rig {
-        store,
-        db,
-        live,
-        limits,
-        starter,
-        worker,
-        _dir: dir,
-    }
-}
-
 /// Event `n` accepted as the inbound accepts it: routed, reserved, stored.
-async fn accept(rig: &Rig, n: u64) -> (EventId, Routing, direct::Reserved, VerifiedEvent) {
+async fn accept(rig: &WorkerRig, n: u64) -> (EventId, Routing, direct::Reserved, VerifiedEvent) {
     let ev = verified(n);
     let id = EventId::generate();
     let pipeline = rig.live.load();
@@ -111,16 +57,7 @@ fn claim_columns(db: &Path, id: &DeliveryId) -> (i64, Option<i64>) {
     .unwrap()
 }
 
-async fn ok_target() -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&server)
-        .await;
-    server
-}
-
-async fn delivered_once(rig: &Rig, server: &MockServer, delivery: &DeliveryId, n: u64) {
+async fn delivered_once(rig: &WorkerRig, server: &MockServer, delivery: &DeliveryId, n: u64) {
     let row = wait_for(10, "the delivery to be recorded delivered", || async {
         let row = rig.store.delivery(delivery).await.ok()??;
         (row.status == DeliveryStatus::Delivered).then_some(row)
@@ -149,7 +86,7 @@ async fn delivered_once(rig: &Rig, server: &MockServer, delivery: &DeliveryId, n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_with_a_free_slot_is_stored_claimed_and_started_without_a_claim() {
     let server = ok_target().await;
-    let mut rig = new_rig(&routes(&server, 1, "none")).await;
+    let mut rig = worker_rig(&routes(&server, 1, "none")).await;
     let (id, routing, reserved, mut ev) = accept(&rig, 7).await;
     assert_eq!(reserved.len(), 1, "the only delivery takes the free slot");
     let slots = rig.limits.of(&rig.live.load().targets["t"]).slots.clone();
@@ -200,7 +137,7 @@ async fn a_delivery_with_a_free_slot_is_stored_claimed_and_started_without_a_cla
 async fn a_delivery_without_a_free_slot_or_in_an_ordered_route_is_left_to_the_claim() {
     // No free slot: a request in flight holds the only one.
     let server = ok_target().await;
-    let mut rig = new_rig(&routes(&server, 1, "none")).await;
+    let mut rig = worker_rig(&routes(&server, 1, "none")).await;
     let slots = rig.limits.of(&rig.live.load().targets["t"]).slots.clone();
     let busy = slots.clone().try_acquire_owned().unwrap();
     let (id, routing, reserved, ev) = accept(&rig, 8).await;
@@ -227,7 +164,7 @@ async fn a_delivery_without_a_free_slot_or_in_an_ordered_route_is_left_to_the_cl
     let server = ok_target().await;
     let mut text = routes(&server, 4, "none");
     text = text.replace("    order_by: none\n", "");
-    let mut rig = new_rig(&text).await;
+    let mut rig = worker_rig(&text).await;
     let (id, routing, reserved, ev) = accept(&rig, 9).await;
     assert!(
         routing.deliveries[0].order.key.is_some(),
@@ -253,7 +190,7 @@ async fn a_delivery_without_a_free_slot_or_in_an_ordered_route_is_left_to_the_cl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_reservation_frees_its_slot() {
     let server = ok_target().await;
-    let rig = new_rig(&routes(&server, 1, "none")).await;
+    let rig = worker_rig(&routes(&server, 1, "none")).await;
     let slots = rig.limits.of(&rig.live.load().targets["t"]).slots.clone();
     let (_, _, reserved, _) = accept(&rig, 10).await;
     assert_eq!(slots.available_permits(), 0);
@@ -269,7 +206,7 @@ async fn a_cancelled_reservation_frees_its_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_of_a_request_that_ended_before_starting_them_are_released_and_claimed() {
     let server = ok_target().await;
-    let mut rig = new_rig(&routes(&server, 1, "none")).await;
+    let mut rig = worker_rig(&routes(&server, 1, "none")).await;
     let (id, routing, reserved, ev) = accept(&rig, 12).await;
     let delivery = routing.deliveries[0].id.clone();
     rig.store
@@ -292,7 +229,7 @@ async fn deliveries_of_a_request_that_ended_before_starting_them_are_released_an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_handed_over_but_not_started_at_shutdown_are_released() {
     let server = ok_target().await;
-    let rig = new_rig(&routes(&server, 1, "none")).await;
+    let rig = worker_rig(&routes(&server, 1, "none")).await;
     let (id, routing, reserved, ev) = accept(&rig, 11).await;
     assert_eq!(reserved.len(), 1);
     let delivery = routing.deliveries[0].id.clone();
@@ -303,7 +240,7 @@ async fn deliveries_handed_over_but_not_started_at_shutdown_are_released() {
     rig.starter.start(reserved, None);
     let cancel = tokio_util::sync::CancellationToken::new();
     cancel.cancel();
-    let Rig {
+    let WorkerRig {
         store, db, worker, ..
     } = rig;
     worker.run(cancel, std::time::Duration::from_secs(1)).await;

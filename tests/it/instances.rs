@@ -73,15 +73,6 @@ fn start(dir: &std::path::Path, port: u16, url: &str) -> Daemon {
     d
 }
 
-async fn healthy_target() -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&server)
-        .await;
-    server
-}
-
 /// Three instances, events spread across them; one is killed with SIGKILL
 /// mid-burst and started again. Every acknowledged event is delivered; a
 /// delivery is sent twice only if it was in flight on the killed instance
@@ -89,7 +80,7 @@ async fn healthy_target() -> MockServer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_share_one_database_and_survive_a_kill_mid_burst() {
     let url = cluster().new_database();
-    let server = healthy_target().await;
+    let server = ok_target().await;
     let dirs: Vec<tempfile::TempDir> = (0..INSTANCES)
         .map(|_| tempfile::tempdir().unwrap())
         .collect();
@@ -208,7 +199,7 @@ async fn readyz(client: &reqwest::Client, admin_port: u16) -> Option<u16> {
 async fn a_database_restart_under_load_loses_nothing_acknowledged() {
     let pg = OwnCluster(Cluster::start(false));
     let url = pg.0.new_database();
-    let server = healthy_target().await;
+    let server = ok_target().await;
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     for d in &dirs {
         std::fs::write(d.path().join("routes.yaml"), routes(&server)).unwrap();

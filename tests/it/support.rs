@@ -384,3 +384,69 @@ pub fn env_file(path: &Path) -> Vec<(String, String)> {
 pub fn demo_env() -> Vec<(String, String)> {
     env_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo.env"))
 }
+
+/// A delivery worker on a store of its own, driven through its step
+/// function: its routes, target limits, and the inbound's starter of
+/// deliveries sent at acceptance (`deliver::direct`) wired to it.
+pub struct WorkerRig {
+    pub store: Store,
+    /// The SQLite file.
+    pub db: PathBuf,
+    pub live: std::sync::Arc<clickup_bridge::pipeline::Live>,
+    pub limits: std::sync::Arc<clickup_bridge::deliver::limits::Limits>,
+    pub starter: clickup_bridge::deliver::direct::Starter,
+    pub worker: clickup_bridge::deliver::Deliverer,
+    pub _dir: tempfile::TempDir,
+}
+
+/// A [`WorkerRig`] over routes.yaml `text`.
+pub async fn worker_rig(text: &str) -> WorkerRig {
+    use clickup_bridge::deliver::{Deliverer, direct, http_client, limits::Limits};
+    use clickup_bridge::metrics::Metrics;
+    use clickup_bridge::pipeline::{Live, Pipeline};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let store = Store::open(&StoreLocation::Sqlite(db.clone()))
+        .await
+        .unwrap();
+    let pipeline = Pipeline::compile("routes.yaml", text, dir.path(), &|_| None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let metrics = Metrics::new();
+    let live = Arc::new(Live::new(
+        pipeline,
+        dir.path().join("routes.yaml"),
+        dir.path().join("templates"),
+        metrics.clone(),
+    ));
+    let limits = Limits::new();
+    let (starter, starts) = direct::channel(limits.clone());
+    let worker = Deliverer::new(
+        live.clone(),
+        store.clone(),
+        http_client().unwrap(),
+        limits.clone(),
+        Arc::new(tokio::sync::Notify::new()),
+        metrics,
+    )
+    .with_starts(starts);
+    WorkerRig {
+        store,
+        db,
+        live,
+        limits,
+        starter,
+        worker,
+        _dir: dir,
+    }
+}
+
+/// A target that answers every POST 200.
+pub async fn ok_target() -> wiremock::MockServer {
+    let server = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    server
+}
