@@ -2,8 +2,9 @@
 //!
 //! An event routed at acceptance is stored with its deliveries in one
 //! commit. A delivery that could be sent at once (its target has a free
-//! slot, and it waits behind nothing: the first step of its route, no
-//! ordering key, no link it reads) is stored already claimed by this
+//! slot, and it waits behind nothing: the first step of its route, no link
+//! it reads, and nothing of its ordering key pending, which the commit
+//! checks: `Inserted::unclaimed`) is stored already claimed by this
 //! process: leased, with its claim counted, exactly as the worker's claim
 //! would leave it. Once the commit is answered the inbound hands it, with
 //! its slot, to the delivery worker, which sends it. That spares each such
@@ -74,6 +75,13 @@ impl Reserved {
     pub fn cancel(mut self) {
         self.started.clear();
     }
+
+    /// Frees the slots of the deliveries the commit stored unclaimed
+    /// (`Inserted::unclaimed`: they wait behind an earlier one of their
+    /// ordering key); the worker claims them in their turn.
+    pub fn forget(&mut self, unclaimed: &[DeliveryId]) {
+        self.started.retain(|s| !unclaimed.contains(&s.delivery.id));
+    }
 }
 
 impl Drop for Reserved {
@@ -132,10 +140,9 @@ impl Starter {
     ) -> Reserved {
         let mut reserved = Vec::new();
         for d in &mut routing.deliveries {
-            let waits = d.step > 0
-                || d.dead.is_some()
-                || d.order.key.is_some()
-                || d.order.link_task.is_some();
+            // An ordering key is checked by the commit, which sees what is
+            // pending (`Inserted::unclaimed`).
+            let waits = d.step > 0 || d.dead.is_some() || d.order.link_task.is_some();
             if waits {
                 continue;
             }

@@ -272,6 +272,8 @@ async fn accept(
     .map_err(|_| InboundError::Store(StoreError::stalled("commit", STORE_ANSWER_TIMEOUT)))?
     .map_err(InboundError::Store)?;
     if !inserted.duplicate {
+        let mut reserved = reserved;
+        reserved.forget(&inserted.unclaimed);
         match routed {
             None => state.wake_router.notify_one(),
             Some((routes, deliveries)) => {

@@ -131,6 +131,11 @@ pub struct Inserted {
     pub id: EventId,
     /// Whether an event with this dedupe key was already stored.
     pub duplicate: bool,
+    /// Deliveries given a claim at acceptance (`NewDelivery::lease_until`)
+    /// that were stored unclaimed instead: an earlier delivery of their
+    /// ordering key to their target is pending, so the worker claims them
+    /// in their turn.
+    pub unclaimed: Vec<DeliveryId>,
 }
 
 /// A stored event, as read back.

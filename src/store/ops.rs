@@ -794,16 +794,24 @@ pub(super) async fn insert_events<C: Conn>(
         .filter_map(|e| e.routing.as_ref().map(|r| (&e.id, r)))
         .flat_map(|(id, r)| r.deliveries.iter().map(move |d| (id, d)))
         .collect();
-    if !routed.is_empty() {
+    let unclaimed = if routed.is_empty() {
+        Vec::new()
+    } else {
         let now = events.iter().map(|e| e.received_at).max().unwrap_or(0);
-        insert_deliveries(c, &routed, now).await?;
-    }
+        insert_deliveries(c, &routed, now).await?
+    };
     let mut out = Vec::with_capacity(events.len());
     for e in events {
         if inserted.contains(e.id.as_str()) {
+            let of_event = |id: &&DeliveryId| {
+                e.routing
+                    .as_ref()
+                    .is_some_and(|r| r.deliveries.iter().any(|d| &d.id == *id))
+            };
             out.push(Inserted {
                 id: e.id.clone(),
                 duplicate: false,
+                unclaimed: unclaimed.iter().filter(of_event).cloned().collect(),
             });
             continue;
         }
@@ -826,6 +834,7 @@ pub(super) async fn insert_events<C: Conn>(
         out.push(Inserted {
             id: EventId::from_stored(id),
             duplicate: true,
+            unclaimed: Vec::new(),
         });
     }
     Ok(out)
@@ -999,17 +1008,66 @@ fn insert_delivery_sql(rows: usize) -> String {
     )
 }
 
+/// An earlier delivery of an ordering key to a target is pending.
+const KEY_PENDING: &str = "SELECT 1 AS pending FROM deliveries \
+     WHERE status = 'pending' AND target = $1 AND order_key = $2 LIMIT 1";
+
+/// The claims deliveries are stored with: a delivery claimed at acceptance
+/// that has an ordering key keeps its claim only if no other delivery of
+/// its key to its target is pending (in the store, or earlier in this
+/// batch by acceptance order); else it is stored unclaimed and returned.
+async fn acceptance_claims<C: Conn>(
+    c: &mut C,
+    all: &[(&EventId, &NewDelivery)],
+) -> Result<(Vec<Option<i64>>, Vec<DeliveryId>), StoreError> {
+    let mut leases = Vec::with_capacity(all.len());
+    let mut unclaimed = Vec::new();
+    for (_, d) in all {
+        let lease = match (d.lease_until, &d.order.key) {
+            (Some(until), Some(key)) => {
+                let earlier_in_batch = all.iter().any(|(_, p)| {
+                    p.order.key.as_ref() == Some(key)
+                        && p.target == d.target
+                        && p.order.seq < d.order.seq
+                });
+                let waits = earlier_in_batch
+                    || !c
+                        .fetch(
+                            Stmt::new(KEY_PENDING)
+                                .text(d.target.as_str())
+                                .text(key.as_str()),
+                        )
+                        .await?
+                        .is_empty();
+                if waits {
+                    unclaimed.push(d.id.clone());
+                    None
+                } else {
+                    Some(until)
+                }
+            }
+            (lease, _) => lease,
+        };
+        leases.push(lease);
+    }
+    Ok((leases, unclaimed))
+}
+
 /// Inserts deliveries (one multi-row INSERT per chunk); a delivery that
-/// exists already (same event, route and step) is left as it is.
+/// exists already (same event, route and step) is left as it is. Returns
+/// the deliveries claimed at acceptance that were stored unclaimed
+/// ([`acceptance_claims`]).
 async fn insert_deliveries<C: Conn>(
     c: &mut C,
     all: &[(&EventId, &NewDelivery)],
     now: i64,
-) -> Result<(), StoreError> {
-    for chunk in all.chunks(C::DIALECT.rows_per_statement(DELIVERY_CHUNK)) {
+) -> Result<Vec<DeliveryId>, StoreError> {
+    let (leases, unclaimed) = acceptance_claims(c, all).await?;
+    let per = C::DIALECT.rows_per_statement(DELIVERY_CHUNK);
+    for (chunk, leases) in all.chunks(per).zip(leases.chunks(per)) {
         let sql = one_row_or(chunk.len(), &INSERT_DELIVERY, insert_delivery_sql);
         let mut stmt = Stmt::new(sql);
-        for (event_id, d) in chunk {
+        for ((event_id, d), lease) in chunk.iter().zip(leases) {
             let o = &d.order;
             stmt = stmt
                 .text(d.id.as_str())
@@ -1027,12 +1085,12 @@ async fn insert_deliveries<C: Conn>(
                 .opt_text(link_names(&o.link_names).as_deref())
                 .opt_text(o.remember.as_ref().map(|(t, _)| t.as_str()))
                 .opt_text(o.remember.as_ref().map(|(_, n)| n.as_str()))
-                .opt_int(d.lease_until)
-                .int(i64::from(d.lease_until.is_some()));
+                .opt_int(*lease)
+                .int(i64::from(lease.is_some()));
         }
         c.execute(stmt).await?;
     }
-    Ok(())
+    Ok(unclaimed)
 }
 
 /// Inserts the deliveries of routed events and marks the events routed.

@@ -131,10 +131,10 @@ async fn a_delivery_with_a_free_slot_is_stored_claimed_and_started_without_a_cla
     rig.store.close().await;
 }
 
-/// Without a free slot, and for a route that orders its deliveries, the
-/// delivery is stored unclaimed and the worker claims it as before.
+/// Without a free slot, or as a later step of its route, a delivery is
+/// stored unclaimed and the worker claims it as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delivery_without_a_free_slot_or_in_an_ordered_route_is_left_to_the_claim() {
+async fn a_delivery_without_a_free_slot_or_behind_an_earlier_step_is_left_to_the_claim() {
     // No free slot: a request in flight holds the only one.
     let server = ok_target().await;
     let mut rig = worker_rig(&routes(&server, 1, "none")).await;
@@ -159,29 +159,95 @@ async fn a_delivery_without_a_free_slot_or_in_an_ordered_route_is_left_to_the_cl
     delivered_once(&rig, &server, &delivery, 8).await;
     rig.store.close().await;
 
-    // Ordered by the task (the default): it may wait behind an earlier
-    // delivery of the same task, which only the claim checks.
+    // A later step of a route waits for the earlier one: only the claim
+    // checks that.
     let server = ok_target().await;
-    let mut text = routes(&server, 4, "none");
-    text = text.replace("    order_by: none\n", "");
+    let text = routes(&server, 4, "none").replace(
+        "        body: {n: '{{event.history_items.[0].id}}'}\n",
+        "        body: {n: '{{event.history_items.[0].id}}'}\n      - target: t\n        body: {second: true}\n",
+    );
+    let rig = worker_rig(&text).await;
+    let (_, routing, reserved, _) = accept(&rig, 9).await;
+    assert_eq!(routing.deliveries.len(), 2);
+    assert_eq!(reserved.len(), 1, "the first step only");
+    assert!(routing.deliveries[0].lease_until.is_some());
+    assert_eq!(routing.deliveries[1].lease_until, None);
+    reserved.cancel();
+    rig.store.close().await;
+}
+
+/// Ordered by the task (the default): a delivery whose task has nothing
+/// pending at that target is started at acceptance; the next event's, while
+/// the first is pending, is stored unclaimed by the commit and waits its
+/// turn; of two in one group commit only the earlier keeps its claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordered_delivery_is_started_at_acceptance_only_when_nothing_of_its_key_is_pending() {
+    let server = ok_target().await;
+    let text = routes(&server, 4, "none").replace("    order_by: none\n", "");
     let mut rig = worker_rig(&text).await;
-    let (id, routing, reserved, ev) = accept(&rig, 9).await;
-    assert!(
-        routing.deliveries[0].order.key.is_some(),
-        "ordered by its task"
+    let (id1, routing1, mut reserved1, ev1) = accept(&rig, 21).await;
+    let (id2, routing2, mut reserved2, ev2) = accept(&rig, 22).await;
+    assert_eq!(
+        routing1.deliveries[0].order.key, routing2.deliveries[0].order.key,
+        "one task"
     );
-    assert!(
-        reserved.is_empty(),
-        "an ordered delivery is not started here"
+    assert!(routing1.deliveries[0].order.key.is_some());
+    assert_eq!(
+        (reserved1.len(), reserved2.len()),
+        (1, 1),
+        "both reserve a slot"
     );
-    let delivery = routing.deliveries[0].id.clone();
-    rig.store
-        .insert_routed_event(ev, id, now_millis(), Some(routing))
-        .await
-        .unwrap();
-    assert_eq!(claim_columns(&rig.db, &delivery), (0, None));
-    assert_eq!(rig.worker.step().await, 1, "claimed by the worker");
-    delivered_once(&rig, &server, &delivery, 9).await;
+    let (d1, d2) = (
+        routing1.deliveries[0].id.clone(),
+        routing2.deliveries[0].id.clone(),
+    );
+    // Queued together: one group commit or two, the earlier keeps its claim.
+    let (a, b) = tokio::join!(
+        rig.store
+            .insert_routed_event(ev1, id1, now_millis(), Some(routing1)),
+        rig.store
+            .insert_routed_event(ev2, id2, now_millis(), Some(routing2)),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(a.unclaimed.is_empty(), "nothing of its key was pending");
+    assert_eq!(b.unclaimed, vec![d2.clone()], "the first one is pending");
+    assert_eq!(claim_columns(&rig.db, &d1).0, 1, "stored claimed");
+    assert_eq!(claim_columns(&rig.db, &d2), (0, None), "stored unclaimed");
+    reserved1.forget(&a.unclaimed);
+    reserved2.forget(&b.unclaimed);
+    assert!(reserved2.is_empty(), "its slot is given back");
+    rig.starter.start(reserved1, None);
+    drop(reserved2);
+
+    assert_eq!(
+        rig.worker.step().await,
+        1,
+        "the first starts; the second waits"
+    );
+    // The worker's step, driven until the second is delivered: it is
+    // claimed once the first one's attempt is recorded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (r1, r2) = loop {
+        rig.worker.step().await;
+        let r1 = rig.store.delivery(&d1).await.unwrap().unwrap();
+        let r2 = rig.store.delivery(&d2).await.unwrap().unwrap();
+        if r2.status == DeliveryStatus::Delivered {
+            break (r1, r2);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second delivery was not delivered: {r2:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert_eq!(r1.status, DeliveryStatus::Delivered);
+    assert!(r1.delivered_at <= r2.delivered_at);
+    let reqs = server.received_requests().await.unwrap();
+    let ns: Vec<String> = reqs
+        .iter()
+        .map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["n"].to_string())
+        .collect();
+    assert_eq!(ns, ["\"21\"", "\"22\""], "in order, each once");
     rig.store.close().await;
 }
 
