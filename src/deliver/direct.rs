@@ -121,13 +121,6 @@ pub fn channel(limits: Arc<Limits>) -> (Starter, Starts) {
     (Starter { limits, to_worker }, starts)
 }
 
-/// How long a claim holds a delivery: three times the target's timeout
-/// plus a minute, the worker's rule too.
-pub fn lease_ms(timeout: std::time::Duration) -> i64 {
-    let lease = timeout * 3 + std::time::Duration::from_secs(60);
-    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
-}
-
 impl Starter {
     /// Takes a free slot of its target for each delivery of `routing` that
     /// could be sent at once and marks it claimed (`lease_until`), so the
@@ -153,7 +146,11 @@ impl Starter {
             let Ok(slot) = limits.slots.clone().try_acquire_owned() else {
                 continue;
             };
-            d.lease_until = Some(event.received_at.saturating_add(lease_ms(target.timeout)));
+            d.lease_until = Some(
+                event
+                    .received_at
+                    .saturating_add(super::lease_ms(target.timeout)),
+            );
             reserved.push(Started {
                 delivery: ClaimedDelivery {
                     id: d.id.clone(),

@@ -76,6 +76,13 @@ pub struct Deliverer {
     starts: Option<direct::Starts>,
 }
 
+/// How long a claim holds a delivery (the worker's and the inbound's):
+/// three times the target's timeout plus a minute.
+pub fn lease_ms(timeout: Duration) -> i64 {
+    let lease = timeout * 3 + Duration::from_secs(60);
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// How often deliveries of targets removed from routes.yaml are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
@@ -162,12 +169,14 @@ impl Deliverer {
         }
     }
 
-    /// Frees claims this process took and will not work on now.
+    /// Frees claims this process took and will not work on now (not
+    /// started, or cut at shutdown): claimable again at once, not counted
+    /// as a crash.
     async fn release(&self, ids: Vec<crate::ids::DeliveryId>) {
         if !ids.is_empty()
             && let Err(e) = self.shared.store.release_deliveries(&ids).await
         {
-            tracing::warn!(error = %e, "cannot release the claims of deliveries not started; they are claimed again when their lease ends");
+            tracing::warn!(error = %e, "cannot release the claims of deliveries this process will not finish; they are claimed again when their lease ends or the store is opened again");
         }
     }
 
@@ -241,7 +250,7 @@ impl Deliverer {
             if slots.is_empty() {
                 continue;
             }
-            let lease_ms = direct::lease_ms(target.timeout);
+            let lease_ms = lease_ms(target.timeout);
             let limit = u32::try_from(slots.len()).unwrap_or(u32::MAX);
             let claimed = match self
                 .shared
@@ -328,17 +337,11 @@ impl Deliverer {
                     .lock()
                     .map(|mut l| std::mem::take(&mut *l))
                     .unwrap_or_default();
-                if !ids.is_empty()
-                    && let Err(e) = self.shared.store.release_deliveries(&ids).await
-                {
-                    tracing::warn!(error = %e, "cannot release the claims of deliveries cut at shutdown");
-                }
+                self.release(ids).await;
             }
         }
     }
-}
 
-impl Deliverer {
     /// At shutdown: deliveries the inbound handed over that were not
     /// started yet are released (claimable at once after a restart, and not
     /// counted as a crash), and no more are taken.

@@ -212,7 +212,7 @@ async fn accept(
     .await
     .map_err(|_| InboundError::Timeout(state.body_timeout.as_secs()))??;
     let received_at = now_millis();
-    let event = verify::verify_event(
+    let mut event = verify::verify_event(
         source,
         &src.verifier,
         &src.identity,
@@ -224,7 +224,6 @@ async fn accept(
         RejectReason::Signature(s) => InboundError::Signature(s),
         RejectReason::BadBody(m) => InboundError::BadBody(m),
     })?;
-    let mut event = event;
     let event_type = event.identity().event_type.clone();
     let id = EventId::generate();
     let mut routing = crate::route::at_acceptance(
@@ -238,7 +237,7 @@ async fn accept(
     );
     // Deliveries to send at once are stored claimed, and started once the
     // event is committed.
-    let reserved = match (&state.starter, routing.as_mut()) {
+    let mut reserved = match (&state.starter, routing.as_mut()) {
         (Some(starter), Some(routing)) => starter.reserve(
             &pipeline,
             &crate::deliver::direct::Accepted {
@@ -272,7 +271,6 @@ async fn accept(
     .map_err(|_| InboundError::Store(StoreError::stalled("commit", STORE_ANSWER_TIMEOUT)))?
     .map_err(InboundError::Store)?;
     if !inserted.duplicate {
-        let mut reserved = reserved;
         reserved.forget(&inserted.unclaimed);
         match routed {
             None => state.wake_router.notify_one(),

@@ -1008,7 +1008,8 @@ fn insert_delivery_sql(rows: usize) -> String {
     )
 }
 
-/// An earlier delivery of an ordering key to a target is pending.
+/// Some delivery of an ordering key to a target is pending (earlier or
+/// later: stricter than the claim's test, see [`acceptance_claims`]).
 const KEY_PENDING: &str = "SELECT 1 AS pending FROM deliveries \
      WHERE status = 'pending' AND target = $1 AND order_key = $2 LIMIT 1";
 

@@ -402,11 +402,7 @@ async fn slack_api_ok_false_is_dead_but_ratelimited_is_retried() {
 /// done while the slow one is still waiting.
 #[tokio::test]
 async fn a_slow_target_does_not_delay_another_target() {
-    let slow = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_delay(std::time::Duration::from_secs(5)))
-        .mount(&slow)
-        .await;
+    let slow = slow_target(std::time::Duration::from_secs(5)).await;
     let fast = MockServer::start().await;
     ok_mock(&fast).await;
     let text = format!(
@@ -521,11 +517,7 @@ async fn a_target_slot_is_free_once_answered_while_the_attempt_waits_for_the_sto
     use clickup_bridge::ids::{EventId, now_millis};
     use clickup_bridge::route;
 
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_delay(std::time::Duration::from_millis(800)))
-        .mount(&server)
-        .await;
+    let server = slow_target(std::time::Duration::from_millis(800)).await;
     let text = format!(
         "sources:\n  clickup:\n    verify: clickup\n    secret: {CLICKUP_SECRET}\ntargets:\n  t:\n    type: http\n    url: {}/in\n    allow_http: true\n    concurrency: 1\nroutes:\n  - name: r\n    source: clickup\n    order_by: none\n    send:\n      - target: t\n        body: {{}}\n",
         server.uri()

@@ -298,11 +298,7 @@ async fn a_full_disk_is_reported_and_recovered_from_on_a_tmpfs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attempt_recorded_late_releases_its_ordering_key() {
     use sqlx::Connection;
-    let server = MockServer::start().await;
-    Mock::given(wiremock::matchers::method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(1500)))
-        .mount(&server)
-        .await;
+    let server = slow_target(Duration::from_millis(1500)).await;
     let routes = format!(
         "version: 1\nsources:\n  clickup:\n    verify: clickup\n    secret: {CLICKUP_SECRET}\n\
 targets:\n  t:\n    type: http\n    url: {}/in\n\

@@ -450,3 +450,13 @@ pub async fn ok_target() -> wiremock::MockServer {
         .await;
     server
 }
+
+/// A target that answers every POST 200 after `delay`.
+pub async fn slow_target(delay: std::time::Duration) -> wiremock::MockServer {
+    let server = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_delay(delay))
+        .mount(&server)
+        .await;
+    server
+}
