@@ -182,7 +182,9 @@ async fn a_delivery_without_a_free_slot_or_behind_an_earlier_step_is_left_to_the
 /// turn; of two in one group commit only the earlier keeps its claim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ordered_delivery_is_started_at_acceptance_only_when_nothing_of_its_key_is_pending() {
-    let server = ok_target().await;
+    // The target takes 300 ms: the first is still in flight (pending)
+    // when the step that started it claims, so the second waits.
+    let server = slow_target(std::time::Duration::from_millis(300)).await;
     let text = routes(&server, 4, "none").replace("    order_by: none\n", "");
     let mut rig = worker_rig(&text).await;
     let (id1, routing1, mut reserved1, ev1) = accept(&rig, 21).await;
